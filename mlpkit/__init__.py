@@ -1,0 +1,2 @@
+"""mlpkit: configurable MLP training with gradient diagnostics."""
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""Config checks that run once, before any data is loaded, and the one error type they raise."""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
+HEADS = ("auto", "softmax", "sigmoid", "identity")
+LOSSES = ("auto", "ce", "bce", "mse")
+OBJECTIVE_MODES = ("min", "max")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work: names the key, the value given and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str, hint: str = ""):
+        self.key, self.value, self.allowed = key, value, allowed
+        message = f"{key}={_show(value)} is not valid: expected {allowed}"
+        super().__init__(message + (f". {hint}" if hint else ""))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (ListConfig, list, tuple)):
+        return "[" + ",".join(_show(item) for item in value) + "]"
+    return str(value)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values a run needs; raise ConfigError on the first one that cannot work."""
+    from mlpkit.activations import activation_params
+
+    model, trainer, data = cfg.model, cfg.trainer, cfg.data
+    sizes = model.hidden_sizes
+    _require(
+        isinstance(sizes, (ListConfig, list)) and all(_is_int(s) and s > 0 for s in sizes),
+        "model.hidden_sizes", sizes, "a list of positive integers, e.g. [128,64] ([] for a linear model)",
+    )
+    _require(_is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
+             "a number in [0, 1)")
+    _require(model.init in INITS, "model.init", model.init, f"one of {', '.join(INITS)}")
+
+    params = {k: v for k, v in cfg.activation.items() if k != "name"}
+    activation_params(cfg.activation.name, params)
+    _require(cfg.head.name in HEADS, "head.name", cfg.head.name, f"one of {', '.join(HEADS)}")
+    _require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {', '.join(LOSSES)}")
+
+    _require(_is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
+             "a positive number, e.g. 0.001")
+
+    for key in ("max_epochs", "batch_size", "log_every_n_steps"):
+        value, least = trainer[key], 0 if key == "max_epochs" else 1
+        _require(_is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
+    _require(_is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
+    device = str(trainer.device)
+    _require(device in ("auto", "cpu", "mps") or device.startswith("cuda"), "trainer.device", device,
+             "auto, cpu, cuda, cuda:N or mps")
+    _require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
+             "auto, true or false")
+
+    for key in ("val_fraction", "test_fraction"):
+        _require(_is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
+                 "a fraction in (0, 1)")
+    _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction + data.test_fraction",
+             data.val_fraction + data.test_fraction, "a sum below 1, leaving samples to train on")
+
+    _require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")

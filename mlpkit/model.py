@@ -1,0 +1,94 @@
+"""build_model and the MLP module: linear1, act1, ..., linearN, head."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from mlpkit.activations import build_activation, init_gain_args
+
+HEAD_MODULES = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron whose printout reads like a hand-written one.
+
+    ``logits(x)`` runs every layer but the head (what losses use); ``forward(x)`` applies the head
+    too, so calling the model gives predictions: probabilities, or values for regression.
+    """
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", head: nn.Module):
+        super().__init__()
+        for name, module in layers.items():
+            self.add_module(name, module)
+        self.head = head
+        self.body_names = tuple(layers)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        modules = self._modules
+        for name in self.body_names:
+            x = modules[name](x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.logits(x))
+
+    def linear_layers(self) -> "OrderedDict[str, nn.Linear]":
+        """The Linear layers by name, input side first (what gradient diagnostics report on)."""
+        return OrderedDict((n, m) for n, m in self.named_children() if isinstance(m, nn.Linear))
+
+
+def build_model(
+    in_features: int,
+    out_features: int,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    activation_params: dict[str, Any],
+    head: str,
+    dropout: float = 0.0,
+    init: str = "default",
+    bias: bool = True,
+) -> MLP:
+    """An MLP from plain values; input and output sizes come from the data."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    widths = [in_features, *hidden_sizes]
+    for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]), start=1):
+        layers[f"linear{index}"] = nn.Linear(fan_in, fan_out, bias=bias)
+        layers[f"act{index}"] = build_activation(activation, activation_params, fan_out)
+        if dropout > 0:
+            layers[f"dropout{index}"] = nn.Dropout(dropout)
+    layers[f"linear{len(widths)}"] = nn.Linear(widths[-1], out_features, bias=bias)
+    model = MLP(layers, HEAD_MODULES[head]())
+    if init != "default":
+        initialize(model, init, *init_gain_args(activation, activation_params))
+    return model
+
+
+def initialize(model: MLP, init: str, nonlinearity: str, param: float | None) -> None:
+    """Re-initialise the Linear weights (biases to zero) with a gain chosen for the activation.
+
+    Hidden layers use the activation's gain; the output layer feeds the loss directly, so it uses
+    the linear gain (1).
+    """
+    linears = list(model.linear_layers().values())
+    for index, layer in enumerate(linears):
+        is_output = index == len(linears) - 1
+        layer_nonlinearity, layer_param = ("linear", None) if is_output else (nonlinearity, param)
+        gain = nn.init.calculate_gain(layer_nonlinearity, layer_param)
+        if init == "xavier_uniform":
+            nn.init.xavier_uniform_(layer.weight, gain=gain)
+        elif init == "xavier_normal":
+            nn.init.xavier_normal_(layer.weight, gain=gain)
+        elif init in ("kaiming_uniform", "kaiming_normal"):
+            kaiming = nn.init.kaiming_uniform_ if init == "kaiming_uniform" else nn.init.kaiming_normal_
+            kaiming(layer.weight, a=layer_param or 0.0, nonlinearity=layer_nonlinearity)
+        elif init == "orthogonal":
+            nn.init.orthogonal_(layer.weight, gain=gain)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

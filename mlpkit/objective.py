@@ -1,0 +1,136 @@
+"""Head + loss pairing for a task: the loss in logits space, predictions through the head, metrics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mlpkit.config import ConfigError
+
+TASKS = ("binary", "multiclass", "regression")
+NATURAL_PAIR = {"multiclass": ("softmax", "ce"), "binary": ("sigmoid", "bce"), "regression": ("identity", "mse")}
+HEAD_FOR_LOSS = {"ce": "softmax", "bce": "sigmoid"}
+LOSS_FOR_HEAD = {"softmax": "ce", "sigmoid": "bce", "identity": "mse"}
+
+
+@dataclass
+class Objective:
+    """What the trainer optimises and reports. ``loss`` takes logits; ``predict`` applies the head."""
+
+    head: str
+    loss_name: str
+    task: str
+    out_features: int
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy") if self.is_classification else ("loss", "rmse", "mae", "r2")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities (softmax/sigmoid head) or values in the target's original units."""
+        if self.head == "softmax":
+            return logits.softmax(dim=-1)
+        if self.head == "sigmoid":
+            return logits.sigmoid()
+        return logits * self.target_std + self.target_mean
+
+    def predict_class(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.head == "sigmoid":
+            return (logits.squeeze(-1) > 0).long()
+        return logits.argmax(dim=-1)
+
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metrics as 0-d tensors on the device (the caller decides when to pull them to the host)."""
+        values = {"loss": self.loss(logits, targets).detach()}
+        if self.is_classification:
+            values["accuracy"] = (self.predict_class(logits) == targets).float().mean()
+            return values
+        predicted, true = self.predict(logits), targets * self.target_std + self.target_mean
+        error = predicted - true
+        values["rmse"] = error.pow(2).mean().sqrt()
+        values["mae"] = error.abs().mean()
+        values["r2"] = 1 - error.pow(2).sum() / (true - true.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+        return values
+
+
+def resolve_pair(head: str, loss: str, task: str) -> tuple[str, str]:
+    """Fill in ``auto`` head/loss from each other and the task."""
+    if head == "auto" and loss == "auto":
+        return NATURAL_PAIR[task]
+    if head == "auto":
+        head = HEAD_FOR_LOSS.get(loss, NATURAL_PAIR[task][0])
+    if loss == "auto":
+        loss = LOSS_FOR_HEAD[head]
+    return head, loss
+
+
+def check_pair(head: str, loss: str, task: str, dataset: str, n_classes: int) -> None:
+    """Stop on combinations that cannot train, with the keys and the valid choices."""
+    natural = "head={} loss={}".format(*NATURAL_PAIR[task])
+    if task == "regression":
+        if head != "identity" or loss != "mse":
+            raise ConfigError(
+                "head/loss", f"{head}/{loss}", "head=identity loss=mse for a regression dataset",
+                f"data={dataset} has continuous targets; a squashing head or a classification loss "
+                "cannot fit them",
+            )
+        return
+    if head == "identity":
+        raise ConfigError("head", head, "head=softmax or head=sigmoid for classification",
+                          f"data={dataset} is {task} classification; try {natural}")
+    if loss == "ce" and head != "softmax":
+        raise ConfigError("loss", loss, "head=softmax with loss=ce (or head=sigmoid with loss=bce)",
+                          "cross-entropy is computed on logits through log-softmax")
+    if loss == "bce" and head != "sigmoid":
+        raise ConfigError("loss", loss, "head=sigmoid with loss=bce (or head=softmax with loss=ce)",
+                          f"binary cross-entropy scores one probability per output; data={dataset} "
+                          f"with head=softmax has {n_classes} competing classes")
+    if head == "sigmoid" and task == "multiclass":
+        raise ConfigError("head", head, "head=softmax for a multiclass dataset",
+                          f"data={dataset} has {n_classes} classes; try {natural}")
+
+
+def build_objective(
+    head: str, loss: str, task: str, dataset: str, n_classes: int = 0, n_targets: int = 1,
+    label_smoothing: float = 0.0, pos_weight: float | None = None,
+    target_mean: float = 0.0, target_std: float = 1.0,
+) -> Objective:
+    """The head/loss pair for the task, checked, with the output size the model needs."""
+    if task not in TASKS:
+        raise ConfigError("data.task", task, f"one of {', '.join(TASKS)}")
+    head, loss = resolve_pair(head, loss, task)
+    check_pair(head, loss, task, dataset, n_classes)
+    if task == "regression":
+        out_features = n_targets
+    else:
+        out_features = 1 if head == "sigmoid" else n_classes
+    return Objective(head, loss, task, out_features,
+                     _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight),
+                     target_mean, target_std)
+
+
+def _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight):
+    if loss == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if loss == "bce":
+        weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+
+        def bce(logits, y):
+            w = None if weight is None else weight.to(logits.device)
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), pos_weight=w)
+
+        return bce
+    if task == "regression":
+        return F.mse_loss
+    if head == "softmax":  # Brier score: probabilities against one-hot targets
+        return lambda logits, y: F.mse_loss(logits.softmax(-1), F.one_hot(y, n_classes).to(logits.dtype))
+    return lambda logits, y: F.mse_loss(logits.squeeze(-1).sigmoid(), y.to(logits.dtype))
