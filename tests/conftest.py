@@ -1,0 +1,45 @@
+"""Shared helpers: compose configs like the CLI does, and run the real CLI in a temporary directory."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+FAST = ["trainer.max_epochs=1", "trainer.progress=false"]
+
+
+def compose_config(*overrides: str):
+    """The config `python train.py <overrides>` would run with."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
+
+
+def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dict | None = None,
+            timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run `python train.py` for real, its run directory pinned to ``run_dir``."""
+    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides, *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(command, cwd=run_dir.parent, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag TensorBoard would show for a run directory: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

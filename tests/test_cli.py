@@ -1,0 +1,104 @@
+"""End-to-end: the real `python train.py`, its run directory, TensorBoard files and exit codes."""
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from mlpkit.cli import run
+from tests.conftest import CONFIG_DIR, FAST, compose_config, read_scalars, run_cli
+
+DATASETS = {"digits": "accuracy", "breast_cancer": "accuracy", "diabetes": "rmse"}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_train_writes_tensorboard_metrics_and_summary(run_dir, dataset):
+    result = run_cli(run_dir, f"data={dataset}", *FAST, "model.hidden_sizes=[16,8]")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["steps"] > 0 and metrics["samples_per_second"] > 0
+    for split in ("train", "val", "test"):
+        assert math.isfinite(metrics[split]["loss"])
+        assert DATASETS[dataset] in metrics[split]
+    scalars = read_scalars(run_dir)
+    expected = {"loss/train", "loss/val", f"{DATASETS[dataset]}/val",
+                "grad_norm/linear1", "grad_norm/linear2", "grad_norm/linear3"}
+    assert expected <= set(scalars)
+    assert all(math.isfinite(v) for tag in expected for _, v in scalars[tag])
+    assert f"tensorboard --logdir {run_dir}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_grad_norms_are_logged_every_n_steps(run_dir):
+    # digits: 1257 training samples, batch 100 -> 13 steps; logged at steps 0, 5, 10.
+    result = run_cli(run_dir, *FAST, "trainer.batch_size=100", "trainer.log_every_n_steps=5")
+    assert result.returncode == 0, result.stderr
+    scalars = read_scalars(run_dir)
+    assert [step for step, _ in scalars["grad_norm/linear1"]] == [0, 5, 10]
+    assert [step for step, _ in scalars["loss/val"]] == [13]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["head=sigmoid", "loss=ce"], "loss=ce is not valid: expected head=softmax with loss=ce"),
+        (["data=diabetes", "loss=ce"], "head/loss=softmax/ce is not valid"),
+        (["data=digits", "head=identity", "loss=mse"], "head=identity is not valid"),
+        (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64,0] is not valid: expected a list of positive"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1 is not valid: expected a positive number"),
+        (["objective.metric=accuracy", "data=diabetes"], "objective.metric=accuracy is not valid"),
+    ],
+)
+def test_bad_combinations_stop_with_one_line_and_exit_code_2(run_dir, overrides, message):
+    result = run_cli(run_dir, *overrides, *FAST)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "Config error" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_same_command_gives_the_same_numbers_twice_on_cpu(tmp_path):
+    cfg = compose_config("trainer.max_epochs=2", "trainer.progress=false", "model.dropout=0.1",
+                         "trainer.device=cpu")
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+        run(cfg, directory)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (first, second)]
+    assert metrics[0]["history"] == metrics[1]["history"]
+    assert metrics[0]["test"] == metrics[1]["test"]
+    assert read_scalars(first)["grad_norm/linear1"] == read_scalars(second)["grad_norm/linear1"]
+
+
+def test_training_learns_digits(tmp_path):
+    cfg = compose_config("trainer.max_epochs=15", "trainer.progress=false")
+    objective = run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9
+    assert objective == metrics["val"]["loss"]
+
+
+def test_objective_metric_and_mode_choose_what_main_returns(tmp_path):
+    cfg = compose_config("trainer.max_epochs=1", "trainer.progress=false",
+                         "objective.metric=accuracy", "objective.mode=max")
+    value = run(cfg, tmp_path)
+    assert value == json.loads((tmp_path / "metrics.json").read_text())["val"]["accuracy"]
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["activation", "head", "loss", "model", "optimizer", "data", "trainer"])
+def test_every_config_choice_composes(group):
+    for choice in _choices(group):
+        cfg = compose_config(f"{group}={choice}")
+        assert OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_every_optimizer_trains(tmp_path, optimizer):
+    cfg = compose_config(f"optimizer={optimizer}", "trainer.max_epochs=1", "trainer.progress=false",
+                         "model.hidden_sizes=[8]")
+    assert math.isfinite(run(cfg, tmp_path))

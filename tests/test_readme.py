@@ -1,0 +1,40 @@
+"""The README's commands run for real (with one short epoch), so the README cannot go stale."""
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from tests.conftest import FAST, ROOT, run_cli
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands(prefix: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith(prefix)]
+
+
+def test_readme_shows_the_set_up_and_test_commands():
+    assert readme_commands("make train") and readme_commands("make test")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("command", readme_commands("python train.py"))
+def test_readme_train_command_runs(tmp_path, command):
+    overrides = shlex.split(command)[2:]
+    result = run_cli(tmp_path / "run", *overrides, *FAST)
+    assert result.returncode in (0, 2), result.stderr
+    expected_error = "head=sigmoid loss=ce" in command
+    assert result.returncode == (2 if expected_error else 0), result.stderr
+    assert (tmp_path / "run" / "metrics.json").exists() != expected_error
+
+
+def test_make_train_passes_overrides(tmp_path):
+    run_dir = tmp_path / "run"
+    args = f"ARGS=trainer.max_epochs=1 trainer.progress=false hydra.run.dir={run_dir}"
+    result = subprocess.run(["make", "--no-print-directory", "train", args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "metrics.json").exists()
