@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import signal
 import sys
+from contextlib import contextmanager
 import time
 from pathlib import Path
 
@@ -15,23 +18,71 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlpkit.config import ConfigError, validate
+from mlpkit.config import ConfigError, describe_hydra_error, validate
 
 log = logging.getLogger("mlpkit")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def resumed_run_dir(resume: str | None, new_run_dir: str) -> str:
+    """hydra.run.dir: a resumed run goes on in its own directory; anything else gets a new one."""
+    if not resume:
+        return new_run_dir
+    path = Path(resume).expanduser().resolve()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        return str(path)
+    if path.is_dir() and path.name == "checkpoints":
+        return str(path.parent)
+    if path.is_file() and path.parent.name == "checkpoints":
+        return str(path.parent.parent)
+    return new_run_dir  # a bare checkpoint file, or a typo that run() reports
+
+
+OmegaConf.register_new_resolver("mlpkit_run_dir", resumed_run_dir, replace=True)
+
+
+def main() -> None:
+    """`python train.py` and `mlpkit-train`: Hydra's CLI, with config mistakes as one line, exit 2."""
+    show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
+    try:
+        train()
+    except Exception as error:
+        message = None if show_traceback else describe_hydra_error(error, sys.argv[1:])
+        if message is None:
+            raise
+        print(f"Config error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float:
     """Train one run; return the validation objective so sweepers can minimise or maximise it."""
+    from mlpkit.trainer import TrainingStopped
+
     hydra_cfg = HydraConfig.get()
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as error:
-        log.error("Config error: %s", error)
+    except (ConfigError, TrainingStopped) as error:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the launcher marks this job failed and the sweep goes on
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
+
+
+@contextmanager
+def stop_on_signals(trainer):
+    """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before time runs out) ask the trainer to save
+    a checkpoint and stop after the current step; a second Ctrl-C interrupts at once."""
+    def request_stop(signum, frame):
+        trainer.stop_signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,15 +112,34 @@ def show_progress(setting: str | bool) -> bool:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:
-    """Everything one run does, from a composed config to metrics.json."""
+    """Everything one run does, from a composed config to metrics.json; errors logged once."""
+    from mlpkit.trainer import TrainingStopped
+
+    try:
+        return train_run(cfg, run_dir)
+    except ConfigError as error:
+        log.error("Config error: %s", error)
+        raise
+    except TrainingStopped as stop:
+        log.error("%s", stop)
+        if stop.exit_code != 3:
+            log.error("resume with: python train.py resume=%s", run_dir)
+        raise
+
+
+def train_run(cfg: DictConfig, run_dir: Path) -> float:
+    from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data
     from mlpkit.model import build_model, count_parameters
     from mlpkit.objective import build_objective
     from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import Trainer
+    from mlpkit.trainer import Trainer, TrainingStopped
 
     started = time.perf_counter()
-    validate(cfg)
+    validate(cfg)  # before anything is loaded
+    resume_path = None
+    if cfg.get("resume"):
+        resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
     device = resolve_device(str(cfg.trainer.device))
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
@@ -93,29 +163,48 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
              count_parameters(model), device, model)
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all")
 
-    logger = TensorBoardLogger(run_dir)
-    logger.log_text("model", str(model))
-    logger.log_text("config", OmegaConf.to_yaml(cfg))
     trainer = Trainer(
         model, objective, optimizer, data,
         max_epochs=cfg.trainer.max_epochs, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, logger=logger,
-        progress=show_progress(cfg.trainer.progress),
+        log_every_n_steps=cfg.trainer.log_every_n_steps, progress=show_progress(cfg.trainer.progress),
+        checkpoint_dir=run_dir / CHECKPOINT_DIR,
+        checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+        config=OmegaConf.to_container(cfg, resolve=True), metric=cfg.objective.metric,
+        mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
     )
+    if resume_path is not None:
+        state = trainer.resume_from(resume_path)
+        log.info("resumed from %s: %d epochs done, step %d", resume_path, state["epoch"], state["step"])
+    # On resume, events from steps after the checkpoint (written before the kill) are dropped.
+    logger = TensorBoardLogger(run_dir, purge_step=trainer.step if resume_path else None)
+    trainer.logger = logger
+    logger.log_text("model", str(model))
+    logger.log_text("config", OmegaConf.to_yaml(cfg))
     try:
-        result = trainer.fit()
+        with stop_on_signals(trainer):
+            result = trainer.fit()
+    except TrainingStopped as stop:
+        write_metrics(run_dir, {"status": "failed" if stop.exit_code == 3 else "stopped",
+                                "error": str(stop), "steps": trainer.step, "history": trainer.history})
+        raise
     finally:
         logger.close()
 
     result = {
-        "dataset": data.name, "task": data.task, "head": objective.head, "loss": objective.loss_name,
+        "status": "completed", "dataset": data.name, "task": data.task, "head": objective.head, "loss": objective.loss_name,
         "activation": cfg.activation.name, "hidden_sizes": list(cfg.model.hidden_sizes),
         "parameters": count_parameters(model), "device": str(device), **result,
         "wall_seconds": time.perf_counter() - started,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_metrics(run_dir, result)
     report(result, run_dir)
     return result["val"][cfg.objective.metric]
+
+
+def write_metrics(run_dir: Path, result: dict) -> None:
+    temporary = run_dir / "metrics.json.tmp"
+    temporary.write_text(json.dumps(result, indent=2))
+    temporary.replace(run_dir / "metrics.json")
 
 
 def report(result: dict, run_dir: Path) -> None:

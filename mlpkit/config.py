@@ -71,6 +71,11 @@ def validate(cfg: DictConfig) -> None:
     _require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
              "auto, true or false")
 
+    _require(_is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
+             "trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, "an integer >= 0")
+    _require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
+             "stop or skip")
+
     for key in ("val_fraction", "test_fraction"):
         _require(_is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
                  "a fraction in (0, 1)")
@@ -78,3 +83,44 @@ def validate(cfg: DictConfig) -> None:
              data.val_fraction + data.test_fraction, "a sum below 1, leaving samples to train on")
 
     _require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")
+
+
+def describe_hydra_error(error: Exception, overrides: list[str]) -> str | None:
+    """One line for a Hydra composition error (unknown choice, misspelled key, bad override syntax).
+
+    Returns None for errors that are not about the config, which then keep their traceback.
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group, _, choice = str(error.missing_cfg_file).rpartition("/")
+        return str(ConfigError(group, choice, f"one of {', '.join(sorted(error.options))}"))
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the command-line override: {str(error).splitlines()[0]} " \
+               "(lists are written model.hidden_sizes=[64,32], quoted when the shell would split them)"
+    if isinstance(error, ConfigCompositionException):
+        full_key = getattr(error.__cause__, "full_key", None)
+        if not full_key:
+            return str(error).splitlines()[0]
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == full_key), "")
+        parent, _, key = full_key.rpartition(".")
+        known = _keys_of(parent, [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key])
+        allowed = f"a key of {parent or 'the config'}: {', '.join(known)}" if known else "an existing key"
+        return f"{full_key}={value} is not valid: {key!r} is not a config key; expected {allowed} " \
+               f"(prefix with + to add a new key)"
+    return None
+
+
+def _keys_of(parent: str, overrides: list[str]) -> list[str]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mlpkit.cli import CONFIG_DIR
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    except Exception:  # the hint is a courtesy; never let it hide the original error
+        return []

@@ -1,19 +1,21 @@
-"""The training loop, top to bottom: batches by index, loss, backward, step, log, evaluate."""
+"""The training loop, top to bottom: batches by index, loss, backward, step, log, evaluate, save."""
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from mlpkit.checkpoint import BEST, LAST, atomic_save, checkpoint_state, is_better, load_checkpoint, restore
 from mlpkit.data import Data, Split
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlpkit")
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
 
 
@@ -21,12 +23,21 @@ class ScalarLogger(Protocol):
     def log_scalars(self, values: dict[str, float], step: int) -> None: ...
 
 
+class TrainingStopped(Exception):
+    """The run stopped before its last epoch: a signal (exit_code 128+signum) or a non-finite loss."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Trainer:
-    """Trains ``model`` on ``data.train``, evaluates on ``data.val`` every epoch.
+    """Trains ``model`` on ``data.train``, evaluates on ``data.val`` every epoch, saves checkpoints.
 
     Gradient norms of every Linear layer are computed on the device with one fused
-    ``torch._foreach_norm`` and pulled to the host once per ``log_every_n_steps``, together with
-    the loss: that is the loop's only host synchronisation besides the per-epoch evaluation.
+    ``torch._foreach_norm`` and pulled to the host once per ``log_every_n_steps`` together with the
+    loss and the non-finite flag: the loop's only host synchronisation besides the per-epoch
+    evaluation (and, with ``on_nonfinite="skip"``, one check per step).
     """
 
     def __init__(
@@ -42,17 +53,35 @@ class Trainer:
         log_every_n_steps: int = 10,
         logger: ScalarLogger | None = None,
         progress: bool = False,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every_n_steps: int = 0,
+        config: dict | None = None,
+        metric: str = "loss",
+        mode: str = "min",
+        on_nonfinite: str = "stop",
     ):
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
         self.max_epochs, self.batch_size = max_epochs, batch_size
         self.log_every_n_steps = log_every_n_steps
         self.logger = logger
         self.progress = progress
+        self.checkpoint_dir, self.checkpoint_every_n_steps = checkpoint_dir, checkpoint_every_n_steps
+        self.config = config
+        self.on_nonfinite = on_nonfinite
         self.batch_generator = torch.Generator().manual_seed(seed)
         self.layers = model.linear_layers()
+        self.device = data.train.x.device
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"metric": f"{metric}/val", "mode": mode, "value": None, "epoch": None}
+        self.stop_signal: int | None = None  # set by a signal handler; checked after every step
+        self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.skipped_steps = 0
+        # Where an interrupted epoch resumes: its batch order, the next batch and the loss so far.
+        self.epoch_order: torch.Tensor | None = None
+        self.next_batch = 0
+        self.epoch_loss_sum = torch.zeros((), device=self.device)
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -62,6 +91,13 @@ class Trainer:
         loss.backward()
         if self.logger is not None and self.step % self.log_every_n_steps == 0:
             self.log_step(loss)
+        if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
+            self.skipped_steps += 1
+            log.warning("step %d: loss is %s; step skipped (trainer.on_nonfinite=skip)", self.step,
+                        loss.item())
+            return torch.zeros((), device=self.device)
+        self.first_nonfinite_step = torch.where(
+            torch.isfinite(loss) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step, self.step)
         self.optimizer.step()
         return loss.detach()
 
@@ -76,18 +112,46 @@ class Trainer:
         scalars.update({f"grad_norm/{name}": v for name, v in zip(names, values[1:1 + len(names)])})
         scalars.update({f"grad_norm_bias/{name}": v for name, v in zip(names, values[1 + len(names):])})
         self.logger.log_scalars(scalars, self.step)
+        if not all(math.isfinite(v) for v in values):
+            self.stop_on_nonfinite(dict(zip(names, values[1:1 + len(names)])))
+
+    def stop_on_nonfinite(self, grad_norms: dict[str, float] | None = None) -> None:
+        if self.on_nonfinite == "skip":
+            return
+        first = int(self.first_nonfinite_step.item())
+        step = first if first >= 0 else self.step
+        bad_layers = [name for name, value in (grad_norms or {}).items() if not math.isfinite(value)]
+        where = f"; first non-finite gradient in {bad_layers[0]}" if bad_layers else ""
+        raise TrainingStopped(
+            f"loss/train became non-finite at step {step} (epoch {self.epoch + 1}){where}. The last "
+            f"good checkpoint is kept; lower optimizer.lr, change model.init, or set "
+            f"trainer.on_nonfinite=skip", exit_code=3)
 
     # --- one epoch -----------------------------------------------------------------------------
     def train_epoch(self) -> float:
         split = self.data.train
         self.model.train()
-        order = torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
-        loss_sum = torch.zeros((), device=split.x.device)
-        for start in range(0, len(split), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            loss_sum += self.train_step(split.x[rows], split.y[rows]) * rows.numel()
+        if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
+            self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(self.device)
+            self.next_batch, self.epoch_loss_sum = 0, torch.zeros((), device=self.device)
+        order, n_batches = self.epoch_order, math.ceil(len(split) / self.batch_size)
+        while self.next_batch < n_batches:
+            rows = order[self.next_batch * self.batch_size:(self.next_batch + 1) * self.batch_size]
+            self.epoch_loss_sum += self.train_step(split.x[rows], split.y[rows]) * rows.numel()
             self.step += 1
-        return loss_sum.item() / len(split)
+            self.next_batch += 1
+            if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
+                self.save(LAST)
+            if self.stop_signal is not None:
+                self.save(LAST)
+                raise TrainingStopped(f"stopped by signal {self.stop_signal} at step {self.step} "
+                                      f"(epoch {self.epoch + 1}); checkpoint saved",
+                                      exit_code=128 + self.stop_signal)
+        self.epoch_order = None
+        epoch_loss = self.epoch_loss_sum.item() / len(split)
+        if not math.isfinite(epoch_loss):
+            self.stop_on_nonfinite()
+        return epoch_loss
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
@@ -101,26 +165,70 @@ class Trainer:
         values = torch.stack([v.float() for v in metrics.values()]).tolist()
         return dict(zip(metrics, values))
 
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save(self, name: str) -> None:
+        """Everything needed to continue exactly here, written atomically to checkpoints/<name>."""
+        if self.checkpoint_dir is None:
+            return
+        if int(self.first_nonfinite_step) >= 0:  # never let a NaN-poisoned model replace a good file
+            self.stop_on_nonfinite()
+        mid_epoch = self.epoch_order is not None
+        extra = {"history": self.history, "skipped_steps": self.skipped_steps,
+                 "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
+                 "next_batch": self.next_batch if mid_epoch else 0,
+                 "epoch_loss_sum": float(self.epoch_loss_sum) if mid_epoch else 0.0}
+        state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                 step=self.step, batch_generator=self.batch_generator,
+                                 config=self.config, best=self.best, extra=extra)
+        atomic_save(state, self.checkpoint_dir / name)
+
+    def resume_from(self, path: Path) -> dict:
+        """Weights, optimizer, RNG states, counters, history and a half-done epoch's place."""
+        state = load_checkpoint(path, map_location=self.device)
+        restore(state, model=self.model, optimizer=self.optimizer, batch_generator=self.batch_generator)
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        extra = state["extra"]
+        self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
+        if extra.get("epoch_order") is not None:
+            self.epoch_order = extra["epoch_order"].to(self.device)
+            self.next_batch = extra["next_batch"]
+            self.epoch_loss_sum = torch.tensor(extra["epoch_loss_sum"], device=self.device)
+        return state
+
     # --- the whole run -------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train for ``max_epochs`` and return final metrics, timing and per-epoch history."""
-        bar = tqdm(range(self.max_epochs), desc="epochs", unit="epoch", disable=not self.progress,
-                   dynamic_ncols=True)
+        """Train up to ``max_epochs`` and return final metrics, timing and per-epoch history."""
+        start_epoch = self.epoch
+        bar = tqdm(range(start_epoch, self.max_epochs), desc="epochs", unit="epoch", initial=start_epoch,
+                   total=self.max_epochs, disable=not self.progress, dynamic_ncols=True)
         train_seconds = 0.0
-        for self.epoch in bar:
-            started = time.perf_counter()
-            train_loss = self.train_epoch()
-            train_seconds += time.perf_counter() - started
-            val = self.evaluate(self.data.val)
-            self.record_epoch(train_loss, val, bar)
-        bar.close()
-        samples = len(self.data.train) * self.max_epochs
+        try:
+            for self.epoch in bar:
+                started = time.perf_counter()
+                train_loss = self.train_epoch()
+                train_seconds += time.perf_counter() - started
+                val = self.evaluate(self.data.val)
+                self.record_epoch(train_loss, val, bar)
+                self.epoch += 1  # epochs completed, as checkpoints count them
+                improved = is_better(val[self.best["metric"].split("/")[0]], self.best["value"],
+                                     self.best["mode"])
+                if improved:
+                    self.best.update(value=val[self.best["metric"].split("/")[0]], epoch=self.epoch)
+                self.save(LAST)
+                if improved:
+                    self.save(BEST)
+        finally:
+            bar.close()
+        self.epoch = self.max_epochs
+        samples = len(self.data.train) * (self.max_epochs - start_epoch)
         return {
             "train": self.evaluate(self.data.train),
             "val": self.evaluate(self.data.val),
             "test": self.evaluate(self.data.test),
+            "best": self.best,
             "epochs": self.max_epochs,
             "steps": self.step,
+            "skipped_steps": self.skipped_steps,
             "train_seconds": train_seconds,
             "samples_per_second": samples / train_seconds if train_seconds > 0 else 0.0,
             "history": self.history,
@@ -137,5 +245,3 @@ class Trainer:
             bar.set_postfix_str(summary)
         else:
             log.info("epoch %d/%d  %s", self.epoch + 1, self.max_epochs, summary)
-        if not math.isfinite(train_loss):
-            log.warning("loss/train is %s at epoch %d", train_loss, self.epoch + 1)

@@ -1,0 +1,155 @@
+"""Checkpoints that survive kills: SIGKILL + resume is bit-exact, SIGINT saves, NaN stops cleanly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mlpkit.checkpoint import load_checkpoint
+from tests.conftest import ROOT, compose_config, read_scalars, run_cli
+
+# digits, batch 16: 79 steps an epoch; a mid-epoch checkpoint every 30 steps.
+LONG_RUN = ["trainer.max_epochs=6", "trainer.batch_size=16", "trainer.checkpoint_every_n_steps=30",
+            "trainer.progress=false", "model.dropout=0.2", "trainer.device=cpu"]
+
+
+def start_cli(run_dir, *overrides):
+    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(process, run_dir, steps_at_least, timeout=120):
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if last.exists() and load_checkpoint(last)["step"] >= steps_at_least:
+            return
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def final_weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    assert run_cli(reference, *LONG_RUN).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = start_cli(killed, *LONG_RUN)
+    wait_for_checkpoint(process, killed, steps_at_least=100)  # inside the second epoch or later
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+
+    resumed = run_cli(killed, *LONG_RUN, f"resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    expected, actual = final_weights(reference), final_weights(killed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert json.loads((killed / "metrics.json").read_text())["history"] == \
+        json.loads((reference / "metrics.json").read_text())["history"]
+
+    # TensorBoard: one point per step, continuing where the checkpoint left off.
+    steps = [step for step, _ in read_scalars(killed)["loss/train"]]
+    assert steps == sorted(set(steps))
+    assert steps == [step for step, _ in read_scalars(reference)["loss/train"]]
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_cli(run_dir, *LONG_RUN)
+    wait_for_checkpoint(process, run_dir, steps_at_least=30)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT
+    assert f"resume with: python train.py resume={run_dir}" in stderr
+    assert "Traceback" not in stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "stopped"
+    saved_step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    assert saved_step == metrics["steps"]
+    finished = run_cli(run_dir, *LONG_RUN, "trainer.max_epochs=3", f"resume={run_dir}")
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_resume_into_another_architecture_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(run_dir, "trainer.max_epochs=1", "trainer.progress=false").returncode == 0
+    other = run_cli(tmp_path / "other", "trainer.max_epochs=2", "model.hidden_sizes=[32]",
+                    f"resume={run_dir}")
+    assert other.returncode == 2
+    assert "does not fit the model: linear1.weight has shape" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mlpkit-checkpoint", "payload": Exploit()}, evil)
+    result = run_cli(tmp_path / "run", "trainer.max_epochs=1", f"resume={evil}")
+    assert result.returncode == 2
+    assert f"checkpoint {evil} was refused" in result.stderr
+    assert not marker.exists()
+
+
+def test_missing_resume_target_names_it(tmp_path):
+    result = run_cli(tmp_path / "run", f"resume={tmp_path}/nowhere")
+    assert result.returncode == 2
+    assert f"resume={tmp_path}/nowhere is not valid" in result.stderr
+
+
+def _trainer(tmp_path, *overrides):
+    from mlpkit.cli import run  # noqa: F401  (registers the resolver the configs use)
+    from mlpkit.data import build_data
+    from mlpkit.model import build_model
+    from mlpkit.objective import build_objective
+    from mlpkit.trainer import Trainer
+
+    cfg = compose_config("trainer.progress=false", *overrides)
+    data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
+    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [16], "relu", {}, objective.head)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return Trainer(model, objective, optimizer, data, max_epochs=cfg.trainer.max_epochs,
+                   batch_size=64, seed=0, log_every_n_steps=5, checkpoint_dir=tmp_path,
+                   on_nonfinite=cfg.trainer.on_nonfinite), data
+
+
+def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from mlpkit.trainer import TrainingStopped
+
+    trainer, data = _trainer(tmp_path, "trainer.max_epochs=2")
+    trainer.fit()
+    good = load_checkpoint(tmp_path / "last.pt")
+    trainer.max_epochs = 4
+    trainer.data.train.x[100, 3] = float("nan")  # poisons the first batch that holds row 100
+    with pytest.raises(TrainingStopped, match=r"non-finite at step \d+ \(epoch 3\)") as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 3
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["step"] == good["step"]
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_on_nonfinite_skip_skips_the_poisoned_steps(tmp_path):
+    trainer, data = _trainer(tmp_path, "trainer.max_epochs=2", "trainer.on_nonfinite=skip")
+    trainer.data.train.x[100, 3] = float("nan")
+    result = trainer.fit()
+    assert result["skipped_steps"] == 2  # one batch in each epoch holds the row
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
