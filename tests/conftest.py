@@ -24,8 +24,8 @@ def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dic
             timeout: int = 180) -> subprocess.CompletedProcess:
     """Run `python train.py` for real, its run directory pinned to ``run_dir``."""
     command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides, *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, cwd=run_dir.parent, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
 

@@ -1,0 +1,42 @@
+"""Config mistakes stop before any data is loaded: one line naming key, value and what is allowed."""
+import pytest
+
+from tests.conftest import run_cli
+
+CASES = [
+    (["trainer.max_epoch=3"],
+     "trainer.max_epoch=3 is not valid: 'max_epoch' is not a config key; expected a key of trainer: "
+     "max_epochs, batch_size"),
+    (["activation=swish"], "activation=swish is not valid: expected one of celu, elu, gelu"),
+    (["data=imagenet"], "data=imagenet is not valid: expected one of"),
+    (["trainer.max_epochs=ten"], "trainer.max_epochs=ten is not valid: expected an integer >= 0"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is not valid: expected an integer >= 1"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.5"],
+     "data.val_fraction + data.test_fraction=1.0 is not valid: expected a sum below 1"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is not valid: expected a number in [0, 1)"),
+    (["model.init=he"], "model.init=he is not valid: expected one of default, xavier_uniform"),
+    (["activation=leaky", "activation.slope=0.3"],
+     "activation.slope=0.3 is not valid: 'slope' is not a config key; expected a key of activation: "
+     "name, negative_slope"),
+    (["model.hidden_sizes=[64,"], "cannot parse the command-line override"),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite=ignore is not valid: expected stop or skip"),
+    (["trainer.device=tpu"], "trainer.device=tpu is not valid"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CASES, ids=[c[0][-1] for c in CASES])
+def test_config_mistake_is_one_line_with_exit_code_2(run_dir, overrides, message):
+    result = run_cli(run_dir, *overrides)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Config error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_hydra_full_error_shows_the_traceback(run_dir):
+    result = run_cli(run_dir, "trainer.max_epoch=3", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
