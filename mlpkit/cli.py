@@ -130,6 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data
+    from mlpkit.diagnostics import GradientMonitor, Thresholds
     from mlpkit.model import build_model, count_parameters
     from mlpkit.objective import build_objective
     from mlpkit.tensorboard import TensorBoardLogger
@@ -137,6 +138,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
 
     started = time.perf_counter()
     validate(cfg)  # before anything is loaded
+    thresholds = Thresholds.from_mapping(cfg.diagnostics)
     resume_path = None
     if cfg.get("resume"):
         resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
@@ -178,6 +180,10 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     # On resume, events from steps after the checkpoint (written before the kill) are dropped.
     logger = TensorBoardLogger(run_dir, purge_step=trainer.step if resume_path else None)
     trainer.logger = logger
+    trainer.monitor = GradientMonitor(
+        model, cfg.activation.name, logger, run_dir, every_n_steps=cfg.trainer.log_every_n_steps,
+        histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
+        figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
     logger.log_text("model", str(model))
     logger.log_text("config", OmegaConf.to_yaml(cfg))
     try:
@@ -185,8 +191,11 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
             result = trainer.fit()
     except TrainingStopped as stop:
         write_metrics(run_dir, {"status": "failed" if stop.exit_code == 3 else "stopped",
-                                "error": str(stop), "steps": trainer.step, "history": trainer.history})
+                                "error": str(stop), "steps": trainer.step, "history": trainer.history,
+                                "gradient_health": trainer.monitor.finish()})
         raise
+    else:
+        result["gradient_health"] = trainer.monitor.finish()  # figures and verdicts, before closing
     finally:
         logger.close()
 

@@ -1,26 +1,49 @@
-"""Everything that writes TensorBoard: scalars, text and the run's hyperparameters."""
+"""Everything that writes TensorBoard: scalars, layout, histograms, images, text and hyperparameters."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class TensorBoardLogger:
     """Writes one event directory per run (the run directory itself, so runs are named by it)."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         # torch.utils.tensorboard pulls in tensorboard and protobuf: imported only for a run that logs.
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        # purge_step: a resumed run hides events at or after its checkpoint's step (no duplicate points).
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        """All values as one event: ~15x cheaper than one ``add_scalar`` each (70 tags: 0.6 ms vs 8 ms)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
+                                 for tag, value in values.items()])
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def log_text(self, tag: str, text: str, step: int = 0) -> None:
         # TensorBoard renders text as Markdown; indent by 4 spaces to keep a printout verbatim.
         self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
+
+    def log_layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
+        """Custom-scalars layout: {category: {chart title: [tag regexes drawn as lines of one chart]}}."""
+        self.writer.add_custom_scalars({
+            category: {title: ["Multiline", patterns] for title, patterns in chart_set.items()}
+            for category, chart_set in charts.items()
+        })
+
+    def log_histogram(self, tag: str, values: Any, step: int) -> None:
+        self.writer.add_histogram(tag, values, step)
+
+    def log_image(self, tag: str, rgb: Any, step: int) -> None:
+        """An (height, width, 3) uint8 array."""
+        self.writer.add_image(tag, rgb, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from mlpkit.checkpoint import BEST, LAST, atomic_save, checkpoint_state, is_better, load_checkpoint, restore
 from mlpkit.data import Data, Split
+from mlpkit.diagnostics import NONFINITE, GradientMonitor
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
 
@@ -52,6 +53,7 @@ class Trainer:
         seed: int,
         log_every_n_steps: int = 10,
         logger: ScalarLogger | None = None,
+        monitor: GradientMonitor | None = None,
         progress: bool = False,
         checkpoint_dir: Path | None = None,
         checkpoint_every_n_steps: int = 0,
@@ -63,7 +65,7 @@ class Trainer:
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
         self.max_epochs, self.batch_size = max_epochs, batch_size
         self.log_every_n_steps = log_every_n_steps
-        self.logger = logger
+        self.logger, self.monitor = logger, monitor
         self.progress = progress
         self.checkpoint_dir, self.checkpoint_every_n_steps = checkpoint_dir, checkpoint_every_n_steps
         self.config = config
@@ -85,43 +87,40 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        monitored = self.monitor is not None and self.monitor.is_log_step(self.step)
+        if monitored:
+            self.monitor.before_forward(self.step)  # activation hooks, on logging steps only
         logits = self.model.logits(x)
         loss = self.objective.loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.logger is not None and self.step % self.log_every_n_steps == 0:
-            self.log_step(loss)
+        if monitored and self.monitor.after_backward(self.step, loss) == NONFINITE:
+            # Caught before optimizer.step(): the weights are still finite.
+            if self.on_nonfinite == "skip":
+                return self.skip_step(loss)
+            self.stop_on_nonfinite(self.monitor.last_layers)
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
-            self.skipped_steps += 1
-            log.warning("step %d: loss is %s; step skipped (trainer.on_nonfinite=skip)", self.step,
-                        loss.item())
-            return torch.zeros((), device=self.device)
+            return self.skip_step(loss)
         self.first_nonfinite_step = torch.where(
             torch.isfinite(loss) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step, self.step)
         self.optimizer.step()
         return loss.detach()
 
-    def log_step(self, loss: torch.Tensor) -> None:
-        """Loss and per-layer gradient norms: computed on the device, one transfer to the host."""
-        weights = [layer.weight.grad for layer in self.layers.values()]
-        biases = [layer.bias.grad for layer in self.layers.values() if layer.bias is not None]
-        norms = torch._foreach_norm(weights + biases)
-        values = torch.stack([loss.detach().float(), *[n.float() for n in norms]]).tolist()
-        names = list(self.layers)
-        scalars = {"loss/train": values[0]}
-        scalars.update({f"grad_norm/{name}": v for name, v in zip(names, values[1:1 + len(names)])})
-        scalars.update({f"grad_norm_bias/{name}": v for name, v in zip(names, values[1 + len(names):])})
-        self.logger.log_scalars(scalars, self.step)
-        if not all(math.isfinite(v) for v in values):
-            self.stop_on_nonfinite(dict(zip(names, values[1:1 + len(names)])))
+    def skip_step(self, loss: torch.Tensor) -> torch.Tensor:
+        self.skipped_steps += 1
+        log.warning("step %d: loss %s or a gradient is not finite; step skipped "
+                    "(trainer.on_nonfinite=skip)", self.step, loss.item())
+        return torch.zeros((), device=self.device)
 
-    def stop_on_nonfinite(self, grad_norms: dict[str, float] | None = None) -> None:
+    def stop_on_nonfinite(self, layers: dict[str, dict[str, float]] | None = None) -> None:
+        """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
         if self.on_nonfinite == "skip":
             return
         first = int(self.first_nonfinite_step.item())
         step = first if first >= 0 else self.step
-        bad_layers = [name for name, value in (grad_norms or {}).items() if not math.isfinite(value)]
-        where = f"; first non-finite gradient in {bad_layers[0]}" if bad_layers else ""
+        bad_layers = [name for name, entry in (layers or {}).items()
+                      if not math.isfinite(entry.get("grad_norm", 0.0))]
+        where = f"; gradients not finite in {', '.join(bad_layers)}" if bad_layers else ""
         raise TrainingStopped(
             f"loss/train became non-finite at step {step} (epoch {self.epoch + 1}){where}. The last "
             f"good checkpoint is kept; lower optimizer.lr, change model.init, or set "

@@ -1,0 +1,211 @@
+"""Gradient diagnostics on the real model, objective and digits data: verdicts, tags, hooks, figures."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlpkit.data import build_data
+from mlpkit.diagnostics import NONFINITE, OK, GradientMonitor, Thresholds
+from mlpkit.model import build_model
+from mlpkit.objective import build_objective
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEP = [64] * 8
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
+    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes, data.n_targets)
+    return data, objective
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny networks: threads cost more than they give, and the suite must be quick on 2 cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(digits, activation, hidden_sizes, *, init="default", steps=20, lr=1e-3, weight_scale=1.0,
+          every_n_steps=2, logger=None, run_dir=None, thresholds=Thresholds(), **monitor_options):
+    """The trainer's loop with the monitor wired in exactly as documented; checks the hooks on the way."""
+    data, objective = digits
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, hidden_sizes, activation, {}, objective.head,
+                        init=init)
+    with torch.no_grad():
+        for layer in model.linear_layers().values():
+            layer.weight.mul_(weight_scale)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    monitor = GradientMonitor(model, activation, logger, run_dir, every_n_steps=every_n_steps,
+                              thresholds=thresholds, **monitor_options)
+    statuses = []
+    for step in range(steps):
+        rows = torch.arange(step * 64, (step + 1) * 64) % len(data.train)
+        monitored = monitor.is_log_step(step)
+        if monitored:
+            monitor.before_forward(step)
+        else:
+            assert all(not m._forward_hooks for m in model.modules()), f"a hook outside log step {step}"
+        loss = objective.loss(model.logits(data.train.x[rows]), data.train.y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if monitored:
+            statuses.append(monitor.after_backward(step, loss))
+            assert all(not m._forward_hooks for m in model.modules()), f"a hook left after step {step}"
+            if statuses[-1] == NONFINITE:
+                break
+        optimizer.step()
+    health = monitor.finish()
+    return health, statuses, model, monitor
+
+
+def test_deep_sigmoid_is_vanishing_and_says_so_once(digits, caplog):
+    with caplog.at_level(logging.WARNING, logger="mlpkit"):
+        health, statuses, _, _ = train(digits, "sigmoid", DEEP, steps=24)
+    assert set(statuses) == {OK}
+    assert list(health["verdicts"]) == ["vanishing"]
+    verdict = health["verdicts"]["vanishing"]
+    assert verdict["step"] == 8  # patience 5 intervals of 2 steps: steps 0, 2, 4, 6, 8
+    assert "linear1" in verdict["message"] and "linear9" in verdict["message"]
+    assert verdict["layers"]["linear1"]["grad_ratio"] < 1e-3 * verdict["layers"]["linear9"]["grad_ratio"]
+    lines = [r.getMessage() for r in caplog.records if "vanishing" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert health["healthy"] is False and health["first_last_grad_ratio"]["median"] < 1e-4
+
+
+@pytest.mark.parametrize("hidden_sizes, init", [(DEEP, "kaiming_normal"), ([128, 64], "default")],
+                         ids=["deep-relu-kaiming", "shallow-relu"])
+def test_relu_networks_are_not_vanishing(digits, hidden_sizes, init):
+    health, statuses, _, _ = train(digits, "relu", hidden_sizes, init=init, steps=40)
+    assert set(statuses) == {OK}
+    assert health["healthy"] is True and health["verdicts"] == {}
+    assert health["first_last_grad_ratio"]["min"] > 30 * Thresholds().vanishing_ratio
+
+
+@pytest.mark.parametrize("cause", ["init", "learning_rate"])
+def test_nonfinite_gradients_are_exploding_and_stop_before_the_step(digits, cause, caplog):
+    options = {"weight_scale": 1e6} if cause == "init" else {"lr": 1e9}
+    with caplog.at_level(logging.WARNING, logger="mlpkit"):
+        health, statuses, model, monitor = train(digits, "relu", DEEP, init="kaiming_normal", steps=20,
+                                                 every_n_steps=1, **options)
+    assert statuses[-1] == NONFINITE and statuses.count(NONFINITE) == 1
+    assert list(health["verdicts"]) == ["exploding"]
+    assert "non-finite" in health["verdicts"]["exploding"]["message"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never applied
+    assert sum("exploding" in r.getMessage() for r in caplog.records) == 1
+    json.dumps(health)  # metrics.json can hold it
+
+
+def test_growth_past_the_threshold_is_exploding(digits):
+    health, _, _, _ = train(digits, "relu", [32], steps=12, lr=1.0, thresholds=Thresholds(exploding_growth=2.0))
+    assert "exploding" in health["verdicts"]
+    assert "first logged value" in health["verdicts"]["exploding"]["message"]
+
+
+def test_dead_relus_and_saturated_units(digits):
+    dead, _, _, _ = train(digits, "relu", DEEP, init="kaiming_normal", steps=30, lr=0.1)
+    assert "dead" in dead["verdicts"]
+    assert max(v["dead_frac"] for v in dead["verdicts"]["dead"]["layers"].values() if "dead_frac" in v) > 0.75
+    saturated, _, _, _ = train(digits, "sigmoid", [64, 64], steps=12, weight_scale=10.0,
+                               thresholds=Thresholds(saturation_fraction=0.2))
+    assert list(saturated["verdicts"]) == ["saturated"]
+    assert saturated["last"]["layers"]["linear1"]["saturation"] > 0.2
+
+
+def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path)
+    health, _, _, _ = train(digits, "relu", [32, 16], steps=10, logger=logger, run_dir=tmp_path,
+                            histogram_every_n_steps=4, figure_every_n_steps=4)
+    logger.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0, "images": 0,
+                                                            "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    layers = ("linear1", "linear2", "linear3")
+    for measure in ("grad_norm", "grad_norm_bias", "grad_ratio", "update_ratio"):
+        assert {f"{measure}/{layer}" for layer in layers} <= set(tags["scalars"])
+    for measure in ("act_mean", "act_std", "dead_frac"):  # hidden layers only; dead units: ReLU family
+        assert {f"{measure}/linear1", f"{measure}/linear2"} <= set(tags["scalars"])
+    assert "loss/train" in tags["scalars"] and not any(t.startswith("saturation/") for t in tags["scalars"])
+    assert [e.step for e in events.Scalars("grad_norm/linear1")] == [0, 2, 4, 6, 8]
+    assert [e.step for e in events.Scalars("update_ratio/linear1")] == [2, 4, 6, 8]  # none before a first step
+    assert all(0 < e.value < 1 for e in events.Scalars("update_ratio/linear1"))
+    assert {"weights/linear1", "gradients/linear3", "activations/linear2"} <= set(tags["histograms"])
+    assert [e.step for e in events.Histograms("weights/linear1")] == [0, 4, 8]
+    assert [e.step for e in events.Images("gradient_flow")] == [0, 4, 8]
+    assert "custom_scalars__config__" in tags["tensors"]
+    assert any(t.startswith("gradient_health/summary") for t in tags["tensors"])
+    png = tmp_path / "gradient_flow.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert health["last"]["step"] == 8 and math.isfinite(health["last"]["layers"]["linear1"]["update_ratio"])
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    code = "import sys, mlpkit.diagnostics, mlpkit.figures; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_experiment_composes_each_variant():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        sweep = compose("train", overrides=["experiment=vanishing_gradients"],
+                        return_hydra_config=True)
+        assert set(sweep.hydra.sweeper.params.variant.split(",")) == {"sigmoid", "tanh", "relu"}
+        expected = {"sigmoid": "default", "tanh": "default", "relu": "kaiming_normal"}
+        for variant, init in expected.items():
+            cfg = compose("train", overrides=["experiment=vanishing_gradients",
+                                              f"variant={variant}"])
+            assert (cfg.activation.name, cfg.model.init) == (variant, init)
+            assert list(cfg.model.hidden_sizes) == [64] * 8 and cfg.data.source == "digits"
+            assert Thresholds.from_mapping(cfg.diagnostics) == Thresholds()
+
+
+@pytest.mark.parametrize("key, value", [("vanishing_ratio", 0), ("patience", 0), ("dead_fraction", 1.5)])
+def test_bad_threshold_names_the_key(key, value):
+    from mlpkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"diagnostics.{key}={value} is not valid"):
+        Thresholds.from_mapping({key: value})
+
+
+def test_cli_reports_a_deep_sigmoid_network_as_vanishing(tmp_path):
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(run_dir, "activation=sigmoid", "model.hidden_sizes=[64,64,64,64,64,64,64,64]",
+                     "trainer.max_epochs=3", "trainer.progress=false")
+    assert result.returncode == 0, result.stderr
+    vanishing = [line for line in result.stderr.splitlines() if "gradients are vanishing" in line]
+    assert len(vanishing) == 1 and "linear1" in vanishing[0] and "linear9" in vanishing[0]
+    health = json.loads((run_dir / "metrics.json").read_text())["gradient_health"]
+    assert health["healthy"] is False and list(health["verdicts"]) == ["vanishing"]
+    assert (run_dir / "gradient_flow.png").stat().st_size > 0
+
+
+def test_cli_stops_cleanly_on_exploding_gradients(tmp_path):
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(run_dir, "optimizer=sgd", "optimizer.lr=1e6", "trainer.max_epochs=3",
+                     "trainer.progress=false", "trainer.log_every_n_steps=1")
+    assert result.returncode == 3, result.stderr
+    assert "gradients are exploding" in result.stderr
+    assert "non-finite at step" in result.stderr and "Traceback" not in result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "exploding" in metrics["gradient_health"]["verdicts"]
