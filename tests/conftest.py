@@ -23,7 +23,10 @@ def compose_config(*overrides: str):
 def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dict | None = None,
             timeout: int = 180) -> subprocess.CompletedProcess:
     """Run `python train.py` for real, its run directory pinned to ``run_dir``."""
-    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides, *args]
+    flags = [o for o in overrides if o.startswith("-")]  # argparse wants -m before the overrides
+    overrides = tuple(o for o in overrides if not o.startswith("-"))
+    command = [sys.executable, str(ROOT / "train.py"), *flags, *args, f"hydra.run.dir={run_dir}",
+               *overrides]
     inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, cwd=run_dir.parent, capture_output=True, text=True, timeout=timeout,

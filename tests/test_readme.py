@@ -32,6 +32,13 @@ def test_readme_train_command_runs(tmp_path, command):
         previous = shlex.split(TRAIN_COMMANDS[TRAIN_COMMANDS.index(command) - 1])[2:]
         assert run_cli(tmp_path / "run", *previous, *FAST).returncode == 0
         overrides = [f"resume={tmp_path / 'run'}" if o.startswith("resume=") else o for o in overrides]
+    if "-m" in overrides:
+        sweep_dir = tmp_path / "sweep"
+        result = run_cli(tmp_path / "run", *overrides, *FAST, f"hydra.sweep.dir={sweep_dir}")
+        assert result.returncode == 0, result.stderr
+        jobs = [path.parent for path in sweep_dir.glob("*/metrics.json")]
+        assert len(jobs) >= 2, result.stderr
+        return
     result = run_cli(tmp_path / "run", *overrides, *FAST)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "metrics.json").exists()
