@@ -72,7 +72,7 @@ class Trainer:
         self.on_nonfinite = on_nonfinite
         self.batch_generator = torch.Generator().manual_seed(seed)
         self.layers = model.linear_layers()
-        self.device = data.train.x.device
+        self.device = data.device  # where the model trains; the data may stay in pinned host memory
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -131,12 +131,12 @@ class Trainer:
         split = self.data.train
         self.model.train()
         if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
-            self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(self.device)
+            self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
             self.next_batch, self.epoch_loss_sum = 0, torch.zeros((), device=self.device)
         order, n_batches = self.epoch_order, math.ceil(len(split) / self.batch_size)
         while self.next_batch < n_batches:
             rows = order[self.next_batch * self.batch_size:(self.next_batch + 1) * self.batch_size]
-            self.epoch_loss_sum += self.train_step(split.x[rows], split.y[rows]) * rows.numel()
+            self.epoch_loss_sum += self.train_step(*split.batch(rows, self.device)) * rows.numel()
             self.step += 1
             self.next_batch += 1
             if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
@@ -157,9 +157,9 @@ class Trainer:
         """Every metric of the objective on a whole split (one host transfer)."""
         was_training = self.model.training
         self.model.eval()
-        logits = torch.cat([self.model.logits(split.x[i:i + EVAL_CHUNK])
+        logits = torch.cat([self.model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
                             for i in range(0, len(split), EVAL_CHUNK)])
-        metrics = self.objective.metrics(logits, split.y)
+        metrics = self.objective.metrics(logits, split.y.to(self.device))
         self.model.train(was_training)
         values = torch.stack([v.float() for v in metrics.values()]).tolist()
         return dict(zip(metrics, values))
@@ -189,7 +189,7 @@ class Trainer:
         extra = state["extra"]
         self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
         if extra.get("epoch_order") is not None:
-            self.epoch_order = extra["epoch_order"].to(self.device)
+            self.epoch_order = extra["epoch_order"].to(self.data.train.x.device)
             self.next_batch = extra["next_batch"]
             self.epoch_loss_sum = torch.tensor(extra["epoch_loss_sum"], device=self.device)
         return state

@@ -21,7 +21,7 @@ def compose_config(*overrides: str):
 
 
 def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dict | None = None,
-            timeout: int = 180) -> subprocess.CompletedProcess:
+            timeout: int = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python train.py` for real, its run directory pinned to ``run_dir``."""
     flags = [o for o in overrides if o.startswith("-")]  # argparse wants -m before the overrides
     overrides = tuple(o for o in overrides if not o.startswith("-"))
@@ -29,7 +29,7 @@ def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dic
                *overrides]
     inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(command, cwd=run_dir.parent, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(command, cwd=cwd or run_dir.parent, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
 
 

@@ -30,16 +30,16 @@ def test_readme_train_command_runs(tmp_path, command):
     if any(o.startswith("resume=") for o in overrides):
         # The README resumes the run of the command before it: make that run first.
         previous = shlex.split(TRAIN_COMMANDS[TRAIN_COMMANDS.index(command) - 1])[2:]
-        assert run_cli(tmp_path / "run", *previous, *FAST).returncode == 0
+        assert run_cli(tmp_path / "run", *previous, *FAST, cwd=ROOT).returncode == 0
         overrides = [f"resume={tmp_path / 'run'}" if o.startswith("resume=") else o for o in overrides]
     if "-m" in overrides:
         sweep_dir = tmp_path / "sweep"
-        result = run_cli(tmp_path / "run", *overrides, *FAST, f"hydra.sweep.dir={sweep_dir}")
+        result = run_cli(tmp_path / "run", *overrides, *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=ROOT)
         assert result.returncode == 0, result.stderr
         jobs = [path.parent for path in sweep_dir.glob("*/metrics.json")]
         assert len(jobs) >= 2, result.stderr
         return
-    result = run_cli(tmp_path / "run", *overrides, *FAST)
+    result = run_cli(tmp_path / "run", *overrides, *FAST, cwd=ROOT)  # README paths are from the root
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "metrics.json").exists()
 

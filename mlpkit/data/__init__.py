@@ -1,4 +1,14 @@
 """build_data: a config's data section -> tensors on the device, with the task and sizes."""
-from mlpkit.data.dataset import Data, RawData, Split, build_data
+from mlpkit.data.dataset import (
+    SOURCES,
+    Data,
+    DataError,
+    RawData,
+    Split,
+    build_data,
+    register_source,
+    save_label_mapping,
+)
 
-__all__ = ["Data", "RawData", "Split", "build_data"]
+__all__ = ["SOURCES", "Data", "DataError", "RawData", "Split", "build_data", "register_source",
+           "save_label_mapping"]

@@ -1,34 +1,69 @@
-"""The Data container, the source registry and build_data (split, standardise, move to device)."""
+"""The Data container, the source registry, and build_data: split, standardise, place tensors."""
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from mlpkit.config import ConfigError
+from mlpkit.data.splits import split_indices, standardization
 
 # name -> "module:function"; modules are imported only when their source is chosen.
 SOURCES: dict[str, str] = {
     "digits": "mlpkit.data.bundled:load_digits",
     "breast_cancer": "mlpkit.data.bundled:load_breast_cancer",
     "diabetes": "mlpkit.data.bundled:load_diabetes",
+    "moons": "mlpkit.data.synthetic:moons",
+    "circles": "mlpkit.data.synthetic:circles",
+    "spirals": "mlpkit.data.synthetic:spirals",
+    "xor": "mlpkit.data.synthetic:xor",
+    "blobs": "mlpkit.data.synthetic:blobs",
+    "sine": "mlpkit.data.synthetic:sine",
+    "mnist": "mlpkit.data.vision:mnist",
+    "fashion_mnist": "mlpkit.data.vision:fashion_mnist",
+    "cifar10": "mlpkit.data.vision:cifar10",
+    "csv": "mlpkit.data.table:load_csv",
 }
 # Keys of a data config that build_data itself uses; every other key goes to the source function.
-SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize", "standardize_target")
+SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize",
+              "standardize_target")
+# Share of the device's free memory the dataset may take; the rest is for the model, activations
+# and the evaluation chunks.
+DEVICE_MEMORY_SHARE = 0.75
+PLACEMENTS = ("device", "pinned-host")
+
+
+class DataError(ConfigError):
+    """A dataset that cannot load as configured: one line naming the key, file, row or column."""
+
+    def __init__(self, key: str, value: Any, message: str):
+        super().__init__(key, value, message)
+        self.args = (f"{key}={value}: {message}",)
 
 
 @dataclass
 class RawData:
-    """What a source returns: features (N, F) float32, targets (N,) int64 classes or float32 values."""
+    """What a source returns: features (N, F) float32, targets (N,) int64 classes or float32 values.
+
+    ``feature_groups`` (F,) gives columns that share one standardisation (image channels); None
+    standardises each column on its own. ``extra`` is carried to ``Data.extra`` (e.g. the target
+    column of a CSV file).
+    """
 
     features: np.ndarray
     targets: np.ndarray
     task: str
     feature_names: list[str]
     class_names: list[str]
+    feature_groups: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,10 +74,27 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def batch(self, index: torch.Tensor | slice, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``index`` (row numbers on this split's device, or a slice) as tensors on ``device``.
+
+        A split on the device already is plainly indexed. A split in host memory for an
+        accelerator (placement "pinned-host") has its rows gathered, pinned and copied
+        asynchronously.
+        """
+        if self.x.device.type == "cpu" and torch.device(device).type != "cpu":
+            return (self.x[index].pin_memory().to(device, non_blocking=True),
+                    self.y[index].pin_memory().to(device, non_blocking=True))
+        return self.x[index].to(device), self.y[index].to(device)
+
 
 @dataclass
 class Data:
-    """A dataset ready to train on: splits as tensors on the device, plus what the model needs."""
+    """A dataset ready to train on: splits as tensors, plus what the model needs.
+
+    ``placement`` is "device" (every split on ``device``, batches by index) or "pinned-host" (too
+    large for the device: splits in pinned host memory, batches copied with ``Split.batch``).
+    """
 
     name: str
     task: str
@@ -56,6 +108,9 @@ class Data:
     target_mean: float = 0.0
     target_std: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    placement: str = "device"
+    device_free_bytes: int | None = None  # free device memory when the placement was chosen
 
     @property
     def in_features(self) -> int:
@@ -69,10 +124,29 @@ class Data:
     def n_targets(self) -> int:
         return 1 if self.train.y.dim() == 1 else self.train.y.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement()
+                   for s in (self.train, self.val, self.test) for t in (s.x, s.y))
+
     def describe(self) -> str:
         sizes = f"train {len(self.train)}, val {len(self.val)}, test {len(self.test)}"
         classes = f", {self.n_classes} classes" if self.task != "regression" else ""
-        return f"data={self.name}: {self.task}, {sizes}, {self.in_features} features{classes}"
+        where = f"on {self.device}"
+        if self.placement == "pinned-host":
+            free = _size(self.device_free_bytes or 0)
+            where = f"in pinned host memory ({free} free on {self.device}), copied batch by batch"
+        features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
+        return (f"data={self.name}: {self.task}, {sizes}, {features}{classes}; "
+                f"{_size(self.nbytes)} {where}")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
 
 
 def register_source(name: str, target: str) -> None:
@@ -84,54 +158,96 @@ def load_source(name: str, params: Mapping[str, Any]) -> RawData:
     if name not in SOURCES:
         raise ConfigError("data.source", name, f"one of {', '.join(sorted(SOURCES))}")
     module_name, function_name = SOURCES[name].split(":")
-    return getattr(importlib.import_module(module_name), function_name)(**params)
+    function = getattr(importlib.import_module(module_name), function_name)
+    accepted = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    for key in params:
+        if key not in accepted and not takes_any:
+            keys = ", ".join(list(accepted) + list(SPLIT_KEYS[1:]))
+            raise ConfigError(f"data.{key}", params[key],
+                              f"one of the keys data.source={name} reads: {keys}")
+    return function(**params)
 
 
-def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded train/val/test indices, stratified by class for classification."""
-    from sklearn.model_selection import train_test_split
+def launch_path(path: str | Path) -> Path:
+    """``path`` resolved against the directory the user launched from (not Hydra's run dir)."""
+    # hydra.utils knows the launch directory inside a Hydra run and falls back to the cwd outside.
+    from hydra.utils import to_absolute_path
 
-    indices = np.arange(len(targets))
-    stratify = targets if classify else None
-    rest, test = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=stratify)
-    val_share = val_fraction / (1 - test_fraction)
-    stratify = targets[rest] if classify else None
-    train, val = train_test_split(rest, test_size=val_share, random_state=seed, stratify=stratify)
-    return train, val, test
+    return Path(to_absolute_path(str(Path(path).expanduser())))
 
 
-def standardization(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column; constant columns get std 1 so they pass through unchanged."""
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+def choose_placement(nbytes: int, device: torch.device) -> tuple[str, int | None]:
+    """Where ``nbytes`` of tensors go ("device" or "pinned-host"), and the device's free bytes."""
+    if device.type != "cuda":
+        return "device", None  # CPU (and MPS, which shares host memory): the data is on the device
+    free, _total = torch.cuda.mem_get_info(device)
+    return ("device" if nbytes <= DEVICE_MEMORY_SHARE * free else "pinned-host"), free
+
+
+def prepare_features(raw: RawData, splits: list[np.ndarray], standardize: bool
+                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The rows of each split, standardised in place with the training split's statistics."""
+    parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
+    if not standardize:
+        width = raw.features.shape[1]
+        return parts, np.zeros(width, np.float32), np.ones(width, np.float32)
+    mean, std = standardization(parts[0], raw.feature_groups)
+    for part in parts:
+        part -= mean
+        part /= std
+    return parts, mean, std
+
+
+def prepare_targets(raw: RawData, train: np.ndarray, standardize: bool
+                    ) -> tuple[np.ndarray, float, float]:
+    """Class indices as they are; regression targets as (N, T) float32, standardised on train."""
+    if raw.task != "regression":
+        return raw.targets.astype(np.int64), 0.0, 1.0
+    targets = raw.targets.astype(np.float32).reshape(len(raw.targets), -1)
+    if not standardize:
+        return targets, 0.0, 1.0
+    mean, std = standardization(targets[train])
+    return (targets - mean) / std, float(mean[0]), float(std[0])
 
 
 def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
-    """Load the configured source, split it, standardise with training statistics, move to device."""
+    """Load the configured source, split it, standardise with training statistics, place tensors."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     params = {k: v for k, v in cfg.items() if k not in SPLIT_KEYS}
     raw = load_source(cfg["source"], params)
-    classify = raw.task != "regression"
-    train, val, test = split_indices(raw.targets, classify, cfg["val_fraction"], cfg["test_fraction"],
-                                     cfg.get("split_seed", 0))
-    features = raw.features.astype(np.float32)
-    mean, std = standardization(features[train])
-    if not cfg.get("standardize", True):
-        mean, std = np.zeros_like(mean), np.ones_like(std)
-    features = (features - mean) / std
+    splits = split_indices(raw.targets, raw.task != "regression", cfg["val_fraction"],
+                           cfg["test_fraction"], cfg.get("split_seed", 0))
+    features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True))
+    targets, target_mean, target_std = prepare_targets(raw, splits[0],
+                                                       cfg.get("standardize_target", True))
+    nbytes = sum(part.nbytes for part in features) + targets.nbytes
+    placement, free = choose_placement(nbytes, device)
 
-    targets = raw.targets
-    target_mean, target_std = 0.0, 1.0
-    if not classify:
-        targets = targets.astype(np.float32).reshape(len(targets), -1)
-        if cfg.get("standardize_target", True):
-            t_mean, t_std = standardization(targets[train])
-            target_mean, target_std = float(t_mean[0]), float(t_std[0])
-            targets = (targets - t_mean) / t_std
+    def to_split(x_rows: np.ndarray, rows: np.ndarray) -> Split:
+        x, y = torch.from_numpy(x_rows), torch.from_numpy(targets[rows])
+        if placement == "pinned-host":
+            return Split(x.pin_memory(), y.pin_memory())
+        return Split(x.to(device), y.to(device))
 
-    def to_split(rows: np.ndarray) -> Split:
-        return Split(torch.from_numpy(features[rows]).to(device), torch.from_numpy(targets[rows]).to(device))
+    train, val, test = (to_split(x_rows, rows) for x_rows, rows in zip(features, splits))
+    return Data(cfg["source"], raw.task, train, val, test, raw.feature_names, raw.class_names,
+                mean, std, target_mean, target_std, dict(raw.extra), device, placement, free)
 
-    return Data(cfg["source"], raw.task, to_split(train), to_split(val), to_split(test),
-                raw.feature_names, raw.class_names, mean, std, target_mean, target_std)
+
+def save_label_mapping(data: Data, run_dir: str | Path) -> Path | None:
+    """Write ``labels.json`` (class index -> label) for a classification set; None for regression.
+
+    Format: {"dataset": "csv", "task": "multiclass", "target": "species",
+             "class_names": ["setosa", "versicolor", "virginica"]}: class index i is class_names[i];
+    for a binary set the sigmoid head gives the probability of class_names[1].
+    """
+    if data.task == "regression":
+        return None
+    path = Path(run_dir) / "labels.json"
+    mapping = {"dataset": data.name, "task": data.task, "target": data.extra.get("target"),
+               "class_names": list(data.class_names)}
+    path.write_text(json.dumps(mapping, indent=2) + "\n")
+    return path
