@@ -64,9 +64,10 @@ def train(cfg: DictConfig) -> float:
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
     except (ConfigError, TrainingStopped) as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        exit_code = getattr(error, "exit_code", 2)
+        if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (2, 3):
             raise  # the launcher marks this job failed and the sweep goes on
-        sys.exit(getattr(error, "exit_code", 2))
+        sys.exit(exit_code)  # a signal stops a whole sweep too
 
 
 @contextmanager
@@ -97,6 +98,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", name, "auto or cpu", "no MPS device is available here")
     return torch.device(name)
+
+
+def limit_threads(setting: int | str) -> None:
+    """Jobs x threads <= cores when a launcher runs jobs side by side."""
+    from mlpkit.sweep import torch_threads
+
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    threads = torch_threads(setting, launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +144,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.diagnostics import GradientMonitor, Thresholds
     from mlpkit.model import build_model, count_parameters
     from mlpkit.objective import build_objective
+    from mlpkit.sweep import final_metrics, run_hparams
     from mlpkit.tensorboard import TensorBoardLogger
     from mlpkit.trainer import Trainer, TrainingStopped
 
@@ -143,6 +155,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.get("resume"):
         resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
     device = resolve_device(str(cfg.trainer.device))
+    limit_threads(cfg.trainer.num_threads)
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
     save_label_mapping(data, run_dir)
@@ -197,6 +210,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         raise
     else:
         result["gradient_health"] = trainer.monitor.finish()  # figures and verdicts, before closing
+        logger.log_hparams(run_hparams(cfg), final_metrics(result), step=trainer.step)
     finally:
         logger.close()
 

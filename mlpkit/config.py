@@ -73,6 +73,9 @@ def validate(cfg: DictConfig) -> None:
 
     _require(_is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
              "trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, "an integer >= 0")
+    threads = trainer.get("num_threads", "auto")
+    _require(threads == "auto" or (_is_int(threads) and threads >= 1), "trainer.num_threads", threads,
+             "auto or an integer >= 1")
     _require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
              "stop or skip")
 

@@ -42,6 +42,17 @@ class TensorBoardLogger:
         """An (height, width, 3) uint8 array."""
         self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
+        """HParams into this run's own event file (``add_hparams`` would make an extra sub-run), so
+        TensorBoard's HParams tab shows one row per run with its final metrics."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        for summary in hparams_summary(values, dict(metrics)):
+            self.writer.file_writer.add_summary(summary)
+        self.log_scalars(metrics, step)
+        self.writer.flush()
+
     def flush(self) -> None:
         self.writer.flush()
 
