@@ -169,7 +169,9 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     metrics_path, status_path = job_dir / "metrics.json", job_dir / JOB_STATUS
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     recorded = json.loads(status_path.read_text()) if status_path.exists() else {}
-    status = recorded.get("status") or ("completed" if metrics else "not finished")  # killed or running
+    # job_status.json (the callback) first, then metrics.json's own status ("stopped" by a signal,
+    # "failed" on a non-finite loss); a job with neither was killed or is still running.
+    status = recorded.get("status") or metrics.get("status") or ("completed" if metrics else "not finished")
     health = metrics.get("gradient_health") or {}
     grad_norms = _layer_grad_norms(health) or (last_grad_norms(job_dir) if metrics else {})
     return {
