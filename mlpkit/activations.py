@@ -1,8 +1,9 @@
 """The registry of activations: config name -> torch module, plus what init and diagnostics need."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

@@ -7,8 +7,8 @@ import os
 import random
 import signal
 import sys
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra

@@ -93,7 +93,11 @@ def describe_hydra_error(error: Exception, overrides: list[str]) -> str | None:
 
     Returns None for errors that are not about the config, which then keep their traceback.
     """
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
 
     if isinstance(error, MissingConfigException) and error.options is not None:
         group, _, choice = str(error.missing_cfg_file).rpartition("/")
@@ -124,6 +128,6 @@ def _keys_of(parent: str, overrides: list[str]) -> list[str]:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        return [str(k) for k in node] if isinstance(node, DictConfig) else []
     except Exception:  # the hint is a courtesy; never let it hide the original error
         return []

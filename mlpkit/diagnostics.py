@@ -55,7 +55,7 @@ class Thresholds:
                 raise ConfigError(f"diagnostics.{key}", value, allowed)
 
     @classmethod
-    def from_mapping(cls, values: Any) -> "Thresholds":
+    def from_mapping(cls, values: Any) -> Thresholds:
         """The threshold keys of ``values`` (the diagnostics config); other keys are not thresholds."""
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 

@@ -3,8 +3,9 @@ about a second, which a run that draws no figure should not pay."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 FLOOR = 1e-12  # bars at or below zero are drawn at this height so a log axis can show them
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ class MLP(nn.Module):
     too, so calling the model gives predictions: probabilities, or values for regression.
     """
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", head: nn.Module):
+    def __init__(self, layers: OrderedDict[str, nn.Module], head: nn.Module):
         super().__init__()
         for name, module in layers.items():
             self.add_module(name, module)
@@ -35,7 +36,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.logits(x))
 
-    def linear_layers(self) -> "OrderedDict[str, nn.Linear]":
+    def linear_layers(self) -> OrderedDict[str, nn.Linear]:
         """The Linear layers by name, input side first (what gradient diagnostics report on)."""
         return OrderedDict((n, m) for n, m in self.named_children() if isinstance(m, nn.Linear))
 

@@ -1,8 +1,8 @@
 """Head + loss pairing for a task: the loss in logits space, predictions through the head, metrics."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -10,7 +10,15 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from mlpkit.checkpoint import BEST, LAST, atomic_save, checkpoint_state, is_better, load_checkpoint, restore
+from mlpkit.checkpoint import (
+    BEST,
+    LAST,
+    atomic_save,
+    checkpoint_state,
+    is_better,
+    load_checkpoint,
+    restore,
+)
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import NONFINITE, GradientMonitor
 from mlpkit.model import MLP

@@ -250,7 +250,7 @@ def test_truncated_empty_and_foreign_files_name_the_file_and_the_problem(tmp_pat
         "empty.pt": (b"", "cannot be read, it is truncated, corrupt"),
         "notes.pt": (b"hello, not a checkpoint\n", "cannot be read, it is truncated, corrupt"),
     }
-    for name, (content, expected) in cases.items():
+    for name, (content, _expected) in cases.items():
         (tmp_path / name).write_bytes(content)
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     cases["bare.pt"] = (None, "is not an mlpkit checkpoint (a bare state_dict?)")

@@ -11,7 +11,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def readme_commands(prefix: str) -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
     lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line.startswith(prefix)]
 
