@@ -140,7 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
-    from mlpkit.data import build_data, save_label_mapping
+    from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, Thresholds
     from mlpkit.model import build_model, count_parameters
     from mlpkit.objective import build_objective
@@ -159,6 +159,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
     save_label_mapping(data, run_dir)
+    save_preprocessing(data, run_dir)
     objective = build_objective(
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),

@@ -8,7 +8,8 @@ from mlpkit.data.dataset import (
     build_data,
     register_source,
     save_label_mapping,
+    save_preprocessing,
 )
 
 __all__ = ["SOURCES", "Data", "DataError", "RawData", "Split", "build_data", "register_source",
-           "save_label_mapping"]
+           "save_label_mapping", "save_preprocessing"]

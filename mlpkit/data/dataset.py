@@ -251,3 +251,23 @@ def save_label_mapping(data: Data, run_dir: str | Path) -> Path | None:
                "class_names": list(data.class_names)}
     path.write_text(json.dumps(mapping, indent=2) + "\n")
     return path
+
+
+def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
+    """Write ``preprocessing.json``: what turns raw rows into model inputs and outputs back into
+    values, so a trained run can predict on new data without the training set.
+
+    Format: {"dataset", "task", "feature_names", "feature_mean", "feature_std", "target",
+    "target_mean", "target_std", "class_names"}; inputs are (raw - feature_mean) / feature_std,
+    regression outputs are output * target_std + target_mean.
+    """
+    path = Path(run_dir) / "preprocessing.json"
+    record = {
+        "dataset": data.name, "task": data.task, "feature_names": list(data.feature_names),
+        "feature_mean": np.asarray(data.feature_mean, dtype=np.float64).reshape(-1).tolist(),
+        "feature_std": np.asarray(data.feature_std, dtype=np.float64).reshape(-1).tolist(),
+        "target": data.extra.get("target"), "target_mean": float(data.target_mean),
+        "target_std": float(data.target_std), "class_names": list(data.class_names),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
