@@ -1,0 +1,44 @@
+"""Discovery: the project's own --help page and a comment on every key a user may touch."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CONFIG_DIR, ROOT
+
+SELF_EVIDENT = {"_target_", "name", "source", "defaults"}
+
+
+def test_help_lists_every_group_with_its_choices_and_examples():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    text = result.stdout
+    assert text.startswith("mlpkit: train multilayer perceptrons")
+    for group in ("activation", "head", "loss", "data", "optimizer", "experiment", "hparams_search"):
+        choices = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(choices)}" in text
+    examples = re.findall(r"^\s+python train.py .*$", text, flags=re.M)
+    assert len(examples) >= 5
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job", "activation=tanh"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "activation:\n  name: tanh" in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parts[-2] != "hydra"),
+                         ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_user_key_has_a_one_line_comment(path):
+    missing = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = re.match(r"^\s*([\w.]+):\s*(\S.*)?$", line)
+        if not match or match.group(1) in SELF_EVIDENT:
+            continue
+        value = match.group(2)
+        if value is not None and not value.startswith("#") and "#" not in value:
+            missing.append(f"{number}: {line.strip()}")
+    assert not missing, f"{path.name}: keys without a comment: {missing}"
