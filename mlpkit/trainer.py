@@ -86,12 +86,12 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {"metric": f"{metric}/val", "mode": mode, "value": None, "epoch": None}
         self.stop_signal: int | None = None  # set by a signal handler; checked after every step
-        self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.skipped_steps = 0
-        # Where an interrupted epoch resumes: its batch order, the next batch and the loss so far.
+        # The epoch in progress: its batch order, the next batch, and each batch's loss so far (on
+        # the device: one copy per step, read at the epoch's end, at checkpoints and when stopping).
         self.epoch_order: torch.Tensor | None = None
         self.next_batch = 0
-        self.epoch_loss_sum = torch.zeros((), device=self.device)
+        self.epoch_losses = torch.zeros(0, device=self.device)
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -109,8 +109,6 @@ class Trainer:
             self.stop_on_nonfinite(self.monitor.last_layers)
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.skip_step(loss)
-        self.first_nonfinite_step = torch.where(
-            torch.isfinite(loss) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step, self.step)
         self.optimizer.step()
         return loss.detach()
 
@@ -124,8 +122,9 @@ class Trainer:
         """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
         if self.on_nonfinite == "skip":
             return
-        first = int(self.first_nonfinite_step.item())
-        step = first if first >= 0 else self.step
+        done = self.epoch_losses[:self.next_batch]
+        bad_batches = (~torch.isfinite(done)).nonzero().flatten().tolist()
+        step = self.step - self.next_batch + bad_batches[0] if bad_batches else self.step
         bad_layers = [name for name, entry in (layers or {}).items()
                       if not math.isfinite(entry.get("grad_norm", 0.0))]
         where = f"; gradients not finite in {', '.join(bad_layers)}" if bad_layers else ""
@@ -140,11 +139,12 @@ class Trainer:
         self.model.train()
         if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
             self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
-            self.next_batch, self.epoch_loss_sum = 0, torch.zeros((), device=self.device)
-        order, n_batches = self.epoch_order, math.ceil(len(split) / self.batch_size)
+            self.next_batch = 0
+            self.epoch_losses = torch.zeros(math.ceil(len(split) / self.batch_size), device=self.device)
+        order, losses, n_batches = self.epoch_order, self.epoch_losses, len(self.epoch_losses)
         while self.next_batch < n_batches:
             rows = order[self.next_batch * self.batch_size:(self.next_batch + 1) * self.batch_size]
-            self.epoch_loss_sum += self.train_step(*split.batch(rows, self.device)) * rows.numel()
+            losses[self.next_batch] = self.train_step(*split.batch(rows, self.device))
             self.step += 1
             self.next_batch += 1
             if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
@@ -154,10 +154,11 @@ class Trainer:
                 raise TrainingStopped(f"stopped by signal {self.stop_signal} at step {self.step} "
                                       f"(epoch {self.epoch + 1}); checkpoint saved",
                                       exit_code=128 + self.stop_signal)
-        self.epoch_order = None
-        epoch_loss = self.epoch_loss_sum.item() / len(split)
+        last_batch = len(split) - self.batch_size * (n_batches - 1)
+        epoch_loss = (losses[:-1].sum() * self.batch_size + losses[-1] * last_batch).item() / len(split)
         if not math.isfinite(epoch_loss):
             self.stop_on_nonfinite()
+        self.epoch_order = None
         return epoch_loss
 
     @torch.no_grad()
@@ -177,13 +178,13 @@ class Trainer:
         """Everything needed to continue exactly here, written atomically to checkpoints/<name>."""
         if self.checkpoint_dir is None:
             return
-        if int(self.first_nonfinite_step) >= 0:  # never let a NaN-poisoned model replace a good file
-            self.stop_on_nonfinite()
         mid_epoch = self.epoch_order is not None
+        if mid_epoch and not torch.isfinite(self.epoch_losses[:self.next_batch]).all():
+            self.stop_on_nonfinite()  # never let a NaN-poisoned model replace a good checkpoint
         extra = {"history": self.history, "skipped_steps": self.skipped_steps,
                  "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
                  "next_batch": self.next_batch if mid_epoch else 0,
-                 "epoch_loss_sum": float(self.epoch_loss_sum) if mid_epoch else 0.0}
+                 "epoch_losses": self.epoch_losses[:self.next_batch].cpu() if mid_epoch else None}
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra)
@@ -199,7 +200,9 @@ class Trainer:
         if extra.get("epoch_order") is not None:
             self.epoch_order = extra["epoch_order"].to(self.data.train.x.device)
             self.next_batch = extra["next_batch"]
-            self.epoch_loss_sum = torch.tensor(extra["epoch_loss_sum"], device=self.device)
+            n_batches = math.ceil(len(self.data.train) / self.batch_size)
+            self.epoch_losses = torch.zeros(n_batches, device=self.device)
+            self.epoch_losses[:self.next_batch] = extra["epoch_losses"].to(self.device)
         return state
 
     # --- the whole run -------------------------------------------------------------------------

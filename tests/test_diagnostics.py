@@ -189,7 +189,7 @@ def test_cli_reports_a_deep_sigmoid_network_as_vanishing(tmp_path):
 
     run_dir = tmp_path / "run"
     result = run_cli(run_dir, "activation=sigmoid", "model.hidden_sizes=[64,64,64,64,64,64,64,64]",
-                     "trainer.max_epochs=3", "trainer.progress=false")
+                     "trainer.max_epochs=3", "trainer.progress=false", "trainer.log_every_n_steps=10")
     assert result.returncode == 0, result.stderr
     vanishing = [line for line in result.stderr.splitlines() if "gradients are vanishing" in line]
     assert len(vanishing) == 1 and "linear1" in vanishing[0] and "linear9" in vanishing[0]
