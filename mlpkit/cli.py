@@ -139,6 +139,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
+    from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, Thresholds
@@ -201,6 +202,10 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
     logger.log_text("model", str(model))
     logger.log_text("config", OmegaConf.to_yaml(cfg))
+    if resume_path is None:  # once per run; a resumed run logged them already
+        logger.log_graph(model, data.train.x[:2])
+        logger.log_image(f"activation/{cfg.activation.name}", figures.figure_to_rgb(
+            figures.activation_figure(cfg.activation.name, activation_params)), step=0)
     try:
         with stop_on_signals(trainer):
             result = trainer.fit()
@@ -211,6 +216,10 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         raise
     else:
         result["gradient_health"] = trainer.monitor.finish()  # figures and verdicts, before closing
+        prediction = figures.prediction_figure(model, objective, data)  # 2-D classifier or 1-D regression
+        if prediction is not None:
+            tag = "decision_boundary/train" if objective.is_classification else "regression_fit/train"
+            logger.log_image(tag, figures.figure_to_rgb(prediction), step=trainer.step)
         logger.log_hparams(run_hparams(cfg), final_metrics(result), step=trainer.step)
     finally:
         logger.close()

@@ -65,3 +65,275 @@ def save_png(figure: Any, path: Path) -> Path:
     figure.savefig(path, format="png")
     plt.close(figure)
     return path
+
+
+# --- activations ---------------------------------------------------------------------------------
+ACTIVATION_LIMIT = 6  # x in [-6, 6]: wide enough to show where sigmoid (|x| > 4.4) and tanh (> 2.2) saturate
+
+
+def activation_curve(name: str, params: dict[str, Any] | None = None, x: Any = None) -> tuple[Any, Any, Any]:
+    """(x, f(x), f'(x)) as float32 tensors for a registered activation; f' comes from autograd.
+
+    The module is built as a run builds it, in eval mode (RReLU then uses its mean slope).
+    """
+    import torch
+
+    from mlpkit.activations import build_activation
+
+    if x is None:  # steps of 0.01 that hit x = 0 exactly: selu's derivative peaks there
+        x = torch.arange(-100 * ACTIVATION_LIMIT, 100 * ACTIVATION_LIMIT + 1, dtype=torch.float32) / 100
+    x = torch.as_tensor(x, dtype=torch.float32).detach().clone().requires_grad_(True)
+    module = build_activation(name, dict(params or {}), 1).eval()
+    y = module(x)
+    (derivative,) = torch.autograd.grad(y.sum(), x)  # elementwise: d(sum f)/dx_i = f'(x_i)
+    return x.detach(), y.detach(), derivative
+
+
+def _draw_activation(axes: Any, name: str, params: dict[str, Any] | None, legend: bool,
+                     shared_scale: bool) -> None:
+    """Curve, derivative, its maximum marked, and (squashing family) where it is saturated.
+
+    ``shared_scale``: the same y range for every panel of a gallery, so heights compare.
+    """
+    from mlpkit.activations import ACTIVATIONS
+    from mlpkit.diagnostics import SATURATED_BELOW
+
+    x, y, derivative = (t.numpy() for t in activation_curve(name, params))
+    top = int(derivative.argmax())
+    axes.axhline(0, color="0.8", linewidth=0.8)
+    axes.axvline(0, color="0.8", linewidth=0.8)
+    if ACTIVATIONS[name].family == "squashing":
+        saturated = derivative < SATURATED_BELOW * derivative[top]
+        axes.fill_between(x, 0, 1, where=saturated, transform=axes.get_xaxis_transform(), color="tab:red",
+                          alpha=0.08, linewidth=0, label=f"saturated: f' < {SATURATED_BELOW:.0%} of max")
+    axes.plot(x, y, color="tab:blue", linewidth=2, label="f(x)")
+    axes.plot(x, derivative, color="tab:orange", linewidth=2, linestyle="--", label="f'(x) (autograd)")
+    axes.plot(x[top], derivative[top], "o", color="tab:orange", markeredgecolor="black", zorder=3)
+    right_half = x[top] > x[0] + 0.75 * (x[-1] - x[0])  # keep the label inside
+    axes.annotate(f"max f' = {derivative[top]:.3g}", (x[top], derivative[top]), textcoords="offset points",
+                  xytext=(-6 if right_half else 6, 6), ha="right" if right_half else "left", fontsize=8)
+    axes.set_xlim(x[0], x[-1])
+    low = min(y.min(), derivative.min()) - 0.2
+    high = max(y.max(), derivative.max()) + 0.5
+    if shared_scale:
+        axes.set_ylim(min(low, -1.2), 3.0)
+    else:
+        axes.set_ylim(min(low, -0.2), min(high, 3.0))
+    shown = ", ".join(f"{key}={value}" for key, value in (params or {}).items())
+    axes.set_title(f"{name}({shown})" if shown else name, fontsize=10)
+    axes.grid(alpha=0.25)
+    if legend:
+        axes.legend(fontsize=7, loc="best", framealpha=0.8)
+
+
+def activation_figure(name: str, params: dict[str, Any] | None = None) -> Any:
+    """One activation and its derivative (autograd), the derivative's maximum marked."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 3.8), dpi=90)
+    _draw_activation(axes, name, params, legend=True, shared_scale=False)
+    axes.set_xlabel("x")
+    figure.tight_layout()
+    return figure
+
+
+def activation_gallery_figure(names: Sequence[str] | None = None, columns: int = 4) -> Any:
+    """Every registered activation (torch's default arguments) and its derivative, one panel each."""
+    from mlpkit.activations import ACTIVATIONS
+    from mlpkit.diagnostics import SATURATED_BELOW
+
+    plt = _pyplot()
+    names = list(names or ACTIVATIONS)
+    rows = math.ceil(len(names) / columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.7 * rows), dpi=90, squeeze=False)
+    for index, axes in enumerate(grid.flat):
+        if index < len(names):
+            _draw_activation(axes, names[index], None, legend=index == 0, shared_scale=True)
+        else:
+            axes.set_visible(False)
+    figure.suptitle("activations f(x) (solid) and their derivatives f'(x) (dashed): each layer scales the "
+                    "gradient it passes back by f'\nshaded: where sigmoid, tanh and hardtanh saturate "
+                    f"(f' below {SATURATED_BELOW:.0%} of its maximum)", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+# --- what a trained model predicts -------------------------------------------------------------
+def _predictions(model: Any, objective: Any, inputs: Any) -> Any:
+    """objective.predict on standardized ``inputs`` (numpy), as numpy; eval mode, then as before."""
+    import torch
+
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model.logits(torch.as_tensor(inputs, dtype=parameter.dtype, device=parameter.device))
+        predicted = objective.predict(logits).float().cpu().numpy()
+    model.train(was_training)
+    return predicted
+
+
+def _class_probabilities(model: Any, objective: Any, inputs: Any) -> Any:
+    """(N, n_classes) probabilities; a sigmoid head's one output p becomes (1 - p, p)."""
+    import numpy as np
+
+    predicted = _predictions(model, objective, inputs)
+    if objective.head == "sigmoid":
+        predicted = predicted.reshape(-1, 1)
+        return np.concatenate([1 - predicted, predicted], axis=1)
+    return predicted
+
+
+def _train_points(data: Any, max_points: int) -> tuple[Any, Any]:
+    """Up to ``max_points`` training rows (standardized x, y), the same ones every time."""
+    import numpy as np
+
+    x, y = data.train.x.cpu().numpy(), data.train.y.cpu().numpy()
+    if len(x) > max_points:
+        rows = np.sort(np.random.default_rng(0).choice(len(x), max_points, replace=False))
+        x, y = x[rows], y[rows]
+    return x, y
+
+
+def _grid_axis(values: Any, resolution: int) -> Any:
+    import numpy as np
+
+    low, high = float(values.min()), float(values.max())
+    margin = 0.1 * (high - low) + 1e-3
+    return np.linspace(low - margin, high + margin, resolution)
+
+
+def decision_boundary_figure(model: Any, objective: Any, data: Any, resolution: int = 200,
+                             max_points: int = 1500) -> Any:
+    """Predicted class regions of a 2-input classifier, with the training points on top.
+
+    The grid spans the standardized inputs; the axes show the original units. Each region's colour
+    is its class's, faded where the model is unsure (the colours mixed by probability).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    points, labels = _train_points(data, max_points)
+    first, second = _grid_axis(points[:, 0], resolution), _grid_axis(points[:, 1], resolution)
+    grid = np.stack(np.meshgrid(first, second), axis=-1).reshape(-1, 2)
+    probabilities = _class_probabilities(model, objective, grid)
+    n_classes = probabilities.shape[1]
+    colors = np.asarray(plt.get_cmap("tab10").colors)[np.arange(n_classes) % 10]
+    shade = np.clip(0.65 + 0.35 * (probabilities @ colors), 0, 1)  # pale: the points stand out
+    mean, std = np.asarray(data.feature_mean, float), np.asarray(data.feature_std, float)
+    first, second = first * std[0] + mean[0], second * std[1] + mean[1]
+    points = points * std + mean
+
+    figure, axes = plt.subplots(figsize=(5.5, 5.0), dpi=90)
+    axes.imshow(shade.reshape(resolution, resolution, 3), origin="lower", aspect="auto",
+                extent=(first[0], first[-1], second[0], second[-1]), interpolation="bilinear")
+    predicted = probabilities.argmax(axis=1).reshape(resolution, resolution)
+    for index in range(n_classes):  # the boundaries: where the predicted class changes
+        if 0 < (predicted == index).sum() < predicted.size:
+            axes.contour(first, second, (predicted == index).astype(float), levels=[0.5], colors="black",
+                         linewidths=0.8)
+    names = list(data.class_names) or [str(index) for index in range(n_classes)]
+    for index in range(n_classes):
+        mine = labels == index
+        axes.scatter(points[mine, 0], points[mine, 1], s=10, color=colors[index], edgecolors="black",
+                     linewidths=0.5, label=names[index])
+    accuracy = float((_class_probabilities(model, objective, data.train.x.cpu().numpy()).argmax(axis=1)
+                      == data.train.y.cpu().numpy()).mean())
+    axes.set_xlabel(data.feature_names[0])
+    axes.set_ylabel(data.feature_names[1])
+    axes.set_title(f"data={data.name}: predicted class regions (train accuracy {accuracy:.3f})", fontsize=10)
+    axes.legend(fontsize=7, loc="best", framealpha=0.8, markerscale=1.5)
+    figure.tight_layout()
+    return figure
+
+
+def regression_fit_figure(model: Any, objective: Any, data: Any, resolution: int = 400,
+                          max_points: int = 1500) -> Any:
+    """The fitted curve of a 1-input regression over the training points, in original units."""
+    import numpy as np
+
+    plt = _pyplot()
+    points, targets = _train_points(data, max_points)
+    inputs = _grid_axis(points[:, 0], resolution).reshape(-1, 1)
+    curve = _predictions(model, objective, inputs)[:, 0]
+    mean, std = float(np.asarray(data.feature_mean).reshape(-1)[0]), float(np.asarray(data.feature_std).reshape(-1)[0])
+    targets = targets.reshape(len(targets), -1)[:, 0] * data.target_std + data.target_mean
+
+    figure, axes = plt.subplots(figsize=(6.0, 4.0), dpi=90)
+    axes.scatter(points[:, 0] * std + mean, targets, s=8, color="0.55", alpha=0.6, label="training points")
+    axes.plot(inputs[:, 0] * std + mean, curve, color="tab:red", linewidth=2, label="model")
+    axes.set_xlabel(data.feature_names[0])
+    axes.set_ylabel(data.extra.get("target") or "target")
+    axes.set_title(f"data={data.name}: the model's fit", fontsize=10)
+    axes.legend(fontsize=8, frameon=False)
+    axes.grid(alpha=0.25)
+    figure.tight_layout()
+    return figure
+
+
+def prediction_figure(model: Any, objective: Any, data: Any) -> Any | None:
+    """What the model predicts over its input space, where that can be drawn: the decision boundary
+    of a 2-input classifier or the curve of a 1-input regression; None for any other data."""
+    if objective.is_classification and data.in_features == 2:
+        return decision_boundary_figure(model, objective, data)
+    if not objective.is_classification and data.in_features == 1 and objective.out_features == 1:
+        return regression_fit_figure(model, objective, data)
+    return None
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def confusion_matrix_figure(matrix: Any, class_names: Sequence[str], title: str) -> Any:
+    """Counts per (true, predicted) class; the diagonal is what the model got right."""
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = len(class_names)
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * size), max(4.0, 0.9 + 0.45 * size)), dpi=90)
+    image = axes.imshow(matrix, cmap="Blues")
+    if size <= 25:
+        for (row, column), count in np.ndenumerate(matrix):
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if count > matrix.max() / 2 else "black")
+    long_names = max((len(str(name)) for name in class_names), default=0) > 3
+    axes.set_xticks(range(size), class_names, rotation=45 if long_names else 0,
+                    ha="right" if long_names else "center", fontsize=8)
+    axes.set_yticks(range(size), class_names, fontsize=8)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def predicted_vs_true_figure(true: Any, predicted: Any, title: str, target: str = "target") -> Any:
+    """One point per sample; a perfect model puts every point on the diagonal."""
+    import numpy as np
+
+    plt = _pyplot()
+    true, predicted = np.asarray(true, float).reshape(-1), np.asarray(predicted, float).reshape(-1)
+    low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
+    figure, axes = plt.subplots(figsize=(4.8, 4.5), dpi=90)
+    axes.plot([low, high], [low, high], color="0.5", linestyle="--", linewidth=1, label="predicted = true")
+    axes.scatter(true, predicted, s=10, alpha=0.6, color="tab:blue")
+    axes.set_xlabel(f"true {target}")
+    axes.set_ylabel(f"predicted {target}")
+    axes.set_aspect("equal", adjustable="datalim")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, frameon=False, loc="upper left")
+    axes.grid(alpha=0.25)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Any, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write the figure once per format (``path`` with each suffix), then close it."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in formats:
+        target = path.with_suffix(f".{suffix}")
+        figure.savefig(target, format=suffix)
+        written.append(target)
+    plt.close(figure)
+    return written

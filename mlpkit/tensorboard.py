@@ -28,6 +28,14 @@ class TensorBoardLogger:
         # TensorBoard renders text as Markdown; indent by 4 spaces to keep a printout verbatim.
         self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
 
+    def log_graph(self, model: Any, example_input: Any) -> None:
+        """The model graph (TensorBoard's Graphs tab), traced once on a couple of input rows."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warns about things that do not apply to an MLP
+            self.writer.add_graph(model, example_input)
+
     def log_layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
         """Custom-scalars layout: {category: {chart title: [tag regexes drawn as lines of one chart]}}."""
         self.writer.add_custom_scalars({

@@ -102,3 +102,16 @@ def test_every_optimizer_trains(tmp_path, optimizer):
     cfg = compose_config(f"optimizer={optimizer}", "trainer.max_epochs=1", "trainer.progress=false",
                          "model.hidden_sizes=[8]")
     assert math.isfinite(run(cfg, tmp_path))
+
+
+def test_run_logs_graph_activation_figure_and_decision_boundary(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_cli(run_dir, "data=moons", "activation=tanh", *FAST, "model.hidden_sizes=[8]")
+    assert result.returncode == 0, result.stderr
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    assert {"activation/tanh", "decision_boundary/train", "gradient_flow"} <= set(tags["images"])
+    assert tags["graph"] is True
+    assert "model/text_summary" in tags["tensors"]

@@ -1,0 +1,89 @@
+"""The figures: activation curves (values agree with torch, derivatives from autograd) and what a
+model predicts over a 2-D or 1-D input space."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlpkit import figures
+from mlpkit.activations import ACTIVATIONS
+from mlpkit.data import build_data
+from mlpkit.model import build_model
+from mlpkit.objective import build_objective
+
+POINTS = [-1.0, 1.0, 2.0, 3.0]
+
+
+def test_activation_curves_agree_with_torch():
+    _, sigmoid, _ = figures.activation_curve("sigmoid", x=POINTS)
+    _, tanh, _ = figures.activation_curve("tanh", x=POINTS)
+    assert sigmoid.tolist() == pytest.approx([0.2689, 0.7311, 0.8808, 0.9526], abs=1e-4)
+    assert tanh.tolist() == pytest.approx([-0.7616, 0.7616, 0.9640, 0.9951], abs=1e-4)
+    _, leaky, _ = figures.activation_curve("leaky", {"negative_slope": 0.2}, x=POINTS)
+    assert leaky.tolist() == pytest.approx([-0.2, 1.0, 2.0, 3.0])
+
+
+def test_derivatives_come_from_autograd_and_peak_where_the_textbook_says():
+    x, sigmoid, d_sigmoid = figures.activation_curve("sigmoid")
+    assert d_sigmoid.tolist() == pytest.approx((sigmoid * (1 - sigmoid)).tolist(), abs=1e-6)
+    assert float(d_sigmoid.max()) == pytest.approx(0.25) and float(x[d_sigmoid.argmax()]) == pytest.approx(0, abs=1e-6)
+    _, tanh, d_tanh = figures.activation_curve("tanh")
+    assert d_tanh.tolist() == pytest.approx((1 - tanh**2).tolist(), abs=1e-6)
+    assert float(d_tanh.max()) == pytest.approx(1.0)
+    _, _, d_relu = figures.activation_curve("relu", x=[-2.0, -0.5, 0.5, 2.0])
+    assert d_relu.tolist() == [0.0, 0.0, 1.0, 1.0]
+    for name, spec in ACTIVATIONS.items():  # the registry's bound is what autograd finds
+        assert float(figures.activation_curve(name)[2].max()) == pytest.approx(spec.max_derivative, abs=3e-3), name
+
+
+def texts(figure) -> list[str]:
+    return [text.get_text() for axes in figure.axes for text in (axes.title, *axes.texts)]
+
+
+def test_activation_figure_marks_the_derivative_maximum():
+    figure = figures.activation_figure("sigmoid", {})
+    assert "sigmoid" in texts(figure) and "max f' = 0.25" in texts(figure)
+    assert figures.figure_to_rgb(figure).shape[2] == 3
+    leaky = figures.activation_figure("leaky", {"negative_slope": 0.2})
+    assert "leaky(negative_slope=0.2)" in texts(leaky)
+    figures.figure_to_rgb(leaky)
+
+
+def test_gallery_has_one_panel_per_registered_activation():
+    figure = figures.activation_gallery_figure()
+    titles = [axes.get_title() for axes in figure.axes if axes.get_visible()]
+    assert titles == list(ACTIVATIONS)
+    assert "max f' = 0.25" in texts(figure) and "max f' = 1" in texts(figure)
+    figures.figure_to_rgb(figure)
+
+
+def tiny(source: str, **params):
+    data = build_data({"source": source, "val_fraction": 0.15, "test_fraction": 0.15, "split_seed": 0,
+                       "n_samples": 200, **params})
+    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes, data.n_targets,
+                                target_mean=data.target_mean, target_std=data.target_std)
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [8], "tanh", {}, objective.head, dropout=0.5)
+    return model, objective, data
+
+
+@pytest.mark.parametrize("source", ["moons", "spirals"])
+def test_decision_boundary_of_a_2d_classifier(source):
+    model, objective, data = tiny(source)
+    model.train()
+    figure = figures.prediction_figure(model, objective, data)
+    assert model.training  # drawn in eval mode (no dropout), then put back as it was
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "x1" and axes.get_ylabel() == "x2"
+    assert axes.get_title().startswith(f"data={source}: predicted class regions (train accuracy ")
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == data.class_names
+    rgb = figures.figure_to_rgb(figure)
+    assert rgb.shape[2] == 3 and rgb.std() > 10  # regions, not a blank canvas
+
+
+def test_regression_fit_of_a_1d_input_and_none_for_other_shapes():
+    model, objective, data = tiny("sine")
+    figure = figures.prediction_figure(model, objective, data)
+    assert figure.axes[0].get_title() == "data=sine: the model's fit"
+    figures.figure_to_rgb(figure)
+    assert figures.prediction_figure(*tiny("blobs", n_features=3)) is None  # 3 inputs: nothing to draw
