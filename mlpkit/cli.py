@@ -143,7 +143,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, Thresholds
-    from mlpkit.model import build_model, count_parameters
+    from mlpkit.model import build_model, count_parameters, model_summary
     from mlpkit.objective import build_objective
     from mlpkit.sweep import final_metrics, run_hparams
     from mlpkit.tensorboard import TensorBoardLogger
@@ -177,8 +177,8 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         activation_params, objective.head, dropout=cfg.model.dropout, init=cfg.model.init,
         bias=cfg.model.get("bias", True),
     ).to(device)
-    log.info("model: head=%s loss=%s, %d parameters on %s\n%s", objective.head, objective.loss_name,
-             count_parameters(model), device, model)
+    log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
+             count_parameters(model), device, model, model_summary(model))
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all")
 
     trainer = Trainer(
@@ -200,7 +200,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         model, cfg.activation.name, logger, run_dir, every_n_steps=cfg.trainer.log_every_n_steps,
         histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
         figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
-    logger.log_text("model", str(model))
+    logger.log_text("model", f"{model}\n\n{model_summary(model)}")
     logger.log_text("config", OmegaConf.to_yaml(cfg))
     if resume_path is None:  # once per run; a resumed run logged them already
         logger.log_graph(model, data.train.x[:2])

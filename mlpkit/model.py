@@ -93,3 +93,15 @@ def initialize(model: MLP, init: str, nonlinearity: str, param: float | None) ->
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_summary(model: nn.Module) -> str:
+    """A table of the layers: name, module, output width, parameters; then the total."""
+    rows = [("layer", "module", "out", "parameters")]
+    for name, module in model.named_children():
+        width = getattr(module, "out_features", "")
+        rows.append((name, type(module).__name__, str(width), f"{count_parameters(module):,}"))
+    rows.append(("total", "", "", f"{count_parameters(model):,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+                     for r in rows)

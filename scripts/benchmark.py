@@ -42,7 +42,7 @@ from mlpkit.trainer import Trainer  # noqa: E402
 DEFAULT_LOG_EVERY = 50  # configs/trainer/default.yaml's trainer.log_every_n_steps
 WORKLOADS = {
     # name: (features, hidden sizes, classes, training samples, batch size, epochs per round)
-    "digits": (64, [256, 256], 10, None, 64, 3),
+    "digits": (64, [256, 256], 10, None, 64, 15),
     "mnist": (784, [512, 512], 10, 60_000, 256, 1),
 }
 

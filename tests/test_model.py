@@ -69,3 +69,16 @@ def test_default_init_is_torchs_own():
     torch.manual_seed(0)
     reference = nn.Linear(6, 4)
     assert torch.equal(model.linear1.weight, reference.weight)
+
+
+def test_model_summary_counts_parameters_per_layer():
+    from mlpkit.model import model_summary
+
+    model = build_model(4, 3, [5], "prelu", {"num_parameters": 1, "init": 0.25}, "softmax")
+    lines = model_summary(model).splitlines()
+    assert lines[0].split() == ["layer", "module", "out", "parameters"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["linear1"] == ["linear1", "Linear", "5", "25"]      # 4*5 weights + 5 biases
+    assert rows["act1"][-1] == "1"                                    # PReLU's own slope
+    assert rows["linear2"] == ["linear2", "Linear", "3", "18"]
+    assert rows["total"] == ["total", "44"]
