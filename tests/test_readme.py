@@ -55,7 +55,8 @@ def test_readme_block_runs(tmp_path, block):
         result = subprocess.run(to_argv(command, tmp_path), cwd=tmp_path, capture_output=True, text=True,
                                 timeout=300, env=env)
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
-    assert list(tmp_path.glob("**/metrics.json")) or list(tmp_path.glob("outputs/**/*.png"))
+        if command.startswith("python train.py"):  # every training command leaves a finished run
+            assert list(tmp_path.glob("**/metrics.json")), command
 
 
 def test_make_train_passes_overrides(tmp_path):
