@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpkit.config import ConfigError
+from mlpkit.config import ConfigError, show_value
 
 FORMAT = "mlpkit-checkpoint"
 VERSION = 1
@@ -340,7 +340,7 @@ def _hint(parameter: str, saved: torch.Tensor | None, current: torch.Tensor | No
     value = _lookup(state.get("config"), setting)
     if value is None:
         return f"was it trained with other {setting}?"
-    return f"was it trained with other {setting}? the file has {setting}={_show(value)}"
+    return f"was it trained with other {setting}? the file has {setting}={show_value(value)}"
 
 
 def _lookup(config: Any, dotted: str) -> Any:
@@ -349,14 +349,6 @@ def _lookup(config: Any, dotted: str) -> Any:
             return None
         config = config[part]
     return config
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{key}:{_show(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(item) for item in value) + "]"
-    return str(value)
 
 
 def _check_optimizer(state: Mapping[str, Any], optimizer: torch.optim.Optimizer, path: str) -> None:

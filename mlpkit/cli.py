@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -18,10 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlpkit.config import ConfigError, describe_hydra_error, validate
+from mlpkit.config import CONFIG_DIR, ConfigError, report_config_errors, validate
 
 log = logging.getLogger("mlpkit")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def resumed_run_dir(resume: str | None, new_run_dir: str) -> str:
@@ -43,16 +41,7 @@ OmegaConf.register_new_resolver("mlpkit_run_dir", resumed_run_dir, replace=True)
 
 def main() -> None:
     """`python train.py` and `mlpkit-train`: Hydra's CLI, with config mistakes as one line, exit 2."""
-    show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
-    try:
-        train()
-    except Exception as error:
-        message = None if show_traceback else describe_hydra_error(error, sys.argv[1:])
-        if message is None:
-            raise
-        print(f"Config error: {message}", file=sys.stderr)
-        sys.exit(2)
+    report_config_errors(train, "train")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

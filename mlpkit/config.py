@@ -1,9 +1,15 @@
 """Config checks that run once, before any data is loaded, and the one error type they raise."""
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
 HEADS = ("auto", "softmax", "sigmoid", "identity")
@@ -16,13 +22,16 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str, hint: str = ""):
         self.key, self.value, self.allowed = key, value, allowed
-        message = f"{key}={_show(value)} is not valid: expected {allowed}"
+        message = f"{key}={show_value(value)} is not valid: expected {allowed}"
         super().__init__(message + (f". {hint}" if hint else ""))
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as it is typed on the command line: [64,32], {name:relu}."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{key}:{show_value(item)}" for key, item in value.items()) + "}"
     if isinstance(value, (ListConfig, list, tuple)):
-        return "[" + ",".join(_show(item) for item in value) + "]"
+        return "[" + ",".join(show_value(item) for item in value) + "]"
     return str(value)
 
 
@@ -31,11 +40,13 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -46,10 +57,10 @@ def validate(cfg: DictConfig) -> None:
     model, trainer, data = cfg.model, cfg.trainer, cfg.data
     sizes = model.hidden_sizes
     _require(
-        isinstance(sizes, (ListConfig, list)) and all(_is_int(s) and s > 0 for s in sizes),
+        isinstance(sizes, (ListConfig, list)) and all(is_int(s) and s > 0 for s in sizes),
         "model.hidden_sizes", sizes, "a list of positive integers, e.g. [128,64] ([] for a linear model)",
     )
-    _require(_is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
+    _require(is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
              "a number in [0, 1)")
     _require(model.init in INITS, "model.init", model.init, f"one of {', '.join(INITS)}")
 
@@ -58,29 +69,32 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.head.name in HEADS, "head.name", cfg.head.name, f"one of {', '.join(HEADS)}")
     _require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {', '.join(LOSSES)}")
 
-    _require(_is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
+    _require(is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
              "a positive number, e.g. 0.001")
 
     for key in ("max_epochs", "batch_size", "log_every_n_steps"):
         value, least = trainer[key], 0 if key == "max_epochs" else 1
-        _require(_is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
-    _require(_is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
+        _require(is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
+    _require(is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
     device = str(trainer.device)
     _require(device in ("auto", "cpu", "mps") or device.startswith("cuda"), "trainer.device", device,
              "auto, cpu, cuda, cuda:N or mps")
     _require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
              "auto, true or false")
 
-    _require(_is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
+    _require(is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
              "trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, "an integer >= 0")
+    for key in ("histogram_every_n_steps", "figure_every_n_steps"):
+        value = cfg.diagnostics[key]
+        _require(is_int(value) and value >= 0, f"diagnostics.{key}", value, "an integer >= 0 (0 = off)")
     threads = trainer.get("num_threads", "auto")
-    _require(threads == "auto" or (_is_int(threads) and threads >= 1), "trainer.num_threads", threads,
+    _require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads", threads,
              "auto or an integer >= 1")
     _require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
              "stop or skip")
 
     for key in ("val_fraction", "test_fraction"):
-        _require(_is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
+        _require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
                  "a fraction in (0, 1)")
     _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction + data.test_fraction",
              data.val_fraction + data.test_fraction, "a sum below 1, leaving samples to train on")
@@ -88,10 +102,27 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")
 
 
-def describe_hydra_error(error: Exception, overrides: list[str]) -> str | None:
+def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: bool = True) -> None:
+    """Run a Hydra app; a mistake in the overrides (unknown choice or key, bad syntax) is one line on
+    stderr and exit code 2. ``HYDRA_FULL_ERROR=1`` keeps Hydra's traceback instead."""
+    show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
+    try:
+        app()
+    except Exception as error:
+        message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
+        if message is None:
+            raise
+        print(f"Config error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def describe_hydra_error(error: Exception, overrides: list[str], config_name: str = "train",
+                         new_keys: bool = True) -> str | None:
     """One line for a Hydra composition error (unknown choice, misspelled key, bad override syntax).
 
     Returns None for errors that are not about the config, which then keep their traceback.
+    ``new_keys``: whether the app takes new keys with a ``+`` prefix (worth saying in the message).
     """
     from hydra.errors import (
         ConfigCompositionException,
@@ -104,29 +135,29 @@ def describe_hydra_error(error: Exception, overrides: list[str]) -> str | None:
         return str(ConfigError(group, choice, f"one of {', '.join(sorted(error.options))}"))
     if isinstance(error, OverrideParseException):
         return f"cannot parse the command-line override: {str(error).splitlines()[0]} " \
-               "(lists are written model.hidden_sizes=[64,32], quoted when the shell would split them)"
+               "(lists are written model.hidden_sizes=[64,32]; quote what the shell or Hydra would " \
+               """split, e.g. 'delimiter=";"')"""
     if isinstance(error, ConfigCompositionException):
         full_key = getattr(error.__cause__, "full_key", None)
         if not full_key:
             return str(error).splitlines()[0]
         value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == full_key), "")
         parent, _, key = full_key.rpartition(".")
-        known = _keys_of(parent, [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key])
-        allowed = f"a key of {parent or 'the config'}: {', '.join(known)}" if known else "an existing key"
-        return f"{full_key}={value} is not valid: {key!r} is not a config key; expected {allowed} " \
-               f"(prefix with + to add a new key)"
+        others = [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key]
+        known = ", ".join(_keys_of(parent, others, config_name))
+        allowed = (f"a key of {parent}: {known}" if parent else f"one of {known}") if known else "an existing key"
+        hint = " (prefix with + to add a new key)" if new_keys else ""
+        return f"{full_key}={value} is not valid: {key!r} is not a config key; expected {allowed}{hint}"
     return None
 
 
-def _keys_of(parent: str, overrides: list[str]) -> list[str]:
+def _keys_of(parent: str, overrides: list[str], config_name: str) -> list[str]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mlpkit.cli import CONFIG_DIR
-
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
+            cfg = compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra")])
         node = OmegaConf.select(cfg, parent) if parent else cfg
         return [str(k) for k in node] if isinstance(node, DictConfig) else []
     except Exception:  # the hint is a courtesy; never let it hide the original error

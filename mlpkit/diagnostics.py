@@ -41,17 +41,17 @@ class Thresholds:
     saturation_fraction: float = 0.5  # sigmoid/tanh: share of a layer's pre-activations that saturate
 
     def __post_init__(self):
-        from mlpkit.config import ConfigError
+        from mlpkit.config import ConfigError, is_int, is_number
 
         for key, allowed, ok in (
             ("vanishing_ratio", "a number in (0, 1)", lambda v: 0 < v < 1),
-            ("patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+            ("patience", "an integer >= 1", lambda v: is_int(v) and v >= 1),
             ("exploding_growth", "a number > 1", lambda v: v > 1),
             ("dead_fraction", "a fraction in (0, 1]", lambda v: 0 < v <= 1),
             ("saturation_fraction", "a fraction in (0, 1]", lambda v: 0 < v <= 1),
         ):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            if not is_number(value) or not ok(value):
                 raise ConfigError(f"diagnostics.{key}", value, allowed)
 
     @classmethod
@@ -166,13 +166,6 @@ class GradientMonitor:
     def __init__(self, model: MLP, activation: str, logger: Any | None = None, run_dir: Path | None = None, *,
                  every_n_steps: int = 10, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
                  thresholds: Thresholds = Thresholds()):
-        from mlpkit.config import ConfigError
-
-        for key, value, least in (("trainer.log_every_n_steps", every_n_steps, 1),
-                                  ("diagnostics.histogram_every_n_steps", histogram_every_n_steps, 0),
-                                  ("diagnostics.figure_every_n_steps", figure_every_n_steps, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(key, value, f"an integer >= {least}" + (" (0 = off)" if least == 0 else ""))
         self.logger, self.run_dir, self.activation = logger, run_dir, activation
         self.every_n_steps, self.histogram_every_n_steps = every_n_steps, histogram_every_n_steps
         self.figure_every_n_steps = figure_every_n_steps

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlpkit.config import ConfigError
+from mlpkit.config import CONFIG_DIR, ConfigError, report_config_errors
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
 
@@ -217,40 +215,29 @@ def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu") -> dic
 def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str = ",") -> np.ndarray:
     """The named feature columns of a CSV file as float32 (N, F); other columns are ignored.
 
-    A missing file or column, or a cell that is not a finite number, is one DataError naming the
-    file, line and column; nothing is dropped or filled in.
+    The file is read like a training table (mlpkit.data.table.read_rows); a missing file or column,
+    or a cell that is not a finite number, is one DataError naming the file, line and column;
+    nothing is dropped or filled in.
     """
     from mlpkit.data import DataError
+    from mlpkit.data.table import finite_number, read_rows
 
     if not path.is_file():
         raise DataError("input", path, f"{path.resolve()} {'is a directory' if path.is_dir() else 'does not exist'}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle, delimiter=delimiter))
-    header = [name.strip() for name in rows[0]] if rows else []
+    header, rows = read_rows(path, delimiter, key="input", delimiter_key="delimiter")
     missing = [name for name in feature_names if name not in header]
-    other = next((sep for sep in (",", ";", "\t", "|") if header and sep in header[0]), None)
-    if missing and len(header) == 1 and other is not None:
-        typed = "'delimiter=\\t'" if other == "\t" else f"'delimiter=\"{other}\"'"  # quoted for shell and Hydra
-        raise DataError("input", path, f"line 1 reads as one column {header[0][:60]!r}; add {typed} to "
-                        "split it")
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DataError("input", path, f"line 1: no column {shown}; the run was trained on "
                         f"{len(feature_names)} feature columns: {', '.join(feature_names[:8])}"
                         f"{', ...' if len(feature_names) > 8 else ''}")
     columns = [header.index(name) for name in feature_names]
-    body = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]  # blank lines hold no data
-    if not body:
-        raise DataError("input", path, "has a header but no data rows")
-    values = np.empty((len(body), len(columns)), dtype=np.float32)
-    for index, (line, row) in enumerate(body):
+    values = np.empty((len(rows), len(columns)), dtype=np.float32)
+    for index, (line, row) in enumerate(rows):
         for position, column in enumerate(columns):
-            cell = row[column] if column < len(row) else ""
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
+            value = finite_number(row[column])
+            if value is None:
+                cell = row[column]
                 problem = "empty cell" if cell.strip() == "" else f"{cell!r} is not a finite number"
                 raise DataError("input", path, f"line {line}, column '{feature_names[position]}': {problem}")
             values[index, position] = value
@@ -320,36 +307,6 @@ def exit_on_config_error(command: Callable[..., Any], *args: Any) -> None:
         sys.exit(2)  # SystemExit passes through Hydra, which would log a failed job for an exception
 
 
-def report_hydra_errors(hydra_command: Callable[[], Any], config_name: str) -> None:
-    """A mistake in the overrides themselves (unknown key, bad syntax) is one line and exit code 2."""
-    from hydra.errors import HydraException
-
-    show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's own errors reach us instead of its printer
-    try:
-        hydra_command()
-    except HydraException as error:
-        if show_traceback:
-            raise
-        print(f"Config error: {_describe(error, config_name)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _describe(error: Exception, config_name: str) -> str:
-    from hydra.errors import OverrideParseException
-
-    if isinstance(error, OverrideParseException):
-        return (f"cannot parse the command-line override: {str(error).splitlines()[0]} (quote characters "
-                """Hydra reads as syntax, e.g. 'delimiter=";"')""")
-    full_key = getattr(error.__cause__, "full_key", None)
-    if not full_key:
-        return " ".join(line.strip() for line in str(error).splitlines()[:2])
-    keys = [key for key in OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml") if key not in ("defaults", "hydra")]
-    given = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.split("=")[0] == full_key), "")
-    return (f"{full_key}={given} is not valid: {full_key.split('.')[-1]!r} is not a config key; expected one "
-            f"of {', '.join(keys)}")
-
-
 def _given(cfg: DictConfig, key: str) -> Any:
     """The value of a key, or ``???`` while a required key is not given."""
     return "???" if OmegaConf.is_missing(cfg, key) else cfg[key]
@@ -368,9 +325,9 @@ def _predict(cfg: DictConfig) -> None:
 
 def evaluate_main() -> None:
     """`python scripts/evaluate.py run=<run dir>` and `mlpkit-evaluate run=<run dir>`."""
-    report_hydra_errors(_evaluate, "evaluate")
+    report_config_errors(_evaluate, "evaluate", new_keys=False)
 
 
 def predict_main() -> None:
     """`python scripts/predict.py run=<run dir> input=new.csv output=pred.csv`."""
-    report_hydra_errors(_predict, "predict")
+    report_config_errors(_predict, "predict", new_keys=False)

@@ -84,6 +84,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self.metric = metric  # the validation metric best.pt follows
         self.best: dict[str, Any] = {"metric": f"{metric}/val", "mode": mode, "value": None, "epoch": None}
         self.stop_signal: int | None = None  # set by a signal handler; checked after every step
         self.skipped_steps = 0
@@ -174,8 +175,9 @@ class Trainer:
         return dict(zip(metrics, values))
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def save(self, name: str) -> None:
-        """Everything needed to continue exactly here, written atomically to checkpoints/<name>."""
+    def save(self, *names: str) -> None:
+        """Everything needed to continue exactly here, captured once and written atomically to each
+        checkpoints/<name>."""
         if self.checkpoint_dir is None:
             return
         mid_epoch = self.epoch_order is not None
@@ -188,7 +190,8 @@ class Trainer:
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra)
-        atomic_save(state, self.checkpoint_dir / name)
+        for name in names:
+            atomic_save(state, self.checkpoint_dir / name)
 
     def resume_from(self, path: Path) -> dict:
         """Weights, optimizer, RNG states, counters, history and a half-done epoch's place."""
@@ -220,13 +223,11 @@ class Trainer:
                 val = self.evaluate(self.data.val)
                 self.record_epoch(train_loss, val, bar)
                 self.epoch += 1  # epochs completed, as checkpoints count them
-                improved = is_better(val[self.best["metric"].split("/")[0]], self.best["value"],
-                                     self.best["mode"])
-                if improved:
-                    self.best.update(value=val[self.best["metric"].split("/")[0]], epoch=self.epoch)
-                self.save(LAST)
-                if improved:
-                    self.save(BEST)
+                if is_better(val[self.metric], self.best["value"], self.best["mode"]):
+                    self.best.update(value=val[self.metric], epoch=self.epoch)
+                    self.save(LAST, BEST)
+                else:
+                    self.save(LAST)
         finally:
             bar.close()
         self.epoch = self.max_epochs

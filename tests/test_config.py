@@ -21,6 +21,8 @@ CASES = [
     (["model.hidden_sizes=[64,"], "cannot parse the command-line override"),
     (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite=ignore is not valid: expected stop or skip"),
     (["trainer.device=tpu"], "trainer.device=tpu is not valid"),
+    (["diagnostics.figure_every_n_steps=-1"],
+     "diagnostics.figure_every_n_steps=-1 is not valid: expected an integer >= 0 (0 = off)"),
 ]
 
 

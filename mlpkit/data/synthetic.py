@@ -5,20 +5,20 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.config import ConfigError
+from mlpkit.config import ConfigError, is_int, is_number
 from mlpkit.data.dataset import RawData
 
 POINT_NAMES = ["x1", "x2"]
 
 
 def _check_int(key: str, value: Any, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if not is_int(value) or value < least:
         raise ConfigError(f"data.{key}", value, f"an integer >= {least}")
     return value
 
 
 def _check_noise(value: Any, key: str = "noise") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if not is_number(value) or value < 0:
         raise ConfigError(f"data.{key}", value, "a number >= 0")
     return float(value)
 

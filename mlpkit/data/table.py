@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.config import ConfigError
+from mlpkit.config import ConfigError, show_value
 from mlpkit.data.dataset import DataError, RawData, launch_path
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,13 @@ def csv_file(path: str | None) -> Path:
     return file
 
 
-def read_rows(file: Path, delimiter: str) -> tuple[list[str], list[Row]]:
-    """The header (stripped column names) and the data rows with their line numbers."""
+def read_rows(file: Path, delimiter: str, key: str = "data.path",
+              delimiter_key: str = "data.delimiter") -> tuple[list[str], list[Row]]:
+    """The header (stripped column names) and the data rows with their line numbers.
+
+    ``key`` and ``delimiter_key`` are the settings named in the errors (for training, data.path and
+    data.delimiter; for prediction, input and delimiter).
+    """
     rows: list[Row] = []
     try:
         with open(file, newline="", encoding="utf-8-sig") as handle:
@@ -66,27 +71,27 @@ def read_rows(file: Path, delimiter: str) -> tuple[list[str], list[Row]]:
             header = [name.strip() for name in next(reader, [])]
             rows = [(reader.line_num, row) for row in reader if row]  # blank lines hold no data
     except UnicodeDecodeError as error:
-        raise DataError("data.path", file, f"is not UTF-8 text ({error.reason} at byte "
+        raise DataError(key, file, f"is not UTF-8 text ({error.reason} at byte "
                         f"{error.start})") from None
     except csv.Error as error:
-        raise DataError("data.path", file, f"line {reader.line_num}: {error}") from None
+        raise DataError(key, file, f"line {reader.line_num}: {error}") from None
     if not header:
-        raise DataError("data.path", file, "is empty: expected a header line naming the columns")
+        raise DataError(key, file, "is empty: expected a header line naming the columns")
     other = next((sep for sep in (",", ";", "\t", "|") if sep in header[0]), None)
     if len(header) == 1 and other is not None:
         shown = "'\\t'" if other == "\t" else repr(other)
-        raise DataError("data.delimiter", repr(delimiter), f"{file} line 1 reads as one column "
-                        f"{header[0]!r}; set data.delimiter={shown} to split it")
+        raise DataError(delimiter_key, repr(delimiter), f"{file} line 1 reads as one column "
+                        f"{header[0]!r}; set {delimiter_key}={shown} to split it")
     for position, name in enumerate(header, start=1):
         if not name:
-            raise DataError("data.path", file, f"line 1: column {position} has no name")
+            raise DataError(key, file, f"line 1: column {position} has no name")
         if header.index(name) != position - 1:
-            raise DataError("data.path", file, f"line 1: column '{name}' appears twice")
+            raise DataError(key, file, f"line 1: column '{name}' appears twice")
     if not rows:
-        raise DataError("data.path", file, "has a header but no data rows")
+        raise DataError(key, file, "has a header but no data rows")
     for line, row in rows:
         if len(row) != len(header):
-            raise DataError("data.path", file, f"line {line} has {len(row)} fields, the header has "
+            raise DataError(key, file, f"line {line} has {len(row)} fields, the header has "
                             f"{len(header)}")
     return header, rows
 
@@ -107,21 +112,17 @@ def pick_columns(file: Path, header: list[str], target: str | None,
         names = [features] if isinstance(features, str) else [str(name) for name in features]
         for name in names:
             if name not in header:
-                raise DataError("data.features", _show(names),
+                raise DataError("data.features", show_value(names),
                                 f"{file} has no column '{name}'; its columns are: {columns}")
             if name == header[target_column]:
-                raise DataError("data.features", _show(names), f"'{name}' is the target column")
+                raise DataError("data.features", show_value(names), f"'{name}' is the target column")
         if len(set(names)) != len(names):
-            raise DataError("data.features", _show(names), "lists a column twice")
+            raise DataError("data.features", show_value(names), "lists a column twice")
         feature_columns = [header.index(name) for name in names]
     if not feature_columns:
-        raise DataError("data.features", _show([header[c] for c in feature_columns]),
+        raise DataError("data.features", show_value([header[c] for c in feature_columns]),
                         f"no feature columns: {file} holds only the target '{target}'")
     return target_column, feature_columns
-
-
-def _show(names: Sequence[str]) -> str:
-    return "[" + ",".join(names) + "]"
 
 
 def _cell_problem(cell: str, what: str) -> str:
@@ -134,7 +135,7 @@ def _cell_problem(cell: str, what: str) -> str:
     return f"{cell!r} is not a number; {what}"
 
 
-def _number(cell: str) -> float | None:
+def finite_number(cell: str) -> float | None:
     """The cell as a finite float, or None."""
     try:
         value = float(cell)
@@ -148,7 +149,7 @@ def parse_features(file: Path, header: list[str], rows: list[Row], columns: list
     values = np.empty((len(rows), len(columns)), dtype=np.float32)
     for index, (line, row) in enumerate(rows):
         for position, column in enumerate(columns):
-            value = _number(row[column])
+            value = finite_number(row[column])
             if value is None:
                 problem = _cell_problem(row[column], "feature columns must be numeric; choose them "
                                         "with data.features=[...]")
@@ -161,7 +162,7 @@ def parse_features(file: Path, header: list[str], rows: list[Row], columns: list
 def parse_target(file: Path, name: str, cells: list[str], lines: list[int], task: str
                  ) -> tuple[str, np.ndarray, list[str]]:
     """The task, the targets (class indices or values) and the class names, from the cells."""
-    numbers = [_number(cell) for cell in cells]
+    numbers = [finite_number(cell) for cell in cells]
     for line, cell, number in zip(lines, cells, numbers):
         if cell.strip().lower() in MISSING or (number is None and _is_infinite(cell)):
             raise DataError("data.path", file, f"line {line}, column '{name}': "
