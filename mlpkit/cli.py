@@ -129,6 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
+    from mlpkit.acceleration import check_settings, resolve_fused, set_matmul_precision
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, Thresholds
@@ -145,6 +146,8 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.get("resume"):
         resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
     device = resolve_device(str(cfg.trainer.device))
+    check_settings(device, str(cfg.trainer.precision), cfg.trainer.compile, cfg.trainer.cuda_graphs)
+    set_matmul_precision(device, cfg.trainer.tf32)
     limit_threads(cfg.trainer.num_threads)
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
@@ -168,7 +171,9 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     ).to(device)
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all")
+    fused = resolve_fused(cfg.optimizer.get("fused"), device)
+    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all",
+                                        **({"fused": fused} if "fused" in cfg.optimizer else {}))
 
     trainer = Trainer(
         model, objective, optimizer, data,
@@ -178,6 +183,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         config=OmegaConf.to_container(cfg, resolve=True), metric=cfg.objective.metric,
         mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
+        precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,
     )
     if resume_path is not None:
         state = trainer.resume_from(resume_path)

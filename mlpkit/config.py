@@ -25,6 +25,18 @@ class ConfigError(ValueError):
         message = f"{key}={show_value(value)} is not valid: expected {allowed}"
         super().__init__(message + (f". {hint}" if hint else ""))
 
+    def __reduce__(self):
+        # Pickled whole (message and attributes), not rebuilt through __init__: parallel launchers
+        # (joblib, Ray) send a failed job's exception back to the sweep process.
+        return _restore_error, (type(self), self.args, self.__dict__)
+
+
+def _restore_error(cls: type, args: tuple, state: dict) -> Exception:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 def show_value(value: Any) -> str:
     """A value as it is typed on the command line: [64,32], {name:relu}."""
@@ -92,6 +104,10 @@ def validate(cfg: DictConfig) -> None:
              "auto or an integer >= 1")
     _require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
              "stop or skip")
+    for key in ("compile", "cuda_graphs", "tf32"):
+        _require(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
+    _require(str(trainer.precision) in ("32", "bf16-mixed"), "trainer.precision", trainer.precision,
+             "32 or bf16-mixed")
 
     for key in ("val_fraction", "test_fraction"):
         _require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],

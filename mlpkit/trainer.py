@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from mlpkit.acceleration import autocast, compile_loss
 from mlpkit.checkpoint import (
     BEST,
     LAST,
@@ -19,6 +20,7 @@ from mlpkit.checkpoint import (
     load_checkpoint,
     restore,
 )
+from mlpkit.config import ConfigError
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import NONFINITE, GradientMonitor
 from mlpkit.model import MLP
@@ -47,6 +49,11 @@ class Trainer:
     ``torch._foreach_norm`` and pulled to the host once per ``log_every_n_steps`` together with the
     loss and the non-finite flag: the loop's only host synchronisation besides the per-epoch
     evaluation (and, with ``on_nonfinite="skip"``, one check per step).
+
+    ``precision="bf16-mixed"`` runs forward passes under bf16 autocast. ``compile_step`` (and
+    ``cuda_graphs``) trains through a torch.compile'd forward and loss with static shapes: the last
+    partial batch of each epoch is dropped, and steps that log diagnostics run eagerly (their
+    forward hooks would otherwise recompile the step).
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class Trainer:
         metric: str = "loss",
         mode: str = "min",
         on_nonfinite: str = "stop",
+        precision: str = "32",
+        compile_step: bool = False,
+        cuda_graphs: bool = False,
     ):
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
         self.max_epochs, self.batch_size = max_epochs, batch_size
@@ -92,15 +102,29 @@ class Trainer:
         # the device: one copy per step, read at the epoch's end, at checkpoints and when stopping).
         self.epoch_order: torch.Tensor | None = None
         self.next_batch = 0
-        self.epoch_losses = torch.zeros(0, device=self.device)
+        self.epoch_losses: list[torch.Tensor] = []
+        self.precision, self.cuda_graphs = precision, cuda_graphs
+        self.drop_last = compile_step or cuda_graphs  # static shapes: every step sees batch_size rows
+        if self.drop_last and len(data.train) < batch_size:
+            raise ConfigError("trainer.batch_size", batch_size, f"at most {len(data.train)} (the training "
+                              "rows) when trainer.compile or trainer.cuda_graphs drops partial batches")
+        self.step_loss = compile_loss(self.forward_loss, cuda_graphs) if self.drop_last else self.forward_loss
 
     # --- one step ------------------------------------------------------------------------------
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.objective.loss(self.model.logits(x), y)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         monitored = self.monitor is not None and self.monitor.is_log_step(self.step)
         if monitored:
             self.monitor.before_forward(self.step)  # activation hooks, on logging steps only
-        logits = self.model.logits(x)
-        loss = self.objective.loss(logits, y)
+            loss = self.forward_loss(x, y)
+        elif self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            loss = self.step_loss(x, y).clone()  # the graph's own output is overwritten by the next replay
+        else:
+            loss = self.step_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if monitored and self.monitor.after_backward(self.step, loss) == NONFINITE:
@@ -123,7 +147,7 @@ class Trainer:
         """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
         if self.on_nonfinite == "skip":
             return
-        done = self.epoch_losses[:self.next_batch]
+        done = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
         bad_batches = (~torch.isfinite(done)).nonzero().flatten().tolist()
         step = self.step - self.next_batch + bad_batches[0] if bad_batches else self.step
         bad_layers = [name for name, entry in (layers or {}).items()
@@ -135,17 +159,27 @@ class Trainer:
             f"trainer.on_nonfinite=skip", exit_code=3)
 
     # --- one epoch -----------------------------------------------------------------------------
+    def batches_per_epoch(self) -> int:
+        rows = len(self.data.train)
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
     def train_epoch(self) -> float:
         split = self.data.train
         self.model.train()
         if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
             self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
             self.next_batch = 0
-            self.epoch_losses = torch.zeros(math.ceil(len(split) / self.batch_size), device=self.device)
-        order, losses, n_batches = self.epoch_order, self.epoch_losses, len(self.epoch_losses)
+            self.epoch_losses = []
+        order, losses, size = self.epoch_order, self.epoch_losses, self.batch_size
+        n_batches = self.batches_per_epoch()
+        if split.x.device.type == self.device.type:  # the usual case: index the device tensors directly
+            x, y = split.x, split.y
+            take = lambda rows: (x[rows], y[rows])  # noqa: E731
+        else:  # pinned host memory: gathered, pinned and copied asynchronously
+            take = lambda rows: split.batch(rows, self.device)  # noqa: E731
         while self.next_batch < n_batches:
-            rows = order[self.next_batch * self.batch_size:(self.next_batch + 1) * self.batch_size]
-            losses[self.next_batch] = self.train_step(*split.batch(rows, self.device))
+            rows = order[self.next_batch * size:(self.next_batch + 1) * size]
+            losses.append(self.train_step(*take(rows)))
             self.step += 1
             self.next_batch += 1
             if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
@@ -155,8 +189,11 @@ class Trainer:
                 raise TrainingStopped(f"stopped by signal {self.stop_signal} at step {self.step} "
                                       f"(epoch {self.epoch + 1}); checkpoint saved",
                                       exit_code=128 + self.stop_signal)
-        last_batch = len(split) - self.batch_size * (n_batches - 1)
-        epoch_loss = (losses[:-1].sum() * self.batch_size + losses[-1] * last_batch).item() / len(split)
+        # the mean over the epoch's rows: a last, smaller batch weighs less
+        last_batch = min(size, len(split) - size * (n_batches - 1))
+        batch_losses = torch.stack(losses)
+        rows_seen = size * (n_batches - 1) + last_batch
+        epoch_loss = (batch_losses[:-1].sum() * size + batch_losses[-1] * last_batch).item() / rows_seen
         if not math.isfinite(epoch_loss):
             self.stop_on_nonfinite()
         self.epoch_order = None
@@ -167,8 +204,9 @@ class Trainer:
         """Every metric of the objective on a whole split (one host transfer)."""
         was_training = self.model.training
         self.model.eval()
-        logits = torch.cat([self.model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
-                            for i in range(0, len(split), EVAL_CHUNK)])
+        with autocast(self.device, self.precision):
+            logits = torch.cat([self.model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
+                                for i in range(0, len(split), EVAL_CHUNK)]).float()
         metrics = self.objective.metrics(logits, split.y.to(self.device))
         self.model.train(was_training)
         values = torch.stack([v.float() for v in metrics.values()]).tolist()
@@ -181,12 +219,13 @@ class Trainer:
         if self.checkpoint_dir is None:
             return
         mid_epoch = self.epoch_order is not None
-        if mid_epoch and not torch.isfinite(self.epoch_losses[:self.next_batch]).all():
+        done = torch.stack(self.epoch_losses) if mid_epoch and self.epoch_losses else None
+        if done is not None and not torch.isfinite(done).all():
             self.stop_on_nonfinite()  # never let a NaN-poisoned model replace a good checkpoint
         extra = {"history": self.history, "skipped_steps": self.skipped_steps,
                  "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
                  "next_batch": self.next_batch if mid_epoch else 0,
-                 "epoch_losses": self.epoch_losses[:self.next_batch].cpu() if mid_epoch else None}
+                 "epoch_losses": done.cpu() if done is not None else None}
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra)
@@ -203,9 +242,8 @@ class Trainer:
         if extra.get("epoch_order") is not None:
             self.epoch_order = extra["epoch_order"].to(self.data.train.x.device)
             self.next_batch = extra["next_batch"]
-            n_batches = math.ceil(len(self.data.train) / self.batch_size)
-            self.epoch_losses = torch.zeros(n_batches, device=self.device)
-            self.epoch_losses[:self.next_batch] = extra["epoch_losses"].to(self.device)
+            saved = extra["epoch_losses"]
+            self.epoch_losses = list(saved.to(self.device).unbind()) if saved is not None else []
         return state
 
     # --- the whole run -------------------------------------------------------------------------

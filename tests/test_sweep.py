@@ -181,12 +181,25 @@ def test_jobs_times_threads_do_not_exceed_the_cores():
 
 # --- launchers ---------------------------------------------------------------------------------
 @needs["joblib"]
-def test_joblib_runs_jobs_in_parallel(tmp_path):
+def assert_bad_jobs_failed_alone(sweep_dir: Path, result: subprocess.CompletedProcess, bad: str,
+                                 n_jobs: int) -> None:
+    """Jobs whose overrides hold ``bad`` failed with their one-line error; every other job completed."""
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_report(sweep_dir)
+    assert len(rows) == n_jobs
+    for row in rows:
+        expected = f"failed: ConfigError: {bad}" if bad in row["overrides"] else "completed"
+        assert row["status"].startswith(expected), row
+
+
+@needs["joblib"]
+def test_joblib_runs_jobs_in_parallel_and_reports_a_failed_one(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                      "activation=relu,sigmoid", "model.hidden_sizes=[8]")
+                      "activation=relu,sigmoid", "model.hidden_sizes=[8],[8,0]")
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    assert_completed_sweep(sweep_dir, result, 2)
+    # the failed job's error came back from its worker process whole
+    assert_bad_jobs_failed_alone(sweep_dir, result, "model.hidden_sizes=[8,0]", 4)
 
 
 @needs["submitit"]

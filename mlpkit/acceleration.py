@@ -1,0 +1,56 @@
+"""Speed settings of a run: matmul precision, bf16 autocast, torch.compile and CUDA graphs, fused optimizers.
+
+Each one is a torch feature switched on from the config; nothing here reimplements one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from mlpkit.config import ConfigError
+
+PRECISIONS = ("32", "bf16-mixed")
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_settings(device: torch.device, precision: str, compile_step: bool, cuda_graphs: bool) -> None:
+    """Refuse what this device cannot do, before any data is loaded."""
+    if precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", precision, " or ".join(PRECISIONS))
+    if cuda_graphs and device.type != "cuda":
+        raise ConfigError("trainer.cuda_graphs", cuda_graphs, "false on this device",
+                          f"CUDA graphs need a CUDA device; this run trains on {device}")
+    if (compile_step or cuda_graphs) and device.type == "mps":
+        raise ConfigError("trainer.compile", compile_step, "false on mps", "torch.compile does not target mps")
+
+
+def set_matmul_precision(device: torch.device, tf32: bool) -> None:
+    """On CUDA, float32 matmuls on TF32 tensor cores (or not); other devices keep full float32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if tf32 else "ieee"
+        torch.backends.cudnn.fp32_precision = "tf32" if tf32 else "ieee"
+
+
+def autocast(device: torch.device, precision: str):
+    """A context for the forward pass: bf16 autocast for ``bf16-mixed``, nothing for ``32``."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def compile_loss(forward_loss: LossFunction, cuda_graphs: bool) -> LossFunction:
+    """``forward_loss`` (forward and loss; its backward comes compiled with it) through torch.compile
+    with static shapes. With ``cuda_graphs``, mode "reduce-overhead": torch records the compiled
+    forward and backward as CUDA graphs once and replays them every step."""
+    return torch.compile(forward_loss, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+
+
+def resolve_fused(setting: object, device: torch.device) -> bool | None:
+    """``optimizer.fused``: ``auto`` means torch's fused kernel on CUDA and torch's default elsewhere."""
+    if setting == "auto":
+        return True if device.type == "cuda" else None
+    if setting is None or isinstance(setting, bool):
+        return setting
+    raise ConfigError("optimizer.fused", setting, "auto, true, false or null")
