@@ -1,19 +1,27 @@
 """Samples per second of mlpkit's trainer against a plain PyTorch loop, measured in the same run.
 
     python scripts/benchmark.py                          # digits and mnist on the CPU
-    python scripts/benchmark.py --workloads mnist --device cuda --rounds 5 --output bench.json
+    python scripts/benchmark.py --workloads mnist wide --device cuda --rounds 5 --output bench.json
+    python scripts/benchmark.py --startup                # also: start-up time of a zero-epoch run
 
-Each workload trains the same model on the same tensors with the same optimizer several ways,
-alternating them round by round so that a noisy machine slows every way alike:
+Each workload trains the same model on the same tensors several ways, alternating them round by
+round so that a noisy machine slows every way alike:
 
-  plain            a hand-written loop: batches by index, zero_grad(set_to_none=True), no logging
-  mlpkit           mlpkit's Trainer as a run uses it: TensorBoard logging and gradient diagnostics
-                   at the default interval, checkpoints every epoch, validation every epoch
-  mlpkit_nodiag    the same Trainer without the gradient monitor (loss and metrics only)
-  lightning        PyTorch Lightning's Trainer with a DataLoader, where lightning is installed
+  plain               a hand-written loop: batches by index, zero_grad(set_to_none=True), no logging,
+                      torch.optim.Adam with torch's default kernel
+  mlpkit              mlpkit's Trainer as a run uses it: TensorBoard logging and gradient diagnostics
+                      at the default interval, checkpoints and validation every epoch, and the default
+                      optimizer.fused=auto (torch's fused Adam kernel on CPU and CUDA)
+  mlpkit_unfused      the same, with the plain loop's Adam kernel: the framework's own cost
+  mlpkit_nodiag       mlpkit_unfused without the gradient monitor (loss and metrics only)
+  mlpkit_compiled     trainer.compile=true (with --compile on the CPU; always on CUDA)
+  mlpkit_cuda_graphs  trainer.cuda_graphs=true (CUDA only)
+  lightning           PyTorch Lightning's Trainer with a DataLoader, where lightning is installed
 
 Samples per second count the training steps only (validation and checkpoint time excluded for
-every way; the `end_to_end` column includes them for mlpkit). Ratios are against `plain`.
+every way; the `end_to_end` column includes them for mlpkit). Ratios are against `plain`. The
+`wide` workload runs in bf16-mixed precision on CUDA only, and also reports model FLOP/s
+(6 x parameters x samples/s) against a bf16 matrix multiply timed in the same run.
 """
 from __future__ import annotations
 
@@ -22,51 +30,72 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from mlpkit.acceleration import resolve_fused, set_matmul_precision  # noqa: E402
 from mlpkit.data import Data, Split  # noqa: E402
 from mlpkit.diagnostics import GradientMonitor  # noqa: E402
-from mlpkit.model import build_model  # noqa: E402
+from mlpkit.model import build_model, count_parameters  # noqa: E402
 from mlpkit.objective import build_objective  # noqa: E402
 from mlpkit.tensorboard import TensorBoardLogger  # noqa: E402
 from mlpkit.trainer import Trainer  # noqa: E402
 
 DEFAULT_LOG_EVERY = 50  # configs/trainer/default.yaml's trainer.log_every_n_steps
+
+
+@dataclass(frozen=True)
+class Workload:
+    features: int
+    hidden_sizes: list[int]
+    classes: int
+    samples: int | None  # None: the real digits set
+    batch_size: int
+    epochs: int  # per round
+    precision: str = "32"
+    cuda_only: bool = False
+
+
 WORKLOADS = {
-    # name: (features, hidden sizes, classes, training samples, batch size, epochs per round)
-    "digits": (64, [256, 256], 10, None, 64, 15),
-    "mnist": (784, [512, 512], 10, 60_000, 256, 1),
+    "digits": Workload(64, [256, 256], 10, None, 64, 15),
+    "mnist": Workload(784, [512, 512], 10, 60_000, 256, 1),
+    "wide": Workload(784, [4096, 4096, 4096], 10, 262_144, 4096, 2, "bf16-mixed", cuda_only=True),
 }
 
 
-def make_data(workload: str, device: torch.device) -> Data:
-    features, _, classes, samples, _, _ = WORKLOADS[workload]
-    if workload == "digits":  # the real bundled set
+def make_data(name: str, workload: Workload, device: torch.device) -> Data:
+    if workload.samples is None:  # the real bundled digits set
         from mlpkit.data import build_data
 
         return build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15}, device)
+    features, classes, samples = workload.features, workload.classes, workload.samples
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(samples + 2000, features, generator=generator)
     y = torch.randint(0, classes, (samples + 2000,), generator=generator)
     split = lambda a, b: Split(x[a:b].to(device), y[a:b].to(device))  # noqa: E731
-    return Data(workload, "multiclass", split(0, samples), split(samples, samples + 1000),
+    return Data(name, "multiclass", split(0, samples), split(samples, samples + 1000),
                 split(samples + 1000, samples + 2000), [f"f{i}" for i in range(features)],
                 [str(c) for c in range(classes)], np.zeros(features), np.ones(features), device=device)
 
 
-def fresh_model(data: Data, hidden_sizes: list[int], device: torch.device):
+def fresh_model(data: Data, workload: Workload, device: torch.device, fused: bool | None = None):
+    """The same model and starting weights every time; Adam with torch's default kernel unless ``fused``."""
     torch.manual_seed(0)
     objective = build_objective("softmax", "ce", data.task, data.name, data.n_classes)
-    model = build_model(data.in_features, objective.out_features, hidden_sizes, "relu", {}, "softmax").to(device)
-    return model, objective, torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = build_model(data.in_features, objective.out_features, workload.hidden_sizes, "relu", {},
+                        "softmax").to(device)
+    return model, objective, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
 
 def synchronize(device: torch.device) -> None:
@@ -74,32 +103,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(data: Data, hidden_sizes, batch_size: int, epochs: int, device) -> dict:
-    model, objective, optimizer = fresh_model(data, hidden_sizes, device)
-    x, y, n = data.train.x, data.train.y, len(data.train)
+def autocast(device: torch.device, workload: Workload):
+    if workload.precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_plain(data: Data, workload: Workload, device: torch.device) -> dict:
+    model, objective, optimizer = fresh_model(data, workload, device)
+    x, y, n, batch_size = data.train.x, data.train.y, len(data.train), workload.batch_size
     generator = torch.Generator().manual_seed(0)
     synchronize(device)
     started = time.perf_counter()
-    for _ in range(epochs):
+    for _ in range(workload.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
-            loss = torch.nn.functional.cross_entropy(model.logits(x[rows]), y[rows])
+            with autocast(device, workload):
+                loss = torch.nn.functional.cross_entropy(model.logits(x[rows]), y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     synchronize(device)
     seconds = time.perf_counter() - started
-    return {"samples_per_second": n * epochs / seconds}
+    return {"samples_per_second": n * workload.epochs / seconds}
 
 
-def run_mlpkit(data: Data, hidden_sizes, batch_size: int, epochs: int, device, diagnostics: bool) -> dict:
-    model, objective, optimizer = fresh_model(data, hidden_sizes, device)
+def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnostics: bool = True,
+               fused: bool | None = None, compile_step: bool = False, cuda_graphs: bool = False) -> dict:
+    model, objective, optimizer = fresh_model(data, workload, device, fused)
     with tempfile.TemporaryDirectory() as run_dir:
         logger = TensorBoardLogger(run_dir)
-        trainer = Trainer(model, objective, optimizer, data, max_epochs=epochs, batch_size=batch_size,
-                          seed=0, log_every_n_steps=DEFAULT_LOG_EVERY, logger=logger,
-                          checkpoint_dir=Path(run_dir) / "checkpoints")
+        trainer = Trainer(model, objective, optimizer, data, max_epochs=workload.epochs,
+                          batch_size=workload.batch_size, seed=0, log_every_n_steps=DEFAULT_LOG_EVERY,
+                          logger=logger, checkpoint_dir=Path(run_dir) / "checkpoints",
+                          precision=workload.precision, compile_step=compile_step, cuda_graphs=cuda_graphs)
         if diagnostics:
             trainer.monitor = GradientMonitor(model, "relu", logger, None, every_n_steps=DEFAULT_LOG_EVERY)
         synchronize(device)
@@ -108,16 +146,17 @@ def run_mlpkit(data: Data, hidden_sizes, batch_size: int, epochs: int, device, d
         synchronize(device)
         end_to_end = time.perf_counter() - started
         logger.close()
-    samples = len(data.train) * epochs
+    # a compiled step drops each epoch's last partial batch: count the rows it trained on
+    samples = result["steps"] * workload.batch_size if compile_step or cuda_graphs else len(data.train) * workload.epochs
     return {"samples_per_second": samples / result["train_seconds"], "end_to_end": samples / end_to_end}
 
 
-def run_lightning(data: Data, hidden_sizes, batch_size: int, epochs: int, device) -> dict | None:
+def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict | None:
     try:
         import lightning as L  # noqa: N812 - lightning's own convention
     except ImportError:
         return None
-    model, objective, optimizer = fresh_model(data, hidden_sizes, device)
+    model, objective, optimizer = fresh_model(data, workload, device)
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -131,79 +170,161 @@ def run_lightning(data: Data, hidden_sizes, batch_size: int, epochs: int, device
             return optimizer
 
     dataset = torch.utils.data.TensorDataset(data.train.x.cpu(), data.train.y.cpu())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=workload.batch_size, shuffle=True,
+                                         pin_memory=device.type == "cuda")
+    trainer = L.Trainer(max_epochs=workload.epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
+                        devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, precision="bf16-mixed" if workload.precision != "32" else "32")
     started = time.perf_counter()
     trainer.fit(Module(), loader)
-    return {"samples_per_second": len(data.train) * epochs / (time.perf_counter() - started)}
+    return {"samples_per_second": len(data.train) * workload.epochs / (time.perf_counter() - started)}
 
 
-def benchmark(workload: str, device: torch.device, rounds: int) -> dict:
-    _, hidden_sizes, _, _, batch_size, epochs = WORKLOADS[workload]
-    data = make_data(workload, device)
+def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cpu: bool) -> dict:
+    default_fused = resolve_fused("auto", device)  # what optimizer.fused=auto gives a run on this device
     ways = {
-        "plain": lambda: run_plain(data, hidden_sizes, batch_size, epochs, device),
-        "mlpkit": lambda: run_mlpkit(data, hidden_sizes, batch_size, epochs, device, diagnostics=True),
-        "mlpkit_nodiag": lambda: run_mlpkit(data, hidden_sizes, batch_size, epochs, device, diagnostics=False),
-        "lightning": lambda: run_lightning(data, hidden_sizes, batch_size, epochs, device),
+        "plain": lambda: run_plain(data, workload, device),
+        "mlpkit": lambda: run_mlpkit(data, workload, device, fused=default_fused),
+        "mlpkit_unfused": lambda: run_mlpkit(data, workload, device),
+        "mlpkit_nodiag": lambda: run_mlpkit(data, workload, device, diagnostics=False),
     }
-    for run in ways.values():  # warm-up: first-call costs (allocations, lazy imports) are not measured
-        run()
-    measured: dict[str, list[dict]] = {name: [] for name in ways}
-    for _ in range(rounds):
-        for name, run in ways.items():
-            result = run()
-            if result is not None:
-                measured[name].append(result)
-    summary = {}
-    for name, results in measured.items():
-        if results:
-            summary[name] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+    if device.type == "cuda" or compile_on_cpu:
+        ways["mlpkit_compiled"] = lambda: run_mlpkit(data, workload, device, fused=default_fused,
+                                                     compile_step=True)
+    if device.type == "cuda":
+        ways["mlpkit_cuda_graphs"] = lambda: run_mlpkit(data, workload, device, fused=default_fused,
+                                                        compile_step=True, cuda_graphs=True)
+    ways["lightning"] = lambda: run_lightning(data, workload, device)
+    return ways
+
+
+def summarize(measured: dict[str, list[dict]]) -> dict:
+    summary = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
+               for name, results in measured.items() if results}
     plain = summary["plain"]["samples_per_second"]
     for entry in summary.values():
         entry["ratio_to_plain"] = entry["samples_per_second"] / plain
-    if "mlpkit_nodiag" in summary:
-        nodiag = summary["mlpkit_nodiag"]["samples_per_second"]
-        summary["mlpkit"]["diagnostics_cost"] = 1 - summary["mlpkit"]["samples_per_second"] / nodiag
-    return {"workload": workload, "hidden_sizes": hidden_sizes, "batch_size": batch_size,
-            "samples": len(data.train), "epochs_per_round": epochs, "rounds": rounds, "ways": summary}
+    nodiag = summary["mlpkit_nodiag"]["samples_per_second"]
+    summary["mlpkit_unfused"]["diagnostics_cost"] = 1 - summary["mlpkit_unfused"]["samples_per_second"] / nodiag
+    return summary
+
+
+def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 50) -> float:
+    """FLOP/s of a large bf16 matrix multiply on this device, timed with CUDA events."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (start.elapsed_time(end) / 1000)
+
+
+def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool = False) -> dict:
+    workload = WORKLOADS[name]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    data = make_data(name, workload, device)
+    ways = ways_for(data, workload, device, compile_on_cpu)
+    for run in ways.values():  # warm-up: first-call costs (allocations, lazy imports, compiling) are not measured
+        run()
+    measured: dict[str, list[dict]] = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way, run in ways.items():
+            result = run()
+            if result is not None:
+                measured[way].append(result)
+    result = {"workload": name, "hidden_sizes": workload.hidden_sizes, "batch_size": workload.batch_size,
+              "precision": workload.precision, "samples": len(data.train), "epochs_per_round": workload.epochs,
+              "rounds": rounds, "ways": summarize(measured)}
+    if device.type == "cuda":
+        result["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        if workload.precision == "bf16-mixed":
+            parameters = count_parameters(fresh_model(data, workload, device)[0])
+            peak = bf16_matmul_peak(device)
+            result["bf16_matmul_peak_tflops"] = peak / 1e12
+            for entry in result["ways"].values():
+                entry["model_tflops"] = 6 * parameters * entry["samples_per_second"] / 1e12
+                entry["share_of_matmul_peak"] = entry["model_tflops"] * 1e12 / peak
+    return result
+
+
+def startup_seconds(rounds: int) -> dict:
+    """Wall time of a zero-epoch `python train.py` against `python -c "import torch"` (medians)."""
+    commands = {
+        "import_torch": [sys.executable, "-c", "import torch"],
+        # what any training script pays: building a torch optimizer imports torch._dynamo
+        "import_torch_and_adam": [sys.executable, "-c",
+                                  "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"],
+        "train_zero_epochs": [sys.executable, str(ROOT / "train.py"), "trainer.max_epochs=0",
+                              "trainer.progress=false", "trainer.device=cpu"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as directory:
+        for _ in range(rounds):
+            for name, command in commands.items():
+                started = time.perf_counter()
+                subprocess.run(command, cwd=directory, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians["train_minus_import_torch"] = medians["train_zero_epochs"] - medians["import_torch"]
+    medians["train_minus_torch_and_adam"] = medians["train_zero_epochs"] - medians["import_torch_and_adam"]
+    return medians
+
+
+def print_result(result: dict, device: torch.device) -> None:
+    print(f"\n{result['workload']}: {result['hidden_sizes']} batch {result['batch_size']}, "
+          f"{result['samples']} samples, {result['precision']}, median of {result['rounds']} rounds on {device}")
+    print(f"  {'way':<20}{'samples/s':>12}{'ratio':>8}  notes")
+    for name, entry in result["ways"].items():
+        notes = []
+        if "end_to_end" in entry:
+            notes.append(f"end to end {entry['end_to_end']:.0f}/s with eval+checkpoints")
+        if "diagnostics_cost" in entry:
+            notes.append(f"diagnostics cost {entry['diagnostics_cost']:+.1%}")
+        if "model_tflops" in entry:
+            notes.append(f"{entry['model_tflops']:.0f} TFLOP/s, {entry['share_of_matmul_peak']:.0%} of matmul peak")
+        print(f"  {name:<20}{entry['samples_per_second']:>12.0f}{entry['ratio_to_plain']:>8.3f}  " + "; ".join(notes))
+    if "peak_device_mib" in result:
+        print(f"  peak device memory {result['peak_device_mib']:.0f} MiB", end="")
+        if "bf16_matmul_peak_tflops" in result:
+            print(f"; bf16 matmul peak {result['bf16_matmul_peak_tflops']:.0f} TFLOP/s", end="")
+        print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=["digits", "mnist"], choices=list(WORKLOADS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true on the CPU")
+    parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    for name in args.workloads:
+        if WORKLOADS[name].cuda_only and device.type != "cuda":
+            parser.error(f"--workloads {name} runs on CUDA only (--device cuda); this run asked for {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    set_matmul_precision(device, tf32=True)  # trainer.tf32's default, for every way alike
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
               "results": []}
-    for workload in args.workloads:
-        result = benchmark(workload, device, args.rounds)
+    for name in args.workloads:
+        result = benchmark(name, device, args.rounds, compile_on_cpu=args.compile)
         report["results"].append(result)
-        print(f"\n{workload}: {result['hidden_sizes']} batch {result['batch_size']}, "
-              f"{result['samples']} samples, median of {args.rounds} rounds on {device}")
-        print(f"  {'way':<15}{'samples/s':>12}{'ratio':>8}  notes")
-        for name, entry in result["ways"].items():
-            notes = []
-            if "end_to_end" in entry:
-                notes.append(f"end to end {entry['end_to_end']:.0f}/s with eval+checkpoints")
-            if "diagnostics_cost" in entry:
-                notes.append(f"diagnostics cost {entry['diagnostics_cost']:+.1%}")
-            print(f"  {name:<15}{entry['samples_per_second']:>12.0f}{entry['ratio_to_plain']:>8.3f}  "
-                  + "; ".join(notes))
-    peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report["peak_host_mib"] = peak_host
-    print(f"\npeak host memory {peak_host:.0f} MiB", end="")
-    if device.type == "cuda":
-        report["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        print(f", peak device memory {report['peak_device_mib']:.0f} MiB", end="")
-    print()
+        print_result(result, device)
+    if args.startup:
+        report["startup_seconds"] = startup = startup_seconds(args.rounds)
+        print("\nstart-up, median seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in startup.items()))
+    report["peak_host_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak host memory {report['peak_host_mib']:.0f} MiB")
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
 

@@ -63,11 +63,12 @@ def test_optimizer_fused_true_reaches_the_optimizer_and_its_checkpoint(run_dir):
     assert all(group["fused"] is True for group in groups)
 
 
-def test_optimizer_fused_auto_is_torchs_default_on_cpu(run_dir):
-    result = run_cli(run_dir, *FAST, "trainer.device=cpu")
+@pytest.mark.parametrize(("setting", "fused"), [("auto", True), ("false", False), ("null", None)])
+def test_optimizer_fused_auto_means_fused_on_cpu_and_can_be_turned_off(run_dir, setting, fused):
+    result = run_cli(run_dir, *FAST, "trainer.device=cpu", f"optimizer.fused={setting}")
     assert result.returncode == 0, result.stderr[-2000:]
     groups = load_checkpoint(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
-    assert all(group["fused"] is None for group in groups)
+    assert all(group["fused"] is fused for group in groups)
 
 
 @pytest.mark.parametrize(("override", "message"), [
