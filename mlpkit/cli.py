@@ -73,6 +73,10 @@ def stop_on_signals(trainer):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if trainer.stop_signal is not None:
+        # It came after the last step (the run's checkpoints are written): pass it on, so that a
+        # Ctrl-C during the final evaluation still stops the process, or a sweep of many runs.
+        signal.raise_signal(trainer.stop_signal)
 
 
 def resolve_device(name: str) -> torch.device:

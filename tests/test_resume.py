@@ -153,3 +153,15 @@ def test_on_nonfinite_skip_skips_the_poisoned_steps(tmp_path):
     result = trainer.fit()
     assert result["skipped_steps"] == 2  # one batch in each epoch holds the row
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
+    from types import SimpleNamespace
+
+    from mlpkit.cli import stop_on_signals
+
+    trainer = SimpleNamespace(stop_signal=None)
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
+        signal.raise_signal(signal.SIGINT)  # arrives while the final evaluation runs
+        assert trainer.stop_signal == signal.SIGINT  # the trainer was asked to stop, nothing raised yet
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
