@@ -136,12 +136,13 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.acceleration import check_settings, resolve_fused, set_matmul_precision
     from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
-    from mlpkit.diagnostics import GradientMonitor, Thresholds
+    from mlpkit.diagnostics import GradientMonitor
     from mlpkit.model import build_model, count_parameters, model_summary
     from mlpkit.objective import build_objective
     from mlpkit.sweep import final_metrics, run_hparams
     from mlpkit.tensorboard import TensorBoardLogger
     from mlpkit.trainer import Trainer, TrainingStopped
+    from mlpkit.verdicts import Thresholds
 
     started = time.perf_counter()
     validate(cfg)  # before anything is loaded

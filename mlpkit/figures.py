@@ -96,7 +96,7 @@ def _draw_activation(axes: Any, name: str, params: dict[str, Any] | None, legend
     ``shared_scale``: the same y range for every panel of a gallery, so heights compare.
     """
     from mlpkit.activations import ACTIVATIONS
-    from mlpkit.diagnostics import SATURATED_BELOW
+    from mlpkit.verdicts import SATURATED_BELOW
 
     x, y, derivative = (t.numpy() for t in activation_curve(name, params))
     top = int(derivative.argmax())
@@ -139,7 +139,7 @@ def activation_figure(name: str, params: dict[str, Any] | None = None) -> Any:
 def activation_gallery_figure(names: Sequence[str] | None = None, columns: int = 4) -> Any:
     """Every registered activation (torch's default arguments) and its derivative, one panel each."""
     from mlpkit.activations import ACTIVATIONS
-    from mlpkit.diagnostics import SATURATED_BELOW
+    from mlpkit.verdicts import SATURATED_BELOW
 
     plt = _pyplot()
     names = list(names or ACTIVATIONS)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mlpkit.data import build_data
-from mlpkit.diagnostics import NONFINITE, OK, GradientMonitor, Thresholds
+from mlpkit.diagnostics import NONFINITE, OK, GradientMonitor
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
+from mlpkit.verdicts import Thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = [64] * 8
