@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
             for tag in accumulator.Tags()["scalars"]}
+
+
+def ctrl_c_reaches_it() -> None:
+    """preexec_fn for a child that a test interrupts: a shell starts background jobs (CI runners
+    may too) with SIGINT ignored, and the child would inherit that; a terminal's child would not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlpkit.checkpoint import load_checkpoint
-from tests.conftest import ROOT, compose_config, read_scalars, run_cli
+from tests.conftest import ROOT, compose_config, ctrl_c_reaches_it, read_scalars, run_cli
 
 # digits, batch 16: 79 steps an epoch; a mid-epoch checkpoint every 30 steps.
 LONG_RUN = ["trainer.max_epochs=6", "trainer.batch_size=16", "trainer.checkpoint_every_n_steps=30",
@@ -20,7 +20,7 @@ LONG_RUN = ["trainer.max_epochs=6", "trainer.batch_size=16", "trainer.checkpoint
 def start_cli(run_dir, *overrides):
     command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
 
 
 def wait_for_checkpoint(process, run_dir, steps_at_least, timeout=120):
@@ -160,8 +160,12 @@ def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
 
     from mlpkit.cli import stop_on_signals
 
-    trainer = SimpleNamespace(stop_signal=None)
-    with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
-        signal.raise_signal(signal.SIGINT)  # arrives while the final evaluation runs
-        assert trainer.stop_signal == signal.SIGINT  # the trainer was asked to stop, nothing raised yet
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        trainer = SimpleNamespace(stop_signal=None)
+        with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
+            signal.raise_signal(signal.SIGINT)  # arrives while the final evaluation runs
+            assert trainer.stop_signal == signal.SIGINT  # the trainer was asked to stop, nothing raised yet
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, outside)

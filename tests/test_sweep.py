@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from mlpkit.sweep import parallel_jobs, torch_threads, write_report
 from mlpkit.tensorboard import TensorBoardLogger
-from tests.conftest import CONFIG_DIR, ROOT
+from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it
 
 TINY = ["trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"]
 # Ray 2.5x turns on token authentication; a driver given an explicit address finds no token.
@@ -222,7 +222,7 @@ def test_optuna_study_is_interrupted_and_resumed_from_its_sqlite_storage(tmp_pat
     command = multirun_command(sweep_dir, *overrides)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env)
+                             text=True, env=env, preexec_fn=ctrl_c_reaches_it)
     deadline = time.monotonic() + 120
     while first.poll() is None and time.monotonic() < deadline:
         if len(list(sweep_dir.glob("*/.hydra"))) >= 2:  # the second trial has started
