@@ -11,14 +11,12 @@ import torch
 
 from mlpkit.config import ConfigError
 
-PRECISIONS = ("32", "bf16-mixed")
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_settings(device: torch.device, precision: str, compile_step: bool, cuda_graphs: bool) -> None:
-    """Refuse what this device cannot do, before any data is loaded."""
-    if precision not in PRECISIONS:
-        raise ConfigError("trainer.precision", precision, " or ".join(PRECISIONS))
+def check_settings(device: torch.device, compile_step: bool, cuda_graphs: bool) -> None:
+    """Refuse what this device cannot do, before any data is loaded (the values are checked by
+    config.validate)."""
     if cuda_graphs and device.type != "cuda":
         raise ConfigError("trainer.cuda_graphs", cuda_graphs, "false on this device",
                           f"CUDA graphs need a CUDA device; this run trains on {device}")

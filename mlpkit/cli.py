@@ -151,7 +151,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.get("resume"):
         resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
     device = resolve_device(str(cfg.trainer.device))
-    check_settings(device, str(cfg.trainer.precision), cfg.trainer.compile, cfg.trainer.cuda_graphs)
+    check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
     set_matmul_precision(device, cfg.trainer.tf32)
     limit_threads(cfg.trainer.num_threads)
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)

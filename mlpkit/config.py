@@ -15,6 +15,7 @@ INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaimi
 HEADS = ("auto", "softmax", "sigmoid", "identity")
 LOSSES = ("auto", "ce", "bce", "mse")
 OBJECTIVE_MODES = ("min", "max")
+PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
 
 
 class ConfigError(ValueError):
@@ -106,8 +107,8 @@ def validate(cfg: DictConfig) -> None:
              "stop or skip")
     for key in ("compile", "cuda_graphs", "tf32"):
         _require(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
-    _require(str(trainer.precision) in ("32", "bf16-mixed"), "trainer.precision", trainer.precision,
-             "32 or bf16-mixed")
+    _require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
+             " or ".join(PRECISIONS))
 
     for key in ("val_fraction", "test_fraction"):
         _require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],

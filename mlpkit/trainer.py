@@ -163,6 +163,10 @@ class Trainer:
         rows = len(self.data.train)
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
+    def rows_per_epoch(self) -> int:
+        """Training rows one epoch steps on: all of them, or whole batches only when compiled."""
+        return self.batches_per_epoch() * self.batch_size if self.drop_last else len(self.data.train)
+
     def train_epoch(self) -> float:
         split = self.data.train
         self.model.train()
@@ -171,12 +175,7 @@ class Trainer:
             self.next_batch = 0
             self.epoch_losses = []
         order, losses, size = self.epoch_order, self.epoch_losses, self.batch_size
-        n_batches = self.batches_per_epoch()
-        if split.x.device.type == self.device.type:  # the usual case: index the device tensors directly
-            x, y = split.x, split.y
-            take = lambda rows: (x[rows], y[rows])  # noqa: E731
-        else:  # pinned host memory: gathered, pinned and copied asynchronously
-            take = lambda rows: split.batch(rows, self.device)  # noqa: E731
+        n_batches, take = self.batches_per_epoch(), split.batcher(self.device)
         while self.next_batch < n_batches:
             rows = order[self.next_batch * size:(self.next_batch + 1) * size]
             losses.append(self.train_step(*take(rows)))
@@ -190,9 +189,9 @@ class Trainer:
                                       f"(epoch {self.epoch + 1}); checkpoint saved",
                                       exit_code=128 + self.stop_signal)
         # the mean over the epoch's rows: a last, smaller batch weighs less
-        last_batch = min(size, len(split) - size * (n_batches - 1))
+        rows_seen = self.rows_per_epoch()
+        last_batch = rows_seen - size * (n_batches - 1)
         batch_losses = torch.stack(losses)
-        rows_seen = size * (n_batches - 1) + last_batch
         epoch_loss = (batch_losses[:-1].sum() * size + batch_losses[-1] * last_batch).item() / rows_seen
         if not math.isfinite(epoch_loss):
             self.stop_on_nonfinite()
@@ -269,7 +268,7 @@ class Trainer:
         finally:
             bar.close()
         self.epoch = self.max_epochs
-        samples = len(self.data.train) * (self.max_epochs - start_epoch)
+        samples = self.rows_per_epoch() * (self.max_epochs - start_epoch)
         return {
             "train": self.evaluate(self.data.train),
             "val": self.evaluate(self.data.val),

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlpkit.acceleration import resolve_fused, set_matmul_precision  # noqa: E402
+from mlpkit.acceleration import autocast, resolve_fused, set_matmul_precision  # noqa: E402
 from mlpkit.data import Data, Split  # noqa: E402
 from mlpkit.diagnostics import GradientMonitor  # noqa: E402
 from mlpkit.model import build_model, count_parameters  # noqa: E402
@@ -103,12 +102,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(device: torch.device, workload: Workload):
-    if workload.precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def run_plain(data: Data, workload: Workload, device: torch.device) -> dict:
     model, objective, optimizer = fresh_model(data, workload, device)
     x, y, n, batch_size = data.train.x, data.train.y, len(data.train), workload.batch_size
@@ -119,7 +112,7 @@ def run_plain(data: Data, workload: Workload, device: torch.device) -> dict:
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
-            with autocast(device, workload):
+            with autocast(device, workload.precision):
                 loss = torch.nn.functional.cross_entropy(model.logits(x[rows]), y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,9 +139,8 @@ def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnost
         synchronize(device)
         end_to_end = time.perf_counter() - started
         logger.close()
-    # a compiled step drops each epoch's last partial batch: count the rows it trained on
-    samples = result["steps"] * workload.batch_size if compile_step or cuda_graphs else len(data.train) * workload.epochs
-    return {"samples_per_second": samples / result["train_seconds"], "end_to_end": samples / end_to_end}
+    samples = result["samples_per_second"] * result["train_seconds"]  # a compiled step drops partial batches
+    return {"samples_per_second": result["samples_per_second"], "end_to_end": samples / end_to_end}
 
 
 def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,14 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def batcher(self, device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``rows -> (x, y)`` on ``device`` for the training loop: plain indexing when the split
+        lives there already (no per-step ``.to`` call), else ``batch``."""
+        if self.x.device.type == torch.device(device).type:
+            x, y = self.x, self.y
+            return lambda rows: (x[rows], y[rows])
+        return lambda rows: self.batch(rows, device)
 
     def batch(self, index: torch.Tensor | slice, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
