@@ -67,7 +67,12 @@ def stop_on_signals(trainer):
         trainer.stop_signal = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the parent set to be ignored stays ignored (Python's own rule for SIGINT): a script's
+    # shell starts a command run in the background with `&` so, and a Ctrl-C to the script must
+    # not stop it.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig, handler in previous.items()
+                if handler is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -19,7 +19,9 @@ round so that a noisy machine slows every way alike:
   lightning           PyTorch Lightning's Trainer with a DataLoader, where lightning is installed
 
 Samples per second count the training steps only (validation and checkpoint time excluded for
-every way; the `end_to_end` column includes them for mlpkit). Ratios are against `plain`. The
+every way; the `end_to_end` column includes them for mlpkit). Ratios are paired: each round's
+figure against the same round's `plain`, then the median over rounds (the `rounds` column shows
+their lowest and highest), so a slow spell of a noisy machine cancels out. The
 `wide` workload runs in bf16-mixed precision on CUDA only, and also reports model FLOP/s
 (6 x parameters x samples/s) against a bf16 matrix multiply timed in the same run.
 """
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "digits": Workload(64, [256, 256], 10, None, 64, 15),
+    "digits": Workload(64, [256, 256], 10, None, 64, 50),  # 1000 steps of about 1 ms a round on 2 CPU cores
     "mnist": Workload(784, [512, 512], 10, 60_000, 256, 1),
     "wide": Workload(784, [4096, 4096, 4096], 10, 262_144, 4096, 2, "bf16-mixed", cuda_only=True),
 }
@@ -191,13 +193,18 @@ def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cp
 
 
 def summarize(measured: dict[str, list[dict]]) -> dict:
+    """Medians over rounds. Ratios are paired: each round's way against the same round's plain loop,
+    then the median of those, so a slow spell of the machine (which slows a whole round) cancels."""
     summary = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
                for name, results in measured.items() if results}
-    plain = summary["plain"]["samples_per_second"]
-    for entry in summary.values():
-        entry["ratio_to_plain"] = entry["samples_per_second"] / plain
-    nodiag = summary["mlpkit_nodiag"]["samples_per_second"]
-    summary["mlpkit_unfused"]["diagnostics_cost"] = 1 - summary["mlpkit_unfused"]["samples_per_second"] / nodiag
+    plain = [r["samples_per_second"] for r in measured["plain"]]
+    for name, entry in summary.items():
+        ratios = [r["samples_per_second"] / p for r, p in zip(measured[name], plain)]
+        entry["ratio_to_plain"] = statistics.median(ratios)
+        entry["ratio_range"] = [min(ratios), max(ratios)]
+    costs = [1 - with_monitor["samples_per_second"] / without["samples_per_second"]
+             for with_monitor, without in zip(measured["mlpkit_unfused"], measured["mlpkit_nodiag"])]
+    summary["mlpkit_unfused"]["diagnostics_cost"] = statistics.median(costs)
     return summary
 
 
@@ -216,8 +223,9 @@ def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 50) 
     return 2 * size**3 * repeats / (start.elapsed_time(end) / 1000)
 
 
-def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool = False) -> dict:
-    workload = WORKLOADS[name]
+def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool = False,
+              epochs: int | None = None) -> dict:
+    workload = WORKLOADS[name] if epochs is None else replace(WORKLOADS[name], epochs=epochs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     data = make_data(name, workload, device)
@@ -270,8 +278,9 @@ def startup_seconds(rounds: int) -> dict:
 
 def print_result(result: dict, device: torch.device) -> None:
     print(f"\n{result['workload']}: {result['hidden_sizes']} batch {result['batch_size']}, "
-          f"{result['samples']} samples, {result['precision']}, median of {result['rounds']} rounds on {device}")
-    print(f"  {'way':<20}{'samples/s':>12}{'ratio':>8}  notes")
+          f"{result['samples']} samples, {result['precision']}, {result['epochs_per_round']} epochs a round, "
+          f"median of {result['rounds']} rounds on {device}")
+    print(f"  {'way':<20}{'samples/s':>12}{'ratio':>8}{'rounds':>14}  notes")
     for name, entry in result["ways"].items():
         notes = []
         if "end_to_end" in entry:
@@ -280,7 +289,9 @@ def print_result(result: dict, device: torch.device) -> None:
             notes.append(f"diagnostics cost {entry['diagnostics_cost']:+.1%}")
         if "model_tflops" in entry:
             notes.append(f"{entry['model_tflops']:.0f} TFLOP/s, {entry['share_of_matmul_peak']:.0%} of matmul peak")
-        print(f"  {name:<20}{entry['samples_per_second']:>12.0f}{entry['ratio_to_plain']:>8.3f}  " + "; ".join(notes))
+        low, high = entry["ratio_range"]
+        print(f"  {name:<20}{entry['samples_per_second']:>12.0f}{entry['ratio_to_plain']:>8.3f}"
+              f"{f'{low:.3f}-{high:.3f}':>14}  " + "; ".join(notes))
     if "peak_device_mib" in result:
         print(f"  peak device memory {result['peak_device_mib']:.0f} MiB", end="")
         if "bf16_matmul_peak_tflops" in result:
@@ -293,6 +304,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["digits", "mnist"], choices=list(WORKLOADS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    parser.add_argument("--epochs", type=int, help="epochs per round (default: each workload's own)")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true on the CPU")
     parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
@@ -309,7 +321,7 @@ def main() -> None:
                           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
               "results": []}
     for name in args.workloads:
-        result = benchmark(name, device, args.rounds, compile_on_cpu=args.compile)
+        result = benchmark(name, device, args.rounds, compile_on_cpu=args.compile, epochs=args.epochs)
         report["results"].append(result)
         print_result(result, device)
     if args.startup:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
 FAST = ["trainer.max_epochs=1", "trainer.progress=false"]
+TINY = ("trainer.max_epochs=2", "model.hidden_sizes=[16]", "trainer.progress=false")
+IRIS = ROOT / "examples" / "iris.csv"
 
 
 def compose_config(*overrides: str):
@@ -34,6 +38,12 @@ def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dic
                           env=full_env)
 
 
+def script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python scripts/<name>.py <overrides>`` (evaluate, predict) from ``cwd``."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar tag TensorBoard would show for a run directory: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -53,3 +63,29 @@ def ctrl_c_reaches_it() -> None:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two runs trained once per session, side by side: a bundled binary set whose classes have names
+    (sigmoid head), and a regression on the user's own CSV file. Use ``runs``, not this."""
+    base = tmp_path_factory.mktemp("trained_runs")
+    commands = {
+        "cancer": ("data=breast_cancer",),
+        "iris": ("data=csv", f"data.path={IRIS}", "data.target=petal_width",
+                 "data.features=[sepal_length,sepal_width,petal_length]"),
+    }
+    with ThreadPoolExecutor(len(commands)) as pool:
+        done = {name: pool.submit(run_cli, base / name, *overrides, *TINY)
+                for name, overrides in commands.items()}
+    for name, future in done.items():
+        assert future.result().returncode == 0, f"{name}: {future.result().stderr}"
+    return {name: base / name for name in commands}
+
+
+@pytest.fixture(scope="module")
+def runs(trained_runs, tmp_path_factory) -> dict[str, Path]:
+    """The trained runs, copied afresh for each test module: evaluate writes evaluation.json and
+    figures into a run directory, so one module's tests never see what another's wrote."""
+    base = tmp_path_factory.mktemp("runs")
+    return {name: Path(shutil.copytree(source, base / name)) for name, source in trained_runs.items()}

@@ -1,7 +1,10 @@
 """The benchmark runs and reports every way against the plain loop (no timing is asserted)."""
+import importlib.util
 import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -10,7 +13,7 @@ BENCHMARK = [sys.executable, str(ROOT / "scripts" / "benchmark.py")]
 
 def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path):
     output = tmp_path / "bench.json"
-    result = subprocess.run([*BENCHMARK, "--workloads", "digits", "--rounds", "1", "--startup",
+    result = subprocess.run([*BENCHMARK, "--workloads", "digits", "--rounds", "1", "--epochs", "2", "--startup",
                              "--output", str(output)], capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
@@ -18,6 +21,8 @@ def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path)
     assert {"plain", "mlpkit", "mlpkit_unfused", "mlpkit_nodiag"} <= set(ways)
     assert "mlpkit_cuda_graphs" not in ways  # CUDA only
     assert ways["plain"]["ratio_to_plain"] == 1.0
+    assert report["results"][0]["epochs_per_round"] == 2  # --epochs overrides the workload's 50
+    assert all(low <= way["ratio_to_plain"] <= high for way in ways.values() for low, high in [way["ratio_range"]])
     assert all(way["samples_per_second"] > 0 for way in ways.values())
     assert "diagnostics_cost" in ways["mlpkit_unfused"]
     assert "mlpkit_unfused" in result.stdout and "ratio" in result.stdout
@@ -30,3 +35,23 @@ def test_the_wide_workload_asks_for_cuda():
     result = subprocess.run([*BENCHMARK, "--workloads", "wide"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--workloads wide runs on CUDA only (--device cuda); this run asked for cpu" in result.stderr
+
+
+def load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratios_pair_each_round_with_the_same_rounds_plain_loop():
+    benchmark = load_benchmark_module()
+    # The machine ran at half speed in round 2; each way kept its share of the plain loop's speed.
+    per_second = {"plain": [100, 50, 100], "mlpkit_unfused": [96, 48, 94], "mlpkit_nodiag": [100, 50, 97]}
+    summary = benchmark.summarize({way: [{"samples_per_second": s} for s in values]
+                                   for way, values in per_second.items()})
+    assert summary["mlpkit_unfused"]["ratio_to_plain"] == pytest.approx(0.96)  # not 94/100 of the medians
+    assert summary["mlpkit_unfused"]["ratio_range"] == pytest.approx([0.94, 0.96])
+    assert summary["mlpkit_nodiag"]["samples_per_second"] == 97
+    assert summary["mlpkit_unfused"]["diagnostics_cost"] == pytest.approx(1 - 96 / 100)  # median of 4%, 4%, 3.1%

@@ -169,3 +169,21 @@ def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     finally:
         signal.signal(signal.SIGINT, outside)
+
+
+def test_a_signal_the_parent_ignored_stays_ignored():
+    from types import SimpleNamespace
+
+    from mlpkit.cli import stop_on_signals
+
+    outside = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started in the background with `&`
+    try:
+        trainer = SimpleNamespace(stop_signal=None)
+        with stop_on_signals(trainer):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert trainer.stop_signal is None  # the run goes on
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM still saves and stops
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outside)
