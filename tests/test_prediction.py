@@ -29,8 +29,6 @@ def write_test_rows_as_csv(run_dir: Path, path: Path) -> dict:
             "target": data.target_mean + data.target_std * data.test.y.numpy().reshape(-1)}
 
 
-
-
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
