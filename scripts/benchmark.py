@@ -5,7 +5,7 @@
     python scripts/benchmark.py --startup                # also: start-up time of a zero-epoch run
 
 Each workload trains the same model on the same tensors several ways, alternating them round by
-round so that a noisy machine slows every way alike:
+round (each round starting one way later) so that a noisy machine slows every way alike:
 
   plain               a hand-written loop: batches by index, zero_grad(set_to_none=True), no logging,
                       torch.optim.Adam with torch's default kernel
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import resource
 import statistics
@@ -150,6 +151,7 @@ def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict 
         import lightning as L  # noqa: N812 - lightning's own convention
     except ImportError:
         return None
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its per-fit banner, every round
     model, objective, optimizer = fresh_model(data, workload, device)
 
     class Module(L.LightningModule):
@@ -233,9 +235,12 @@ def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool
     for run in ways.values():  # warm-up: first-call costs (allocations, lazy imports, compiling) are not measured
         run()
     measured: dict[str, list[dict]] = {way: [] for way in ways}
-    for _ in range(rounds):
-        for way, run in ways.items():
-            result = run()
+    names = list(ways)
+    for round_index in range(rounds):
+        # Each round starts one way later, so no way always follows the same one (what ran before
+        # leaves the allocator, caches and the CPU's clock in a state that favours or slows the next).
+        for way in names[round_index % len(names):] + names[:round_index % len(names)]:
+            result = ways[way]()
             if result is not None:
                 measured[way].append(result)
     result = {"workload": name, "hidden_sizes": workload.hidden_sizes, "batch_size": workload.batch_size,
