@@ -12,9 +12,10 @@ from mlpkit.trainer import Trainer
 
 
 def live_tensor_bytes() -> tuple[int, int]:
-    """How many tensors are alive, and the bytes of their distinct storages."""
+    """How many real tensors are alive, and the bytes of their distinct storages (fake tensors that
+    an earlier torch.compile in the same process left behind have no storage and are not counted)."""
     gc.collect()
-    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
+    tensors = [o for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter)]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return len(tensors), sum(storages.values())
 
