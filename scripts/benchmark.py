@@ -314,6 +314,9 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
+    for flag in ("rounds", "epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
     device = torch.device(args.device)
     for name in args.workloads:
         if WORKLOADS[name].cuda_only and device.type != "cuda":

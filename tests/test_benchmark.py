@@ -31,6 +31,13 @@ def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path)
     assert "start-up, median seconds" in result.stdout
 
 
+@pytest.mark.parametrize("flag", ["--rounds", "--epochs"])
+def test_zero_rounds_or_epochs_are_refused_in_one_line(flag):
+    result = subprocess.run([*BENCHMARK, flag, "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{flag} 0: must be at least 1" in result.stderr
+
+
 def test_the_wide_workload_asks_for_cuda():
     result = subprocess.run([*BENCHMARK, "--workloads", "wide"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
