@@ -70,9 +70,8 @@ def stop_on_signals(trainer):
     # A signal the parent set to be ignored stays ignored (Python's own rule for SIGINT): a script's
     # shell starts a command run in the background with `&` so, and a Ctrl-C to the script must
     # not stop it.
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous = {sig: signal.signal(sig, request_stop) for sig, handler in previous.items()
-                if handler is not signal.SIG_IGN}
+    handling = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, request_stop) for sig in handling}
     try:
         yield
     finally:

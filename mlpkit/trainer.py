@@ -147,7 +147,7 @@ class Trainer:
         """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
         if self.on_nonfinite == "skip":
             return
-        done = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
+        done = self.losses_so_far()
         bad_batches = (~torch.isfinite(done)).nonzero().flatten().tolist()
         step = self.step - self.next_batch + bad_batches[0] if bad_batches else self.step
         bad_layers = [name for name, entry in (layers or {}).items()
@@ -159,6 +159,10 @@ class Trainer:
             f"trainer.on_nonfinite=skip", exit_code=3)
 
     # --- one epoch -----------------------------------------------------------------------------
+    def losses_so_far(self) -> torch.Tensor:
+        """The loss of each batch of the epoch in progress so far, one tensor on the device."""
+        return torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0, device=self.device)
+
     def batches_per_epoch(self) -> int:
         rows = len(self.data.train)
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
@@ -191,7 +195,7 @@ class Trainer:
         # the mean over the epoch's rows: a last, smaller batch weighs less
         rows_seen = self.rows_per_epoch()
         last_batch = rows_seen - size * (n_batches - 1)
-        batch_losses = torch.stack(losses)
+        batch_losses = self.losses_so_far()
         epoch_loss = (batch_losses[:-1].sum() * size + batch_losses[-1] * last_batch).item() / rows_seen
         if not math.isfinite(epoch_loss):
             self.stop_on_nonfinite()
@@ -218,7 +222,7 @@ class Trainer:
         if self.checkpoint_dir is None:
             return
         mid_epoch = self.epoch_order is not None
-        done = torch.stack(self.epoch_losses) if mid_epoch and self.epoch_losses else None
+        done = self.losses_so_far() if mid_epoch else None
         if done is not None and not torch.isfinite(done).all():
             self.stop_on_nonfinite()  # never let a NaN-poisoned model replace a good checkpoint
         extra = {"history": self.history, "skipped_steps": self.skipped_steps,

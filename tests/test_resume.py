@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,29 +157,31 @@ def test_on_nonfinite_skip_skips_the_poisoned_steps(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
-    from types import SimpleNamespace
+@contextmanager
+def sigint_handled_by(handler):
+    """SIGINT set as the parent process would have set it, then put back."""
+    outside = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
+
+def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
     from mlpkit.cli import stop_on_signals
 
-    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
-    try:
+    with sigint_handled_by(signal.default_int_handler):  # as in a terminal
         trainer = SimpleNamespace(stop_signal=None)
         with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
             signal.raise_signal(signal.SIGINT)  # arrives while the final evaluation runs
             assert trainer.stop_signal == signal.SIGINT  # the trainer was asked to stop, nothing raised yet
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    finally:
-        signal.signal(signal.SIGINT, outside)
 
 
 def test_a_signal_the_parent_ignored_stays_ignored():
-    from types import SimpleNamespace
-
     from mlpkit.cli import stop_on_signals
 
-    outside = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started in the background with `&`
-    try:
+    with sigint_handled_by(signal.SIG_IGN):  # a job started in the background with `&`
         trainer = SimpleNamespace(stop_signal=None)
         with stop_on_signals(trainer):
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -185,5 +189,3 @@ def test_a_signal_the_parent_ignored_stays_ignored():
             assert trainer.stop_signal is None  # the run goes on
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM still saves and stops
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, outside)
