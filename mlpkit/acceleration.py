@@ -1,15 +1,61 @@
-"""Speed settings of a run: matmul precision, bf16 autocast, torch.compile and CUDA graphs, fused optimizers.
+"""Where and how fast a run computes: the device, threads per job, matmul precision, bf16 autocast,
+torch.compile and CUDA graphs, fused optimizers.
 
 Each one is a torch feature switched on from the config; nothing here reimplements one.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 
 import torch
 
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device``: auto picks cuda, then mps, then cpu; a device that is not here is refused."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "auto or cpu", "no CUDA device is available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", name, "auto or cpu", "no MPS device is available here")
+    return torch.device(name)
+
+
+def parallel_jobs(launcher: Mapping, cores: int) -> int:
+    """How many jobs the launcher runs at once on this machine (1 for a sequential launcher)."""
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n_jobs = int(launcher.get("n_jobs", -1))
+        return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return 1
+
+
+def torch_threads(setting: int | str, launcher: Mapping, cores: int | None = None) -> int | None:
+    """Threads for one job so that jobs x threads <= cores; None leaves torch's default alone.
+
+    ``setting``: ``auto`` or a positive integer. With submitit the job owns ``cpus_per_task``
+    cores; with Ray, ``ray.remote.num_cpus``; with joblib a share of this machine's cores.
+    """
+    if str(setting) != "auto":
+        return int(setting)
+    cores = cores or os.cpu_count() or 1
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher["cpus_per_task"])
+    if "ray" in target:  # Ray reserves ray.remote.num_cpus per job (1 unless set)
+        num_cpus = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
+        return int(num_cpus) if num_cpus else 1
+    jobs = parallel_jobs(launcher, cores)
+    return max(1, cores // jobs) if jobs > 1 else None
+
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,11 +1,35 @@
-"""The registry of activations: config name -> torch module, plus what init and diagnostics need."""
+"""The registry of activations: config name -> torch module, plus what init and diagnostics need.
+
+A name is resolved once, by ``resolve_activation``, into an ``Activation`` (the spec and the checked
+parameters); the model keeps it, and init, the gradient monitor and the figures read it from there.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
+
+from mlpkit.errors import ConfigError
+
+SATURATED_BELOW = 0.05  # a unit is saturated where its derivative is below this share of the maximum
+
+# (module, its input, its output) -> f'(input) / max f', elementwise, from what the layer computed
+DerivativeShare = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _sigmoid_share(module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return 4 * out * (1 - out)  # f' = f (1 - f), at most 0.25
+
+
+def _tanh_share(module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return 1 - out * out  # f' = 1 - f^2, at most 1
+
+
+def _hardtanh_share(module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return ((pre > module.min_val) & (pre < module.max_val)).float()  # f' is 1 inside [min, max], else 0
 
 
 @dataclass(frozen=True)
@@ -16,7 +40,11 @@ class ActivationSpec:
     ``squashing`` units saturate (derivative near 0 far from the origin), ``smooth`` ones do neither.
     ``max_derivative`` is the derivative's largest value, the factor that bounds how much gradient
     one layer can pass back (0.25 for sigmoid is why deep sigmoid stacks vanish).
-    ``gain`` names the ``nn.init.calculate_gain`` nonlinearity used for xavier/kaiming/orthogonal init.
+    ``gain`` names the ``nn.init.calculate_gain`` nonlinearity used for xavier/kaiming/orthogonal init;
+    ``slope`` gives its negative slope from the parameters (leaky_relu gains only).
+    ``derivative_share`` gives f'/max f' from a layer's input and output (squashing family): its
+    mean is the share of gradient the layer lets through, and a unit with a share below
+    ``SATURATED_BELOW`` is saturated. ``reads_input``: the rule needs the input, not only the output.
     """
 
     module: Callable[..., nn.Module]
@@ -24,17 +52,28 @@ class ActivationSpec:
     max_derivative: float
     gain: str
     parameters: tuple[str, ...] = ()
+    slope: Callable[[dict[str, Any]], float] | None = None
+    derivative_share: DerivativeShare | None = None
+    reads_input: bool = False
+
+    def saturated(self, module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Where the derivative is below SATURATED_BELOW of its maximum."""
+        return self.derivative_share(module, pre, out) < SATURATED_BELOW
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
     "relu": ActivationSpec(nn.ReLU, "relu", 1.0, "relu"),
-    "sigmoid": ActivationSpec(nn.Sigmoid, "squashing", 0.25, "sigmoid"),
-    "tanh": ActivationSpec(nn.Tanh, "squashing", 1.0, "tanh"),
-    "leaky": ActivationSpec(nn.LeakyReLU, "relu", 1.0, "leaky_relu", ("negative_slope",)),
-    "prelu": ActivationSpec(nn.PReLU, "relu", 1.0, "leaky_relu", ("num_parameters", "init")),
+    "sigmoid": ActivationSpec(nn.Sigmoid, "squashing", 0.25, "sigmoid", derivative_share=_sigmoid_share),
+    "tanh": ActivationSpec(nn.Tanh, "squashing", 1.0, "tanh", derivative_share=_tanh_share),
+    "leaky": ActivationSpec(nn.LeakyReLU, "relu", 1.0, "leaky_relu", ("negative_slope",),
+                            slope=lambda p: p.get("negative_slope", 0.01)),
+    "prelu": ActivationSpec(nn.PReLU, "relu", 1.0, "leaky_relu", ("num_parameters", "init"),
+                            slope=lambda p: p.get("init", 0.25)),
     "elu": ActivationSpec(nn.ELU, "smooth", 1.0, "relu", ("alpha",)),
-    "hardtanh": ActivationSpec(nn.Hardtanh, "squashing", 1.0, "tanh", ("min_val", "max_val")),
-    "rrelu": ActivationSpec(nn.RReLU, "relu", 1.0, "leaky_relu", ("lower", "upper")),
+    "hardtanh": ActivationSpec(nn.Hardtanh, "squashing", 1.0, "tanh", ("min_val", "max_val"),
+                               derivative_share=_hardtanh_share, reads_input=True),
+    "rrelu": ActivationSpec(nn.RReLU, "relu", 1.0, "leaky_relu", ("lower", "upper"),
+                            slope=lambda p: (p.get("lower", 1 / 8) + p.get("upper", 1 / 3)) / 2),
     "gelu": ActivationSpec(nn.GELU, "smooth", 1.129, "relu", ("approximate",)),
     "silu": ActivationSpec(nn.SiLU, "smooth", 1.1, "relu"),
     "selu": ActivationSpec(nn.SELU, "smooth", 1.7581, "selu"),
@@ -44,40 +83,50 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 }
 
 
-def activation_spec(name: str) -> ActivationSpec:
-    from mlpkit.config import ConfigError
+@dataclass(frozen=True)
+class Activation:
+    """A registered activation with its checked parameters: what a model is built with."""
 
+    name: str
+    spec: ActivationSpec
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def module(self, width: int) -> nn.Module:
+        """A fresh module for one layer (PReLU gets its own parameters in every layer)."""
+        kwargs = dict(self.params)
+        if self.name == "prelu" and kwargs.get("num_parameters") not in (None, 1):
+            kwargs["num_parameters"] = width  # one learned slope per unit of this layer
+        return self.spec.module(**kwargs)
+
+    def init_gain_args(self) -> tuple[str, float | None]:
+        """(nonlinearity, param) for ``nn.init.calculate_gain`` and kaiming init."""
+        return self.spec.gain, None if self.spec.slope is None else float(self.spec.slope(self.params))
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def saturates(self) -> bool:
+        return self.spec.derivative_share is not None
+
+
+def activation_spec(name: str) -> ActivationSpec:
     if name not in ACTIVATIONS:
         raise ConfigError("activation.name", name, f"one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
-def activation_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The constructor arguments among ``params`` (the activation config minus its name), checked."""
-    from mlpkit.config import ConfigError
-
-    spec = activation_spec(name)
+def resolve_activation(name: str, params: dict[str, Any] | None = None) -> Activation:
+    """The spec for ``name`` and its parameters (the activation config minus its name), checked."""
+    spec, params = activation_spec(name), dict(params or {})
     unknown = sorted(set(params) - set(spec.parameters))
     if unknown:
         allowed = ", ".join(spec.parameters) or "no parameters"
         raise ConfigError(f"activation.{unknown[0]}", params[unknown[0]], f"{name} takes {allowed}")
-    return dict(params)
+    return Activation(name, spec, params)
 
 
 def build_activation(name: str, params: dict[str, Any], width: int) -> nn.Module:
-    """A fresh module for one layer (PReLU gets its own parameters in every layer)."""
-    kwargs = activation_params(name, params)
-    if name == "prelu" and kwargs.get("num_parameters") not in (None, 1):
-        kwargs["num_parameters"] = width  # one learned slope per unit of this layer
-    return ACTIVATIONS[name].module(**kwargs)
-
-
-def init_gain_args(name: str, params: dict[str, Any]) -> tuple[str, float | None]:
-    """(nonlinearity, param) for ``nn.init.calculate_gain`` and kaiming init."""
-    spec = activation_spec(name)
-    if spec.gain == "leaky_relu":
-        slope = {"leaky": params.get("negative_slope", 0.01), "prelu": params.get("init", 0.25)}
-        if name == "rrelu":
-            slope["rrelu"] = (params.get("lower", 1 / 8) + params.get("upper", 1 / 3)) / 2
-        return "leaky_relu", float(slope[name])
-    return spec.gain, None
+    """A fresh module for one layer of width ``width``."""
+    return resolve_activation(name, params).module(width)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mlpkit.config import ConfigError, show_value
+from mlpkit.errors import CheckpointError, ConfigError, show_value
 from mlpkit.rng import RNG_KEYS, capture_rng_state, restore_rng_state
 
 FORMAT = "mlpkit-checkpoint"
@@ -30,18 +30,6 @@ LAST, BEST = "last.pt", "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("model", "optimizer", "optimizer_class", "epoch", "step", "rng", "config", "best")
 PLAIN_SCALARS = (str, int, float, bool, type(None))
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: names the file and what is wrong, in one line.
-
-    A ConfigError (so a ValueError), keyed ``resume``: the CLI reports it like any bad value.
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.key, self.value, self.allowed = "resume", str(path), "a checkpoint that fits the run"
-        self.path = str(path)
-        ValueError.__init__(self, f"checkpoint {path} {problem}")
 
 
 # --- saving ----------------------------------------------------------------------------------

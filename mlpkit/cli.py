@@ -17,7 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlpkit.config import CONFIG_DIR, ConfigError, report_config_errors, validate
+from mlpkit.config import CONFIG_DIR, report_config_errors, validate
+from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, ConfigError, TrainingStopped
+from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
 
@@ -36,25 +38,23 @@ def resumed_run_dir(resume: str | None, new_run_dir: str) -> str:
     return new_run_dir  # a bare checkpoint file, or a typo that run() reports
 
 
-OmegaConf.register_new_resolver("mlpkit_run_dir", resumed_run_dir, replace=True)
-
-
 def main() -> None:
     """`python train.py` and `mlpkit-train`: Hydra's CLI, with config mistakes as one line, exit 2."""
+    # configs/hydra/default.yaml names the run directory through this resolver, and Hydra resolves
+    # hydra.run.dir before the task starts: it must be registered before Hydra composes.
+    OmegaConf.register_new_resolver("mlpkit_run_dir", resumed_run_dir, replace=True)
     report_config_errors(train, "train")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train(cfg: DictConfig) -> float:
     """Train one run; return the validation objective so sweepers can minimise or maximise it."""
-    from mlpkit.trainer import TrainingStopped
-
     hydra_cfg = HydraConfig.get()
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
     except (ConfigError, TrainingStopped) as error:
-        exit_code = getattr(error, "exit_code", 2)
-        if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (2, 3):
+        exit_code = error.exit_code
+        if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (EXIT_CONFIG, EXIT_NONFINITE):
             raise  # the launcher marks this job failed and the sweep goes on
         sys.exit(exit_code)  # a signal stops a whole sweep too
 
@@ -83,23 +83,9 @@ def stop_on_signals(trainer):
         signal.raise_signal(trainer.stop_signal)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", name, "auto or cpu", "no CUDA device is available here")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device", name, "auto or cpu", "no MPS device is available here")
-    return torch.device(name)
-
-
 def limit_threads(setting: int | str) -> None:
     """Jobs x threads <= cores when a launcher runs jobs side by side."""
-    from mlpkit.sweep import torch_threads
+    from mlpkit.acceleration import torch_threads
 
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
     threads = torch_threads(setting, launcher)
@@ -121,8 +107,6 @@ def show_progress(setting: str | bool) -> bool:
 
 def run(cfg: DictConfig, run_dir: Path) -> float:
     """Everything one run does, from a composed config to metrics.json; errors logged once."""
-    from mlpkit.trainer import TrainingStopped
-
     try:
         return train_run(cfg, run_dir)
     except ConfigError as error:
@@ -130,22 +114,21 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise
     except TrainingStopped as stop:
         log.error("%s", stop)
-        if stop.exit_code != 3:
+        if not stop.nonfinite:
             log.error("resume with: python train.py resume=%s", run_dir)
         raise
 
 
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
-    from mlpkit.acceleration import check_settings, resolve_fused, set_matmul_precision
-    from mlpkit.checkpoint import CHECKPOINT_DIR, resolve_resume_path
+    from mlpkit.acceleration import check_settings, resolve_device, resolve_fused, set_matmul_precision
+    from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
-    from mlpkit.diagnostics import GradientMonitor
+    from mlpkit.diagnostics import GradientMonitor, layout
     from mlpkit.model import build_model, count_parameters, model_summary
     from mlpkit.objective import build_objective
-    from mlpkit.sweep import final_metrics, run_hparams
-    from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import Trainer, TrainingStopped
+    from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
+    from mlpkit.trainer import Trainer
     from mlpkit.verdicts import Thresholds
 
     started = time.perf_counter()
@@ -184,8 +167,13 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all",
                                         **({"fused": fused} if "fused" in cfg.optimizer else {}))
 
+    resumed = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    # A resumed run hides its events from steps after the checkpoint (written before the kill).
+    logger = TensorBoardLogger(run_dir, purge_step=resumed["step"] if resumed else None)
+    monitor = GradientMonitor(model, histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
+                              figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
     trainer = Trainer(
-        model, objective, optimizer, data,
+        model, objective, optimizer, data, logger=logger, monitor=monitor,
         max_epochs=cfg.trainer.max_epochs, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,
         log_every_n_steps=cfg.trainer.log_every_n_steps, progress=show_progress(cfg.trainer.progress),
         checkpoint_dir=run_dir / CHECKPOINT_DIR,
@@ -194,19 +182,13 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
         precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,
     )
-    if resume_path is not None:
-        state = trainer.resume_from(resume_path)
-        log.info("resumed from %s: %d epochs done, step %d", resume_path, state["epoch"], state["step"])
-    # On resume, events from steps after the checkpoint (written before the kill) are dropped.
-    logger = TensorBoardLogger(run_dir, purge_step=trainer.step if resume_path else None)
-    trainer.logger = logger
-    trainer.monitor = GradientMonitor(
-        model, cfg.activation.name, logger, run_dir, every_n_steps=cfg.trainer.log_every_n_steps,
-        histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
-        figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
+    if resumed is not None:
+        trainer.resume_from(resumed)
+        log.info("resumed from %s: %d epochs done, step %d", resume_path, resumed["epoch"], resumed["step"])
+    logger.log_layout(layout())
     logger.log_text("model", f"{model}\n\n{model_summary(model)}")
     logger.log_text("config", OmegaConf.to_yaml(cfg))
-    if resume_path is None:  # once per run; a resumed run logged them already
+    if resumed is None:  # once per run; a resumed run logged them already
         logger.log_graph(model, data.train.x[:2])
         logger.log_image(f"activation/{cfg.activation.name}", figures.figure_to_rgb(
             figures.activation_figure(cfg.activation.name, activation_params)), step=0)
@@ -214,12 +196,14 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
         with stop_on_signals(trainer):
             result = trainer.fit()
     except TrainingStopped as stop:
-        write_metrics(run_dir, {"status": "failed" if stop.exit_code == 3 else "stopped",
+        health = trainer.gradient_health()
+        figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
+        write_metrics(run_dir, {"status": "failed" if stop.nonfinite else "stopped",
                                 "error": str(stop), "steps": trainer.step, "history": trainer.history,
-                                "gradient_health": trainer.monitor.finish()})
+                                "gradient_health": health})
         raise
     else:
-        result["gradient_health"] = trainer.monitor.finish()  # figures and verdicts, before closing
+        figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
         prediction = figures.prediction_figure(model, objective, data)  # 2-D classifier or 1-D regression
         if prediction is not None:
             tag = "decision_boundary/train" if objective.is_classification else "regression_fit/train"
@@ -253,5 +237,7 @@ def report(result: dict, run_dir: Path) -> None:
              result["wall_seconds"], result["samples_per_second"], result["epochs"], result["steps"])
     for split in ("train", "val", "test"):
         log.info("  %-5s %s", split, line(split))
+    if result.get("gradient_health"):
+        log.info(verdict_summary(result["gradient_health"]))
     log.info("run directory: %s", run_dir)
     log.info("view it: tensorboard --logdir %s", run_dir)

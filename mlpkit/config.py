@@ -1,13 +1,15 @@
-"""Config checks that run once, before any data is loaded, and the one error type they raise."""
+"""The config schema's checks (run once, before any data is loaded) and the Hydra error reporter."""
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mlpkit.errors import ConfigError, is_int, is_number, require
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -18,112 +20,73 @@ OBJECTIVE_MODES = ("min", "max")
 PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work: names the key, the value given and what is allowed."""
-
-    def __init__(self, key: str, value: Any, allowed: str, hint: str = ""):
-        self.key, self.value, self.allowed = key, value, allowed
-        message = f"{key}={show_value(value)} is not valid: expected {allowed}"
-        super().__init__(message + (f". {hint}" if hint else ""))
-
-    def __reduce__(self):
-        # Pickled whole (message and attributes), not rebuilt through __init__: parallel launchers
-        # (joblib, Ray) send a failed job's exception back to the sweep process.
-        return _restore_error, (type(self), self.args, self.__dict__)
-
-
-def _restore_error(cls: type, args: tuple, state: dict) -> Exception:
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
-
-
-def show_value(value: Any) -> str:
-    """A value as it is typed on the command line: [64,32], {name:relu}."""
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{key}:{show_value(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, (ListConfig, list, tuple)):
-        return "[" + ",".join(show_value(item) for item in value) + "]"
-    return str(value)
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(key, value, allowed)
-
-
-def is_int(value: Any) -> bool:
-    """An integer, and not a bool (which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    """An int or a float, and not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def validate(cfg: DictConfig) -> None:
     """Check the values a run needs; raise ConfigError on the first one that cannot work."""
-    from mlpkit.activations import activation_params
+    from mlpkit.activations import resolve_activation
 
     model, trainer, data = cfg.model, cfg.trainer, cfg.data
     sizes = model.hidden_sizes
-    _require(
+    require(
         isinstance(sizes, (ListConfig, list)) and all(is_int(s) and s > 0 for s in sizes),
         "model.hidden_sizes", sizes, "a list of positive integers, e.g. [128,64] ([] for a linear model)",
     )
-    _require(is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
+    require(is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
              "a number in [0, 1)")
-    _require(model.init in INITS, "model.init", model.init, f"one of {', '.join(INITS)}")
+    require(model.init in INITS, "model.init", model.init, f"one of {', '.join(INITS)}")
 
     params = {k: v for k, v in cfg.activation.items() if k != "name"}
-    activation_params(cfg.activation.name, params)
-    _require(cfg.head.name in HEADS, "head.name", cfg.head.name, f"one of {', '.join(HEADS)}")
-    _require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {', '.join(LOSSES)}")
+    resolve_activation(cfg.activation.name, params)
+    require(cfg.head.name in HEADS, "head.name", cfg.head.name, f"one of {', '.join(HEADS)}")
+    require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {', '.join(LOSSES)}")
 
-    _require(is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
+    require(is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
              "a positive number, e.g. 0.001")
 
-    for key in ("max_epochs", "batch_size", "log_every_n_steps"):
+    for key in ("max_epochs", "batch_size"):
         value, least = trainer[key], 0 if key == "max_epochs" else 1
-        _require(is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
-    _require(is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
+        require(is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
+    interval = trainer.log_every_n_steps
+    require(interval == "auto" or (is_int(interval) and interval >= 1), "trainer.log_every_n_steps", interval,
+            "auto or an integer >= 1")
+    require(is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
     device = str(trainer.device)
-    _require(device in ("auto", "cpu", "mps") or device.startswith("cuda"), "trainer.device", device,
+    require(device in ("auto", "cpu", "mps") or device.startswith("cuda"), "trainer.device", device,
              "auto, cpu, cuda, cuda:N or mps")
-    _require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
+    require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
              "auto, true or false")
 
-    _require(is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
+    require(is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
              "trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, "an integer >= 0")
     for key in ("histogram_every_n_steps", "figure_every_n_steps"):
         value = cfg.diagnostics[key]
-        _require(is_int(value) and value >= 0, f"diagnostics.{key}", value, "an integer >= 0 (0 = off)")
+        require(is_int(value) and value >= 0, f"diagnostics.{key}", value, "an integer >= 0 (0 = off)")
     threads = trainer.get("num_threads", "auto")
-    _require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads", threads,
+    require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads", threads,
              "auto or an integer >= 1")
-    _require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
+    require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
              "stop or skip")
     for key in ("compile", "cuda_graphs", "tf32"):
-        _require(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
-    _require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
+        require(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
+    require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
              " or ".join(PRECISIONS))
 
     for key in ("val_fraction", "test_fraction"):
-        _require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
+        require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
                  "a fraction in (0, 1)")
-    _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction + data.test_fraction",
+    require(data.val_fraction + data.test_fraction < 1, "data.val_fraction + data.test_fraction",
              data.val_fraction + data.test_fraction, "a sum below 1, leaving samples to train on")
 
-    _require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")
+    require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")
 
 
 def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: bool = True) -> None:
     """Run a Hydra app; a mistake in the overrides (unknown choice or key, bad syntax) is one line on
     stderr and exit code 2. ``HYDRA_FULL_ERROR=1`` keeps Hydra's traceback instead."""
     show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
+    # Hydra prints composition errors itself and exits 1 unless HYDRA_FULL_ERROR is set: set it while
+    # the app runs, so the error reaches us, and put the environment back afterwards.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except Exception as error:
@@ -132,6 +95,25 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
             raise
         print(f"Config error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def exit_on_config_error(command: Callable[..., Any], *args: Any) -> None:
+    """Inside the Hydra task: a ConfigError is one line on stderr and exit code 2, no traceback."""
+    try:
+        command(*args)
+    except ConfigError as error:
+        print(f"Config error: {error}", file=sys.stderr)
+        sys.exit(2)  # SystemExit passes through Hydra, which would log a failed job for an exception
+
+
+def given(cfg: DictConfig, key: str) -> Any:
+    """The value of a key, or ``???`` while a required key is not given."""
+    return "???" if OmegaConf.is_missing(cfg, key) else cfg[key]
 
 
 def describe_hydra_error(error: Exception, overrides: list[str], config_name: str = "train",
@@ -170,7 +152,6 @@ def describe_hydra_error(error: Exception, overrides: list[str], config_name: st
 
 def _keys_of(parent: str, overrides: list[str], config_name: str) -> list[str]:
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -1,116 +1,113 @@
-"""Per-layer gradient diagnostics on the device: hooks, fused measurements, scalars and figures.
+"""Per-layer gradient diagnostics, measured on the device and fetched once per measured step.
 
-Every ``every_n_steps`` steps the monitor measures, per Linear layer, the gradient norms, the
-relative gradient ||g||/||W||, the update-to-weight ratio ||dW||/||W|| and the statistics of the
-layer's output after its activation. Everything is computed on the device with fused kernels and
-comes to the host in one transfer per interval; on other steps the monitor does nothing at all
-(no hook is registered). Figures are drawn in ``finish`` from numbers recorded at their steps, so
-matplotlib never runs inside the training loop. The verdicts (vanishing, exploding, dead,
-saturated) and their thresholds live in ``mlpkit.verdicts``.
+On the steps the trainer logs, the monitor measures, per Linear layer, the gradient norms, the
+relative gradient ||g||/||W||, the update-to-weight ratio ||dW||/||W|| of that step's update, and
+the statistics of the layer's output after its activation. Everything is computed on the device
+with a handful of fused kernels and comes to the host in one transfer (the update a second,
+after ``optimizer.step()``); on other steps the monitor does nothing (no hook is registered).
+The verdicts (vanishing, exploding, dead, saturated) are judged in ``mlpkit.verdicts``; the
+trainer writes what ``measure`` returns to its loggers.
 """
 from __future__ import annotations
 
-import logging
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from mlpkit.activations import activation_spec
+from mlpkit.activations import SATURATED_BELOW
 from mlpkit.model import MLP
-from mlpkit.verdicts import SATURATED_BELOW, Thresholds, Verdicts
+from mlpkit.verdicts import Thresholds, Verdicts
 
-log = logging.getLogger("mlpkit")
-OK, NONFINITE = "ok", "nonfinite"  # what after_backward returns
-SATURATING = ("sigmoid", "tanh", "hardtanh")  # the squashing activations whose saturation we can measure
-MEASURES = ("grad_norm", "grad_norm_bias", "grad_ratio", "update_ratio",
-            "act_mean", "act_std", "dead_frac", "saturation")
-FIGURE_MEASURES = ("grad_norm", "grad_ratio", "update_ratio")
+FIGURE_MEASURES = ("grad_norm", "grad_ratio", "update_ratio")  # the gradient-flow figure's bar groups
+CHARTS = {  # TensorBoard's custom-scalars layout: one chart per measure, every layer a line
+    "gradients": ("grad_norm", "grad_norm_bias", "grad_ratio", "update_ratio"),
+    "activations": ("act_mean", "act_std", "dead_frac", "saturation", "derivative"),
+}
 
 
-def saturation_mask(activation: str, module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Where the activation's derivative is below SATURATED_BELOW of its maximum (one of SATURATING)."""
-    bound = SATURATED_BELOW * activation_spec(activation).max_derivative
-    if activation == "sigmoid":
-        return out * (1 - out) < bound
-    if activation == "tanh":
-        return 1 - out * out < bound
-    if activation == "hardtanh":
-        return (pre <= module.min_val) | (pre >= module.max_val)
-    raise ValueError(f"no saturation rule for activation {activation!r}; expected one of {SATURATING}")
+@dataclass
+class Measurement:
+    """What one measured step found: the loss, each layer's figures, and any new verdict lines."""
 
+    step: int
+    loss: float
+    layers: dict[str, dict[str, float]]
+    verdict_lines: list[str] = field(default_factory=list)
+    histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and all(
+            math.isfinite(entry[m]) for entry in self.layers.values() for m in ("grad_norm", "grad_norm_bias")
+            if m in entry)
+
+    def scalars(self) -> dict[str, float]:
+        """``<measure>/<layer>`` TensorBoard tags and their values."""
+        return {f"{measure}/{name}": value for name, entry in self.layers.items() for measure, value in entry.items()}
+
+
+class Packed:
+    """Named device tensors gathered for a single transfer to the host: add, then ``fetch`` once."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, values: torch.Tensor) -> None:
+        self.parts[name] = values.detach().float().reshape(-1)
+
+    def fetch(self) -> dict[str, list[float]]:
+        """Every part as host floats; the one host synchronisation."""
+        flat = torch.cat(list(self.parts.values())).tolist()
+        fetched, start = {}, 0
+        for name, values in self.parts.items():
+            fetched[name], start = flat[start:start + values.numel()], start + values.numel()
+        return fetched
+
+
+def layout() -> dict[str, dict[str, list[str]]]:
+    """Custom-scalars charts: a vanishing gradient shows as a fan of lines in one chart."""
+    charts = {category: {m: [rf"^{m}/"] for m in measures} for category, measures in CHARTS.items()}
+    return {**charts, "loss": {"loss": [r"^loss/"]}}
 
 
 class GradientMonitor:
-    """What the trainer calls around a step; on steps where ``is_log_step`` is false it is never called.
+    """What the trainer calls around a measured step; idle on every other step.
 
-    Per step: ``monitored = is_log_step(step)``; if monitored, ``before_forward(step)``; forward,
-    loss, backward; if monitored, ``after_backward(step, loss)``, which returns ``NONFINITE`` when
-    the loss or a gradient is not finite: the trainer then stops before ``optimizer.step()``, so the
-    weights stay finite. At the end, ``finish()`` (also after a stop).
-
-    The step before each scalar step is a log step too: ``after_backward`` then only copies the
-    weights, so the scalar step can measure the update that step applied (||dW||/||W||) in the same
-    single transfer to the host.
+    ``watch(step)`` before the forward pass, ``measure(step, loss)`` after backward (a non-finite
+    loss or gradient is then caught before ``optimizer.step()``), ``after_update(step)`` after it;
+    ``finish()`` at the end (also after a stop).
     """
 
-    def __init__(self, model: MLP, activation: str, logger: Any | None = None, run_dir: Path | None = None, *,
-                 every_n_steps: int = 10, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
+    def __init__(self, model: MLP, *, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
                  thresholds: Thresholds = Thresholds()):
-        self.logger, self.run_dir, self.activation = logger, run_dir, activation
-        self.every_n_steps, self.histogram_every_n_steps = every_n_steps, histogram_every_n_steps
+        self.activation = model.activation
+        self.histogram_every_n_steps = histogram_every_n_steps
         self.figure_every_n_steps = figure_every_n_steps
-        self.family = activation_spec(activation).family
-        self.measures_saturation = self.family == "squashing" and activation in SATURATING
         self.layers = model.linear_layers()
         self.names = list(self.layers)
-        self.activations: dict[str, nn.Module] = {}  # Linear name -> the activation right after it
-        current = None
-        for name, module in model.named_children():
-            if isinstance(module, nn.Linear):
-                current = name
-            elif name.startswith("act") and current is not None:
-                self.activations[current] = module
+        self.activations = model.activation_after()  # hidden Linear name -> its activation module
         self.has_bias = all(layer.bias is not None for layer in self.layers.values())
-        self.verdicts = Verdicts(thresholds, self.family, activation)
+        self.verdicts = Verdicts(thresholds, self.activation.name, self.activation.family)
         self.hooks: list[Any] = []
         self.captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.snapshot: tuple[int, torch.Tensor] | None = None  # (step, flat weights before its update)
+        self.before_update: tuple[int, torch.Tensor, list[float]] | None = None  # step, weights, their norms
         self.segments: torch.Tensor | None = None
-        self.figure_steps: dict[int, dict[str, list[float]]] = {}
-        self.last_step: int | None = None
-        self.last_layers: dict[str, dict[str, float]] = {}
-        if logger is not None:
-            logger.log_layout(self.layout())
-
-    def layout(self) -> dict[str, dict[str, list[str]]]:
-        """One chart per measure, every layer a line: a vanishing gradient is a fan of lines."""
-        return {"gradients": {m: [rf"^{m}/"] for m in ("grad_norm", "grad_norm_bias", "grad_ratio", "update_ratio")},
-                "activations": {m: [rf"^{m}/"] for m in ("act_mean", "act_std", "dead_frac", "saturation")},
-                "loss": {"loss": [r"^loss/"]}}
-
-    def is_scalar_step(self, step: int) -> bool:
-        return step % self.every_n_steps == 0
+        self.figure_steps: dict[int, Measurement] = {}  # the measurements the gradient-flow images show
+        self.last: Measurement | None = None
 
     def is_histogram_step(self, step: int) -> bool:
         return self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
 
-    def is_log_step(self, step: int) -> bool:
-        return self.is_scalar_step(step) or self.is_scalar_step(step + 1) or self.is_histogram_step(step)
-
     # --- around one step --------------------------------------------------------------------------
-    def before_forward(self, step: int) -> None:
-        """On scalar and histogram steps, hooks that keep each hidden layer's output (removed after backward)."""
+    def watch(self, step: int) -> None:
+        """Hooks that keep each hidden layer's output (and input, where saturation is read from it)."""
         self.remove_hooks()
-        if not (self.is_scalar_step(step) or self.is_histogram_step(step)):
-            return
+        reads_input = self.activation.spec.reads_input
         for name, module in self.activations.items():
             def keep(module, args, output, name=name):
-                # the pre-activation only where saturation is read from it (hardtanh)
-                pre = args[0].detach() if self.activation == "hardtanh" else output.detach()
-                self.captured[name] = (pre, output.detach())
+                self.captured[name] = (args[0].detach() if reads_input else output.detach(), output.detach())
             self.hooks.append(module.register_forward_hook(keep))
 
     def remove_hooks(self) -> None:
@@ -118,134 +115,112 @@ class GradientMonitor:
             hook.remove()
         self.hooks.clear()
 
-    def after_backward(self, step: int, loss: torch.Tensor) -> str:
-        """Measure on the device, one transfer to the host, scalars and verdicts; NONFINITE means stop."""
+    def measure(self, step: int, loss: torch.Tensor) -> Measurement:
+        """After backward: measure on the device, fetch once, judge. Keeps the weights for ``after_update``."""
         self.remove_hooks()
         captured, self.captured = self.captured, {}
         weights = [layer.weight.detach() for layer in self.layers.values()]
-        if self.is_histogram_step(step):
-            self.log_histograms(step, weights, captured)
-        status = OK
-        if self.is_scalar_step(step):
-            status = self.measure(step, loss, weights, captured)
-        if status == OK and self.is_scalar_step(step + 1):
-            # one flat copy (a single kernel) of the weights before this step's update
-            self.snapshot = (step, torch.cat([w.reshape(-1) for w in weights]))
-        return status
-
-    def measure(self, step: int, loss: torch.Tensor, weights: list[torch.Tensor], captured: dict) -> str:
         grads = [_grad(layer.weight) for layer in self.layers.values()]
+        packed = Packed()
+        packed.add("loss", loss)
+        packed.add("grad_norm", torch.stack(torch._foreach_norm(grads)))
         if self.has_bias:
-            grads += [_grad(layer.bias) for layer in self.layers.values()]
-        updates: list[torch.Tensor] = []
-        if self.snapshot is not None and self.snapshot[0] == step - 1:
-            change = self.snapshot[1] - torch.cat([w.reshape(-1) for w in weights])  # the last update
-            updates = list(change.split([w.numel() for w in weights]))
-        self.snapshot = None
-        parts = [loss.detach().float().reshape(1), torch.stack(torch._foreach_norm(grads + weights + updates)).float()]
-        stats = self.activation_stats(captured)
-        if stats is not None:
-            parts.append(stats.flatten())
-        values = torch.cat(parts).tolist()  # the interval's only host synchronisation
-        return self.record(step, values, list(captured), has_updates=bool(updates))
+            bias_grads = [_grad(layer.bias) for layer in self.layers.values()]
+            packed.add("grad_norm_bias", torch.stack(torch._foreach_norm(bias_grads)))
+        packed.add("weight_norm", torch.stack(torch._foreach_norm(weights)))
+        if captured:
+            packed.add("activations", self.activation_stats(captured))
+        values = packed.fetch()
+        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)))
+        if self.is_histogram_step(step):
+            measurement.histograms = self.histogram_values(weights, grads, captured)
+        if measurement.finite:
+            # one flat copy (a single kernel) of the weights before optimizer.step() updates them
+            self.before_update = (step, torch.cat([w.reshape(-1) for w in weights]), values["weight_norm"])
+        measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
+        self.keep_for_figures(measurement)
+        self.last = measurement
+        return measurement
+
+    def after_update(self, step: int) -> dict[str, float]:
+        """``update_ratio/<layer>``: ||dW||/||W|| of the update ``optimizer.step()`` just applied."""
+        if self.before_update is None or self.before_update[0] != step:
+            return {}
+        _, before, weight_norms = self.before_update
+        self.before_update = None
+        weights = [layer.weight.detach() for layer in self.layers.values()]
+        change = before - torch.cat([w.reshape(-1) for w in weights])
+        norms = torch.stack(torch._foreach_norm(list(change.split([w.numel() for w in weights])))).tolist()
+        ratios = {name: norm / (weight or math.nan) for name, norm, weight in zip(self.names, norms, weight_norms)}
+        if self.last is not None and self.last.step == step:
+            for name, ratio in ratios.items():
+                self.last.layers[name]["update_ratio"] = ratio
+        return {f"update_ratio/{name}": ratio for name, ratio in ratios.items()}
 
     # --- on the device ----------------------------------------------------------------------------
-    def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
-        """(hidden layers, 4): mean, mean of squares, dead share, saturated share; a handful of kernels."""
-        if not captured:
-            return None
+    def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(hidden layers, 5): mean, mean of squares, dead share, saturated share, mean derivative share."""
         out = torch.cat([c[1].reshape(-1, c[1].shape[-1]) for c in captured.values()], dim=1).float()
         columns = [out.mean(0), out.square().mean(0)]
         zeros = torch.zeros_like(columns[0])
-        columns.append((out == 0).all(0).float() if self.family == "relu" else zeros)
-        if self.measures_saturation:
+        columns.append((out == 0).all(0).float() if self.activation.family == "relu" else zeros)
+        if self.activation.saturates:
             pre = torch.cat([c[0].reshape(-1, c[0].shape[-1]) for c in captured.values()], dim=1).float()
-            mask = saturation_mask(self.activation, next(iter(self.activations.values())), pre, out)
-            columns.append(mask.float().mean(0))
+            share = self.activation.spec.derivative_share(next(iter(self.activations.values())), pre, out)
+            columns += [(share < SATURATED_BELOW).float().mean(0), share.mean(0)]
         else:
-            columns.append(zeros)
+            columns += [zeros, zeros]
         if self.segments is None or self.segments.shape[1] != out.shape[1]:
             widths = [c[1].shape[-1] for c in captured.values()]
             rows = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
             segments = torch.zeros(len(widths), out.shape[1])
             segments[rows, torch.arange(out.shape[1])] = 1.0 / torch.tensor(widths, dtype=torch.float)[rows]
             self.segments = segments.to(out.device)
-        return self.segments @ torch.stack(columns, dim=1)  # per-column figures averaged per layer
+        return self.segments @ torch.stack(columns, dim=1)  # per-unit figures averaged per layer
 
     # --- on the host ------------------------------------------------------------------------------
-    def record(self, step: int, values: list[float], hidden: list[str], has_updates: bool) -> str:
-        """Host side of a scalar step: name the values, write them, judge them."""
-        n = len(self.names)
-        loss, values = values[0], values[1:]
-        grad_norms, values = values[:n], values[n:]
-        bias_norms, values = (values[:n], values[n:]) if self.has_bias else ([], values)
-        weight_norms, values = values[:n], values[n:]
-        update_norms, values = (values[:n], values[n:]) if has_updates else ([], values)
+    def name_layers(self, values: dict[str, list[float]], hidden: list[str]) -> dict[str, dict[str, float]]:
         layers: dict[str, dict[str, float]] = {}
         for index, name in enumerate(self.names):
-            weight_norm = weight_norms[index] or math.nan
-            entry = {"grad_norm": grad_norms[index], "grad_ratio": grad_norms[index] / weight_norm}
+            grad_norm, weight_norm = values["grad_norm"][index], values["weight_norm"][index]
+            layers[name] = {"grad_norm": grad_norm, "grad_ratio": grad_norm / (weight_norm or math.nan)}
             if self.has_bias:
-                entry["grad_norm_bias"] = bias_norms[index]
-            if has_updates:
-                entry["update_ratio"] = update_norms[index] / weight_norm
-            layers[name] = entry
+                layers[name]["grad_norm_bias"] = values["grad_norm_bias"][index]
+        stats = values.get("activations", [])
         for index, name in enumerate(hidden):
-            mean, mean_square, dead, saturated = values[4 * index:4 * index + 4]
+            mean, mean_square, dead, saturated, derivative = stats[5 * index:5 * index + 5]
             layers[name].update(act_mean=mean, act_std=math.sqrt(max(mean_square - mean * mean, 0.0)))
-            if self.family == "relu":
+            if self.activation.family == "relu":
                 layers[name]["dead_frac"] = dead
-            if self.measures_saturation:
-                layers[name]["saturation"] = saturated
-        self.last_step, self.last_layers = step, layers
-        if self.logger is not None:
-            scalars = {"loss/train": loss}
-            scalars.update({f"{m}/{name}": v for name, entry in layers.items() for m, v in entry.items()})
-            self.logger.log_scalars(scalars, step)
+            if self.activation.saturates:
+                layers[name].update(saturation=saturated, derivative=derivative)
+        return layers
+
+    def histogram_values(self, weights: list[torch.Tensor], grads: list[torch.Tensor],
+                         captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        values = {f"weights/{name}": weight for name, weight in zip(self.names, weights)}
+        values.update({f"gradients/{name}": grad for name, grad in zip(self.names, grads)})
+        values.update({f"activations/{name}": output for name, (_, output) in captured.items()})
+        return values
+
+    def keep_for_figures(self, measurement: Measurement) -> None:
         last_figure = max(self.figure_steps, default=None)
         if self.figure_every_n_steps > 0 and (last_figure is None
-                                              or step - last_figure >= self.figure_every_n_steps):
-            self.figure_steps[step] = {m: [layers[name].get(m, math.nan) for name in self.names]
-                                       for m in FIGURE_MEASURES}
-        for line in self.verdicts.update(step, loss, layers):
-            log.warning(line)
-            if self.logger is not None:
-                self.logger.log_text("gradient_health", line, step)
-        if not all(math.isfinite(v) for v in [loss, *grad_norms, *bias_norms]):
-            return NONFINITE
-        return OK
+                                              or measurement.step - last_figure >= self.figure_every_n_steps):
+            self.figure_steps[measurement.step] = measurement
 
-    def log_histograms(self, step: int, weights: list[torch.Tensor], captured: dict) -> None:
-        if self.logger is None:
-            return
-        for name, weight in zip(self.names, weights):
-            self.logger.log_histogram(f"weights/{name}", weight, step)
-            if self.layers[name].weight.grad is not None:
-                self.logger.log_histogram(f"gradients/{name}", self.layers[name].weight.grad, step)
-        for name, (_, output) in captured.items():
-            self.logger.log_histogram(f"activations/{name}", output, step)
+    def figure_measures(self, measurement: Measurement) -> dict[str, list[float]]:
+        """The gradient-flow figure's bars: each of FIGURE_MEASURES for every layer."""
+        return {m: [measurement.layers[name].get(m, math.nan) for name in self.names] for m in FIGURE_MEASURES}
 
-    def finish(self) -> dict[str, Any]:
-        """The figures (TensorBoard images at their steps, the final PNG) and the verdicts, for metrics.json."""
+    def finish(self, every_n_steps: int) -> dict[str, Any]:
+        """The ``gradient_health`` entry of metrics.json: verdicts, or why there are none
+        (``every_n_steps``: how often the trainer measured, for the message)."""
         self.remove_hooks()
-        self.snapshot = None
-        if self.figure_steps or self.last_step is not None:
-            from mlpkit import figures  # matplotlib: only runs that draw pay for the import
-
-            for step, measures in self.figure_steps.items():
-                if self.logger is not None:
-                    figure = figures.gradient_flow_figure(self.names, measures, f"gradient flow, step {step}")
-                    self.logger.log_image("gradient_flow", figures.figure_to_rgb(figure), step)
-            if self.run_dir is not None and self.last_step is not None:
-                measures = {m: [self.last_layers[n].get(m, math.nan) for n in self.names] for m in FIGURE_MEASURES}
-                figure = figures.gradient_flow_figure(
-                    self.names, measures, f"gradient flow, {self.activation}, step {self.last_step}")
-                figures.save_png(figure, Path(self.run_dir) / "gradient_flow.png")
-        health = self.verdicts.report(self.last_step, self.last_layers)
-        if self.logger is not None:
-            summary = "\n".join(v["message"] for v in health["verdicts"].values()) or "no gradient problem detected"
-            self.logger.log_text("gradient_health/summary", summary, self.last_step or 0)
-        return health
+        self.before_update = None
+        last = self.last
+        return self.verdicts.report(None if last is None else last.step, {} if last is None else last.layers,
+                                    every_n_steps)
 
 
 def _grad(parameter: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,19 @@ def gradient_flow_figure(layer_names: Sequence[str], measures: dict[str, Sequenc
     return figure
 
 
+def log_gradient_flow(logger: Any, run_dir: Path | None, monitor: Any, activation: str) -> None:
+    """A run's gradient-flow figures: a TensorBoard image at each of the monitor's figure steps, and
+    gradient_flow.png in the run directory from its last measured step."""
+    for step, measurement in monitor.figure_steps.items():
+        figure = gradient_flow_figure(monitor.names, monitor.figure_measures(measurement), f"gradient flow, step {step}")
+        logger.log_image("gradient_flow", figure_to_rgb(figure), step)
+    if run_dir is not None and monitor.last is not None:
+        last = monitor.last
+        figure = gradient_flow_figure(monitor.names, monitor.figure_measures(last),
+                                      f"gradient flow, {activation}, step {last.step}")
+        save_png(figure, Path(run_dir) / "gradient_flow.png")
+
+
 def figure_to_rgb(figure: Any) -> Any:
     """The figure as an (height, width, 3) uint8 array, then closed."""
     import numpy as np
@@ -95,14 +108,13 @@ def _draw_activation(axes: Any, name: str, params: dict[str, Any] | None, legend
 
     ``shared_scale``: the same y range for every panel of a gallery, so heights compare.
     """
-    from mlpkit.activations import ACTIVATIONS
-    from mlpkit.verdicts import SATURATED_BELOW
+    from mlpkit.activations import ACTIVATIONS, SATURATED_BELOW
 
     x, y, derivative = (t.numpy() for t in activation_curve(name, params))
     top = int(derivative.argmax())
     axes.axhline(0, color="0.8", linewidth=0.8)
     axes.axvline(0, color="0.8", linewidth=0.8)
-    if ACTIVATIONS[name].family == "squashing":
+    if ACTIVATIONS[name].derivative_share is not None:
         saturated = derivative < SATURATED_BELOW * derivative[top]
         axes.fill_between(x, 0, 1, where=saturated, transform=axes.get_xaxis_transform(), color="tab:red",
                           alpha=0.08, linewidth=0, label=f"saturated: f' < {SATURATED_BELOW:.0%} of max")
@@ -138,8 +150,7 @@ def activation_figure(name: str, params: dict[str, Any] | None = None) -> Any:
 
 def activation_gallery_figure(names: Sequence[str] | None = None, columns: int = 4) -> Any:
     """Every registered activation (torch's default arguments) and its derivative, one panel each."""
-    from mlpkit.activations import ACTIVATIONS
-    from mlpkit.verdicts import SATURATED_BELOW
+    from mlpkit.activations import ACTIVATIONS, SATURATED_BELOW
 
     plt = _pyplot()
     names = list(names or ACTIVATIONS)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlpkit.activations import build_activation, init_gain_args
+from mlpkit.activations import Activation, resolve_activation
 
 HEAD_MODULES = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -20,12 +20,13 @@ class MLP(nn.Module):
     too, so calling the model gives predictions: probabilities, or values for regression.
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], head: nn.Module):
+    def __init__(self, layers: OrderedDict[str, nn.Module], head: nn.Module, activation: Activation | None = None):
         super().__init__()
         for name, module in layers.items():
             self.add_module(name, module)
         self.head = head
         self.body_names = tuple(layers)
+        self.activation = activation  # the resolved hidden activation: diagnostics read its rules here
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         modules = self._modules
@@ -40,6 +41,17 @@ class MLP(nn.Module):
         """The Linear layers by name, input side first (what gradient diagnostics report on)."""
         return OrderedDict((n, m) for n, m in self.named_children() if isinstance(m, nn.Linear))
 
+    def activation_after(self) -> OrderedDict[str, nn.Module]:
+        """Each hidden Linear's name -> the activation module that follows it."""
+        pairs: OrderedDict[str, nn.Module] = OrderedDict()
+        current = None
+        for name, module in self.named_children():
+            if isinstance(module, nn.Linear):
+                current = name
+            elif name.startswith("act") and current is not None:
+                pairs[current] = module
+        return pairs
+
 
 def build_model(
     in_features: int,
@@ -53,17 +65,18 @@ def build_model(
     bias: bool = True,
 ) -> MLP:
     """An MLP from plain values; input and output sizes come from the data."""
+    act = resolve_activation(activation, activation_params)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     widths = [in_features, *hidden_sizes]
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]), start=1):
         layers[f"linear{index}"] = nn.Linear(fan_in, fan_out, bias=bias)
-        layers[f"act{index}"] = build_activation(activation, activation_params, fan_out)
+        layers[f"act{index}"] = act.module(fan_out)
         if dropout > 0:
             layers[f"dropout{index}"] = nn.Dropout(dropout)
     layers[f"linear{len(widths)}"] = nn.Linear(widths[-1], out_features, bias=bias)
-    model = MLP(layers, HEAD_MODULES[head]())
+    model = MLP(layers, HEAD_MODULES[head](), act)
     if init != "default":
-        initialize(model, init, *init_gain_args(activation, activation_params))
+        initialize(model, init, *act.init_gain_args())
     return model
 
 

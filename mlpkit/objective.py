@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
 NATURAL_PAIR = {"multiclass": ("softmax", "ce"), "binary": ("sigmoid", "bce"), "regression": ("identity", "mse")}

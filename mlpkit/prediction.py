@@ -1,7 +1,7 @@
 """New rows of a CSV file, predicted with a trained run.
 
 `python scripts/predict.py run=<run dir> input=new.csv output=pred.csv` (also `mlpkit-predict`);
-configs/predict.yaml holds its keys. The run is found and loaded through mlpkit.evaluation; the
+configs/predict.yaml holds its keys. The run is found and loaded through mlpkit.runs; the
 input's feature columns are standardised with the run's preprocessing.json. Torch is imported only
 once the run directory has been checked, so a mistyped path costs a fraction of a second.
 """
@@ -18,17 +18,15 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mlpkit.config import CONFIG_DIR, ConfigError, report_config_errors
-from mlpkit.evaluation import (
+from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
+from mlpkit.errors import ConfigError, DataError
+from mlpkit.runs import (
     TrainedRun,
-    exit_on_config_error,
     find_checkpoint,
     find_run,
-    given,
     load_trained,
     logits_of,
     read_preprocessing,
-    resolve_device,
     run_config,
 )
 
@@ -40,7 +38,6 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     or a cell that is not a finite number, is one DataError naming the file, line and column;
     nothing is dropped or filled in.
     """
-    from mlpkit.data import DataError
     from mlpkit.data.table import finite_number, read_rows
 
     if not path.is_file():
@@ -99,7 +96,9 @@ def predict_csv(run: Any, input: Any, output: Any = None, checkpoint: str = "aut
     features -= np.asarray(preprocessing["feature_mean"], dtype=np.float32)
     features /= np.asarray(preprocessing["feature_std"], dtype=np.float32)
 
-    torch_device = resolve_device(device)
+    from mlpkit.acceleration import resolve_device
+
+    torch_device = resolve_device(str(device))
     class_names = list(preprocessing.get("class_names") or [])
     trained = load_trained(run_dir, run_config(run_dir), checkpoint_path, preprocessing["task"], class_names,
                            len(names), preprocessing["target_mean"], preprocessing["target_std"], torch_device)

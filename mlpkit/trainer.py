@@ -17,14 +17,14 @@ from mlpkit.checkpoint import (
     atomic_save,
     checkpoint_state,
     is_better,
-    load_checkpoint,
     restore,
 )
-from mlpkit.config import ConfigError
 from mlpkit.data import Data, Split
-from mlpkit.diagnostics import NONFINITE, GradientMonitor
+from mlpkit.diagnostics import GradientMonitor, Measurement
+from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
+from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
@@ -34,26 +34,30 @@ class ScalarLogger(Protocol):
     def log_scalars(self, values: dict[str, float], step: int) -> None: ...
 
 
-class TrainingStopped(Exception):
-    """The run stopped before its last epoch: a signal (exit_code 128+signum) or a non-finite loss."""
+POINTS_PER_RUN = 50  # trainer.log_every_n_steps=auto: at least this many logged steps on every curve
 
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+
+def log_interval(setting: int | str, total_steps: int) -> int:
+    """``trainer.log_every_n_steps``: an integer, or ``auto`` (every step for runs under
+    POINTS_PER_RUN steps, else as often as gives POINTS_PER_RUN points)."""
+    if str(setting) == "auto":
+        return max(1, total_steps // POINTS_PER_RUN)
+    return int(setting)
 
 
 class Trainer:
     """Trains ``model`` on ``data.train``, evaluates on ``data.val`` every epoch, saves checkpoints.
 
-    Gradient norms of every Linear layer are computed on the device with one fused
-    ``torch._foreach_norm`` and pulled to the host once per ``log_every_n_steps`` together with the
-    loss and the non-finite flag: the loop's only host synchronisation besides the per-epoch
-    evaluation (and, with ``on_nonfinite="skip"``, one check per step).
+    Every ``log_every_n_steps`` steps (``auto``: see ``log_interval``) the loop writes ``loss/train``
+    and, with a ``monitor``, the per-layer gradient diagnostics to ``logger``: the monitor measures
+    on the device and the values reach the host in one transfer, the loop's only host
+    synchronisation besides the per-epoch evaluation (and, with ``on_nonfinite="skip"``, one check
+    per step).
 
     ``precision="bf16-mixed"`` runs forward passes under bf16 autocast. ``compile_step`` (and
     ``cuda_graphs``) trains through a torch.compile'd forward and loss with static shapes: the last
-    partial batch of each epoch is dropped, and steps that log diagnostics run eagerly (their
-    forward hooks would otherwise recompile the step).
+    partial batch of each epoch is dropped, and measured steps run eagerly (their forward hooks
+    would otherwise recompile the step).
     """
 
     def __init__(
@@ -66,7 +70,7 @@ class Trainer:
         max_epochs: int,
         batch_size: int,
         seed: int,
-        log_every_n_steps: int = 10,
+        log_every_n_steps: int | str = "auto",
         logger: ScalarLogger | None = None,
         monitor: GradientMonitor | None = None,
         progress: bool = False,
@@ -82,14 +86,12 @@ class Trainer:
     ):
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
         self.max_epochs, self.batch_size = max_epochs, batch_size
-        self.log_every_n_steps = log_every_n_steps
         self.logger, self.monitor = logger, monitor
         self.progress = progress
         self.checkpoint_dir, self.checkpoint_every_n_steps = checkpoint_dir, checkpoint_every_n_steps
         self.config = config
         self.on_nonfinite = on_nonfinite
         self.batch_generator = torch.Generator().manual_seed(seed)
-        self.layers = model.linear_layers()
         self.device = data.device  # where the model trains; the data may stay in pinned host memory
         self.step = 0
         self.epoch = 0
@@ -108,6 +110,7 @@ class Trainer:
         if self.drop_last and len(data.train) < batch_size:
             raise ConfigError("trainer.batch_size", batch_size, f"at most {len(data.train)} (the training "
                               "rows) when trainer.compile or trainer.cuda_graphs drops partial batches")
+        self.log_every_n_steps = log_interval(log_every_n_steps, max_epochs * self.batches_per_epoch())
         self.step_loss = compile_loss(self.forward_loss, cuda_graphs) if self.drop_last else self.forward_loss
 
     # --- one step ------------------------------------------------------------------------------
@@ -115,10 +118,13 @@ class Trainer:
         with autocast(self.device, self.precision):
             return self.objective.loss(self.model.logits(x), y)
 
+    def is_log_step(self) -> bool:
+        return self.step % self.log_every_n_steps == 0
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        monitored = self.monitor is not None and self.monitor.is_log_step(self.step)
-        if monitored:
-            self.monitor.before_forward(self.step)  # activation hooks, on logging steps only
+        measuring = self.monitor is not None and (self.is_log_step() or self.monitor.is_histogram_step(self.step))
+        if measuring:
+            self.monitor.watch(self.step)  # activation hooks, on measured steps only
             loss = self.forward_loss(x, y)
         elif self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -127,15 +133,34 @@ class Trainer:
             loss = self.step_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if monitored and self.monitor.after_backward(self.step, loss) == NONFINITE:
-            # Caught before optimizer.step(): the weights are still finite.
-            if self.on_nonfinite == "skip":
-                return self.skip_step(loss)
-            self.stop_on_nonfinite(self.monitor.last_layers)
+        if measuring:
+            measurement = self.monitor.measure(self.step, loss)  # the interval's one host transfer
+            self.log_measurement(measurement)
+            if not measurement.finite:  # caught before optimizer.step(): the weights are still finite
+                if self.on_nonfinite == "skip":
+                    return self.skip_step(loss)
+                self.stop_on_nonfinite(measurement.layers)
+        elif self.logger is not None and self.is_log_step():
+            self.logger.log_scalars({"loss/train": loss.item()}, self.step)
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.skip_step(loss)
         self.optimizer.step()
+        if measuring and self.logger is not None:
+            self.logger.log_scalars(self.monitor.after_update(self.step), self.step)
         return loss.detach()
+
+    def log_measurement(self, measurement: Measurement) -> None:
+        """loss/train, every per-layer figure, histograms, and a verdict line when one fires."""
+        for line in measurement.verdict_lines:
+            log.warning(line)
+        if self.logger is None:
+            return
+        if self.is_log_step():
+            self.logger.log_scalars({"loss/train": measurement.loss, **measurement.scalars()}, self.step)
+        for tag, values in measurement.histograms.items():
+            self.logger.log_histogram(tag, values, self.step)
+        for line in measurement.verdict_lines:
+            self.logger.log_text("gradient_health", line, self.step)
 
     def skip_step(self, loss: torch.Tensor) -> torch.Tensor:
         self.skipped_steps += 1
@@ -156,7 +181,16 @@ class Trainer:
         raise TrainingStopped(
             f"loss/train became non-finite at step {step} (epoch {self.epoch + 1}){where}. The last "
             f"good checkpoint is kept; lower optimizer.lr, change model.init, or set "
-            f"trainer.on_nonfinite=skip", exit_code=3)
+            f"trainer.on_nonfinite=skip", exit_code=EXIT_NONFINITE)
+
+    def gradient_health(self) -> dict[str, Any] | None:
+        """The monitor's verdicts so far (metrics.json's ``gradient_health``); None without a monitor."""
+        if self.monitor is None:
+            return None
+        health = self.monitor.finish(self.log_every_n_steps)
+        if self.logger is not None:
+            self.logger.log_text("gradient_health/summary", verdict_summary(health), self.step)
+        return health
 
     # --- one epoch -----------------------------------------------------------------------------
     def losses_so_far(self) -> torch.Tensor:
@@ -189,9 +223,8 @@ class Trainer:
                 self.save(LAST)
             if self.stop_signal is not None:
                 self.save(LAST)
-                raise TrainingStopped(f"stopped by signal {self.stop_signal} at step {self.step} "
-                                      f"(epoch {self.epoch + 1}); checkpoint saved",
-                                      exit_code=128 + self.stop_signal)
+                raise TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
+                                                f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal)
         # the mean over the epoch's rows: a last, smaller batch weighs less
         rows_seen = self.rows_per_epoch()
         last_batch = rows_seen - size * (n_batches - 1)
@@ -235,9 +268,9 @@ class Trainer:
         for name in names:
             atomic_save(state, self.checkpoint_dir / name)
 
-    def resume_from(self, path: Path) -> dict:
-        """Weights, optimizer, RNG states, counters, history and a half-done epoch's place."""
-        state = load_checkpoint(path, map_location=self.device)
+    def resume_from(self, state: dict) -> None:
+        """Weights, optimizer, RNG states, counters, history and a half-done epoch's place, from a
+        loaded checkpoint (``checkpoint.load_checkpoint``)."""
         restore(state, model=self.model, optimizer=self.optimizer, batch_generator=self.batch_generator)
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         extra = state["extra"]
@@ -247,7 +280,6 @@ class Trainer:
             self.next_batch = extra["next_batch"]
             saved = extra["epoch_losses"]
             self.epoch_losses = list(saved.to(self.device).unbind()) if saved is not None else []
-        return state
 
     # --- the whole run -------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -284,6 +316,7 @@ class Trainer:
             "train_seconds": train_seconds,
             "samples_per_second": samples / train_seconds if train_seconds > 0 else 0.0,
             "history": self.history,
+            "gradient_health": self.gradient_health(),
         }
 
     def record_epoch(self, train_loss: float, val: dict[str, float], bar: tqdm) -> None:

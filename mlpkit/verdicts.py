@@ -1,8 +1,9 @@
-"""The gradient verdicts: vanishing, exploding, dead, saturated, with their thresholds and patience.
+"""The gradient verdicts: vanishing, exploding, dead, saturated; the one place that judges them.
 
-``Verdicts`` turns each interval's per-layer figures (measured by ``mlpkit.diagnostics.GradientMonitor``)
-into at most one one-line verdict per kind, and reports them as the ``gradient_health`` entry of
-metrics.json. Pure Python on host numbers: no torch, and nothing here imports ``mlpkit.diagnostics``.
+``Verdicts`` turns each measured step's per-layer figures (from ``mlpkit.diagnostics``) into at most
+one one-line verdict per kind, each naming what to try next, and reports them as the
+``gradient_health`` entry of metrics.json; the sweep report and the API read that entry and never
+judge again. Pure Python on host numbers: no torch.
 """
 from __future__ import annotations
 
@@ -10,22 +11,29 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-SATURATED_BELOW = 0.05  # a unit is saturated where its derivative is below this share of the maximum
+from mlpkit.activations import SATURATED_BELOW
+from mlpkit.errors import ConfigError, is_int, is_number
+
+KINDS = ("vanishing", "exploding", "dead", "saturated")
+ADVICE = {  # what to try, one clause per verdict kind
+    "vanishing": "try a relu-family activation with model.init=kaiming_normal (or a shallower model)",
+    "exploding": "try a lower optimizer.lr",
+    "dead": "try a lower optimizer.lr, or activation=leaky or activation=elu",
+    "saturated": "try a lower optimizer.lr, or model.init=xavier_normal",
+}
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a verdict fires; defaults measured on digits (see README, "Gradient diagnostics")."""
+    """When a verdict fires; calibrated by scripts/calibrate_verdicts.py (README, "Gradient diagnostics")."""
 
     vanishing_ratio: float = 1e-3  # first layer's ||g||/||W|| below this fraction of the last layer's
-    patience: int = 5  # intervals in a row a condition must hold (not for non-finite values)
-    exploding_growth: float = 1e3  # total gradient norm above this multiple of its first logged value
-    dead_fraction: float = 0.75  # ReLU family: share of a layer's units that output 0 for the whole batch
-    saturation_fraction: float = 0.5  # sigmoid/tanh: share of a layer's pre-activations that saturate
+    patience: int = 5  # measured steps in a row a condition must hold (not for non-finite values)
+    exploding_growth: float = 1e3  # total gradient norm above this multiple of its early value (non-finite always is)
+    dead_fraction: float = 0.55  # ReLU family: share of a layer's units that output 0 for the whole batch
+    saturation_fraction: float = 0.4  # sigmoid/tanh: share of a layer's units whose derivative is < 5% of max
 
     def __post_init__(self):
-        from mlpkit.config import ConfigError, is_int, is_number
-
         for key, allowed, ok in (
             ("vanishing_ratio", "a number in (0, 1)", lambda v: 0 < v < 1),
             ("patience", "an integer >= 1", lambda v: is_int(v) and v >= 1),
@@ -44,45 +52,24 @@ class Thresholds:
 
 
 class Verdicts:
-    """Turns each interval's per-layer figures into at most one verdict per kind, with the figures."""
+    """Turns each measured step's per-layer figures into at most one verdict per kind."""
 
-    def __init__(self, thresholds: Thresholds, family: str, activation: str):
-        self.thresholds, self.family, self.activation = thresholds, family, activation
+    def __init__(self, thresholds: Thresholds, activation: str, family: str):
+        self.thresholds, self.activation, self.family = thresholds, activation, family
         self.fired: dict[str, dict[str, Any]] = {}
-        self.streaks = {"vanishing": 0, "dead": 0, "saturated": 0}
-        self.first_total_norm: float | None = None
-        self.ratios: list[float] = []  # first/last relative gradient, every interval
+        self.streaks = dict.fromkeys(KINDS, 0)
+        self.early_totals: list[float] = []  # total gradient norms of the first `patience` measured steps
+        self.ratios: list[float] = []  # first/last relative gradient, every measured step
+        self.measurements = 0
 
     def update(self, step: int, loss: float, layers: dict[str, dict[str, float]]) -> list[str]:
-        """New verdict lines for this interval (each kind fires once per run)."""
-        names, limits = list(layers), self.thresholds
-        lines = []
-        norms = [v[m] for v in layers.values() for m in ("grad_norm", "grad_norm_bias") if m in v]
-        bad = [n for n, v in layers.items() if not all(math.isfinite(v[m]) for m in ("grad_norm", "grad_norm_bias")
-                                                        if m in v)]
-        if not math.isfinite(loss) or bad:
-            lines.append(self._fire("exploding", step, layers, (
-                f"gradients are exploding: non-finite values at step {step} (loss {loss:.4g}; non-finite "
-                f"gradients in {', '.join(bad) or 'none'}); training stops")))
+        """New verdict lines for this measured step (each kind fires once per run)."""
+        self.measurements += 1
+        lines = [self._exploding(step, loss, layers)]
+        if "exploding" in self.fired and self.fired["exploding"]["step"] == step:
             return [line for line in lines if line]
-        total = math.sqrt(sum(n * n for n in norms))
-        if self.first_total_norm is None and total > 0:
-            self.first_total_norm = total
-        if self.first_total_norm and total > limits.exploding_growth * self.first_total_norm:
-            lines.append(self._fire("exploding", step, layers, (
-                f"gradients are exploding: total gradient norm {total:.3g} at step {step} is "
-                f"{total / self.first_total_norm:.3g}x its first logged value {self.first_total_norm:.3g} "
-                f"(exploding_growth {limits.exploding_growth:g})")))
-
-        first, last = layers[names[0]]["grad_ratio"], layers[names[-1]]["grad_ratio"]
-        ratio = first / last if len(names) > 1 and last > 0 else math.nan
-        if math.isfinite(ratio):
-            self.ratios.append(ratio)
-        if self._streak("vanishing", ratio < limits.vanishing_ratio):
-            lines.append(self._fire("vanishing", step, layers, (
-                f"gradients are vanishing: ||g||/||W|| of {names[0]} is {first:.3g} against {last:.3g} for "
-                f"{names[-1]} (ratio {ratio:.3g} < vanishing_ratio {limits.vanishing_ratio:g}) for "
-                f"{limits.patience} intervals in a row, at step {step}")))
+        limits = self.thresholds
+        explained = False  # dead or saturated units starve the layers below them of gradient
         for kind, measure, key, limit, what in (
             ("dead", "dead_frac", "dead_fraction", limits.dead_fraction,
              f"dead {self.activation} units (output 0 for the whole batch)"),
@@ -90,12 +77,52 @@ class Verdicts:
              f"saturated {self.activation} units (derivative < {SATURATED_BELOW:.0%} of its maximum)"),
         ):
             over = {n: v[measure] for n, v in layers.items() if v.get(measure, 0.0) > limit}
+            explained = explained or bool(over)
             if self._streak(kind, bool(over)):
                 shares = ", ".join(f"{n} {share:.0%}" for n, share in over.items())
                 lines.append(self._fire(kind, step, layers, (
-                    f"{what} above {key} {limit:g} "
-                    f"for {limits.patience} intervals in a row, at step {step}: {shares}")))
+                    f"{what} above {key} {limit:g} for {limits.patience} measured steps in a row, at step "
+                    f"{step}: {shares}")))
+        lines.append(self._vanishing(step, layers, explained))
         return [line for line in lines if line]
+
+    def _exploding(self, step: int, loss: float, layers: dict[str, dict[str, float]]) -> str:
+        norms = [v[m] for v in layers.values() for m in ("grad_norm", "grad_norm_bias") if m in v]
+        bad = [n for n, v in layers.items()
+               if not all(math.isfinite(v[m]) for m in ("grad_norm", "grad_norm_bias") if m in v)]
+        if not math.isfinite(loss) or bad:
+            return self._fire("exploding", step, layers, (
+                f"gradients are exploding: non-finite values at step {step} (loss {loss:.4g}; non-finite "
+                f"gradients in {', '.join(bad) or 'none'}); training stops"))
+        total = math.sqrt(sum(n * n for n in norms))
+        # The reference is the largest of the first `patience` measured steps: a network's first
+        # steps move its gradients by orders of magnitude (a ReLU net's first Adam step at lr 0.1
+        # multiplies them by a thousand) without anything exploding.
+        if len(self.early_totals) < self.thresholds.patience:
+            self.early_totals.append(total)
+            return ""
+        reference, growth = max(self.early_totals), self.thresholds.exploding_growth
+        if not self._streak("exploding", reference > 0 and total > growth * reference):
+            return ""
+        return self._fire("exploding", step, layers, (
+            f"gradients are exploding: total gradient norm {total:.3g} at step {step} is "
+            f"{total / reference:.3g}x its early value {reference:.3g} (exploding_growth {growth:g}) "
+            f"for {self.thresholds.patience} measured steps in a row"))
+
+    def _vanishing(self, step: int, layers: dict[str, dict[str, float]], explained: bool) -> str:
+        """A small first/last relative gradient, unless dead or saturated units already explain it
+        (their verdict names the cause; a second line would name its symptom)."""
+        names, limit = list(layers), self.thresholds.vanishing_ratio
+        first, last = layers[names[0]]["grad_ratio"], layers[names[-1]]["grad_ratio"]
+        ratio = first / last if len(names) > 1 and last > 0 else math.nan
+        if math.isfinite(ratio):
+            self.ratios.append(ratio)
+        if not self._streak("vanishing", ratio < limit and not explained):
+            return ""
+        return self._fire("vanishing", step, layers, (
+            f"gradients are vanishing: ||g||/||W|| of {names[0]} is {first:.3g} against {last:.3g} for "
+            f"{names[-1]} (ratio {ratio:.3g} < vanishing_ratio {limit:g}) for "
+            f"{self.thresholds.patience} measured steps in a row, at step {step}"))
 
     def _streak(self, kind: str, holds: bool) -> bool:
         self.streaks[kind] = self.streaks[kind] + 1 if holds else 0
@@ -104,18 +131,41 @@ class Verdicts:
     def _fire(self, kind: str, step: int, layers: dict[str, dict[str, float]], message: str) -> str:
         if kind in self.fired:
             return ""
+        message = f"{message}; {ADVICE[kind]}"
         self.fired[kind] = {"step": step, "message": message, "layers": layers}
         return message
 
-    def report(self, last_step: int | None, last_layers: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """The ``gradient_health`` entry of metrics.json."""
+    def report(self, last_step: int | None, last_layers: dict[str, dict[str, float]],
+               every_n_steps: int) -> dict[str, Any]:
+        """The ``gradient_health`` entry of metrics.json; ``healthy`` is None when there was too little to judge."""
+        patience = self.thresholds.patience
+        judged = bool(self.fired) or self.measurements >= patience
         ratios = sorted(self.ratios)
-        return {
-            "healthy": not self.fired,
+        health: dict[str, Any] = {
+            "judged": judged,
+            "healthy": (not self.fired) if judged else None,
             "verdicts": self.fired,
+            "measurements": self.measurements,
+            "every_n_steps": every_n_steps,
             "first_last_grad_ratio": {"first": self.ratios[0], "min": ratios[0],
                                       "median": ratios[len(ratios) // 2], "last": self.ratios[-1]}
             if ratios else None,
             "thresholds": asdict(self.thresholds),
             "last": {"step": last_step, "layers": last_layers},
         }
+        if not judged:
+            health["reason"] = (
+                f"only {self.measurements} measured steps (one every {every_n_steps}); a verdict needs "
+                f"diagnostics.patience={patience} in a row: train for more steps (more epochs or a smaller "
+                f"trainer.batch_size), measure more often (trainer.log_every_n_steps=1) or lower "
+                f"diagnostics.patience")
+        return health
+
+
+def summary(health: dict[str, Any]) -> str:
+    """One line for the end of a run: the verdicts, healthy, or why nothing was judged."""
+    if not health.get("judged"):
+        return f"gradients: not judged: {health.get('reason', 'no measured step')}"
+    if health["verdicts"]:
+        return "gradients: " + ", ".join(health["verdicts"]) + " (see the verdict lines above)"
+    return f"gradients: healthy ({health['measurements']} measured steps, every {health['every_n_steps']})"

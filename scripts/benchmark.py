@@ -54,7 +54,7 @@ from mlpkit.objective import build_objective  # noqa: E402
 from mlpkit.tensorboard import TensorBoardLogger  # noqa: E402
 from mlpkit.trainer import Trainer  # noqa: E402
 
-DEFAULT_LOG_EVERY = 50  # configs/trainer/default.yaml's trainer.log_every_n_steps
+DEFAULT_LOG_EVERY = "auto"  # configs/trainer/default.yaml's trainer.log_every_n_steps
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,9 @@ def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnost
         logger = TensorBoardLogger(run_dir)
         trainer = Trainer(model, objective, optimizer, data, max_epochs=workload.epochs,
                           batch_size=workload.batch_size, seed=0, log_every_n_steps=DEFAULT_LOG_EVERY,
-                          logger=logger, checkpoint_dir=Path(run_dir) / "checkpoints",
+                          logger=logger, monitor=GradientMonitor(model) if diagnostics else None,
+                          checkpoint_dir=Path(run_dir) / "checkpoints",
                           precision=workload.precision, compile_step=compile_step, cuda_graphs=cuda_graphs)
-        if diagnostics:
-            trainer.monitor = GradientMonitor(model, "relu", logger, None, every_n_steps=DEFAULT_LOG_EVERY)
         synchronize(device)
         started = time.perf_counter()
         result = trainer.fit()

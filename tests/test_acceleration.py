@@ -8,8 +8,8 @@ import torch
 
 from mlpkit.acceleration import set_matmul_precision
 from mlpkit.checkpoint import load_checkpoint
-from mlpkit.config import ConfigError
 from mlpkit.data import build_data
+from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
 from mlpkit.trainer import Trainer

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mlpkit.activations import ACTIVATIONS, build_activation
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
 from tests.conftest import compose_config
 

@@ -19,7 +19,7 @@ from mlpkit.checkpoint import (
     restore,
     save_checkpoint,
 )
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
 
 CONFIG = {"model": {"hidden_sizes": [8], "dropout": 0.5}, "activation": {"name": "relu"},

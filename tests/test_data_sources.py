@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlpkit.config import ConfigError
 from mlpkit.data import SOURCES, Data, Split, build_data, save_label_mapping
 from mlpkit.data import dataset as dataset_module
 from mlpkit.data.dataset import SPLIT_KEYS, choose_placement
+from mlpkit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs" / "data"

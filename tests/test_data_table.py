@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpkit.config import ConfigError
 from mlpkit.data import DataError, build_data, save_label_mapping
+from mlpkit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

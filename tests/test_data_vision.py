@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlpkit.config import ConfigError
 from mlpkit.data import DataError, build_data
+from mlpkit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import subprocess
 import sys
@@ -12,13 +11,14 @@ import pytest
 import torch
 
 from mlpkit.data import build_data
-from mlpkit.diagnostics import NONFINITE, OK, GradientMonitor
+from mlpkit.diagnostics import GradientMonitor
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
 from mlpkit.verdicts import Thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = [64] * 8
+OK, NONFINITE = "ok", "nonfinite"
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def one_thread():
 
 
 def train(digits, activation, hidden_sizes, *, init="default", steps=20, lr=1e-3, weight_scale=1.0,
-          every_n_steps=2, logger=None, run_dir=None, thresholds=Thresholds(), **monitor_options):
-    """The trainer's loop with the monitor wired in exactly as documented; checks the hooks on the way."""
+          every_n_steps=2, thresholds=Thresholds(), **monitor_options):
+    """The trainer's protocol with the monitor, exactly as documented; checks the hooks on the way."""
     data, objective = digits
     torch.manual_seed(0)
     model = build_model(data.in_features, objective.out_features, hidden_sizes, activation, {}, objective.head,
@@ -48,40 +48,39 @@ def train(digits, activation, hidden_sizes, *, init="default", steps=20, lr=1e-3
         for layer in model.linear_layers().values():
             layer.weight.mul_(weight_scale)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    monitor = GradientMonitor(model, activation, logger, run_dir, every_n_steps=every_n_steps,
-                              thresholds=thresholds, **monitor_options)
+    monitor = GradientMonitor(model, thresholds=thresholds, **monitor_options)
     statuses = []
     for step in range(steps):
         rows = torch.arange(step * 64, (step + 1) * 64) % len(data.train)
-        monitored = monitor.is_log_step(step)
-        if monitored:
-            monitor.before_forward(step)
+        measured = step % every_n_steps == 0
+        if measured:
+            monitor.watch(step)
         else:
             assert all(not m._forward_hooks for m in model.modules()), f"a hook outside log step {step}"
         loss = objective.loss(model.logits(data.train.x[rows]), data.train.y[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if monitored:
-            statuses.append(monitor.after_backward(step, loss))
+        if measured:
+            statuses.append(OK if monitor.measure(step, loss).finite else NONFINITE)
             assert all(not m._forward_hooks for m in model.modules()), f"a hook left after step {step}"
             if statuses[-1] == NONFINITE:
                 break
         optimizer.step()
-    health = monitor.finish()
+        if measured:
+            monitor.after_update(step)
+    health = monitor.finish(every_n_steps)
     return health, statuses, model, monitor
 
 
-def test_deep_sigmoid_is_vanishing_and_says_so_once(digits, caplog):
-    with caplog.at_level(logging.WARNING, logger="mlpkit"):
-        health, statuses, _, _ = train(digits, "sigmoid", DEEP, steps=24)
+def test_deep_sigmoid_is_vanishing_and_says_so_once(digits):
+    health, statuses, _, _ = train(digits, "sigmoid", DEEP, steps=24)
     assert set(statuses) == {OK}
     assert list(health["verdicts"]) == ["vanishing"]
     verdict = health["verdicts"]["vanishing"]
     assert verdict["step"] == 8  # patience 5 intervals of 2 steps: steps 0, 2, 4, 6, 8
     assert "linear1" in verdict["message"] and "linear9" in verdict["message"]
     assert verdict["layers"]["linear1"]["grad_ratio"] < 1e-3 * verdict["layers"]["linear9"]["grad_ratio"]
-    lines = [r.getMessage() for r in caplog.records if "vanishing" in r.getMessage()]
-    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "\n" not in verdict["message"] and "try a relu-family activation" in verdict["message"]
     assert health["healthy"] is False and health["first_last_grad_ratio"]["median"] < 1e-4
 
 
@@ -95,23 +94,31 @@ def test_relu_networks_are_not_vanishing(digits, hidden_sizes, init):
 
 
 @pytest.mark.parametrize("cause", ["init", "learning_rate"])
-def test_nonfinite_gradients_are_exploding_and_stop_before_the_step(digits, cause, caplog):
+def test_nonfinite_gradients_are_exploding_and_stop_before_the_step(digits, cause):
     options = {"weight_scale": 1e6} if cause == "init" else {"lr": 1e9}
-    with caplog.at_level(logging.WARNING, logger="mlpkit"):
-        health, statuses, model, monitor = train(digits, "relu", DEEP, init="kaiming_normal", steps=20,
-                                                 every_n_steps=1, **options)
+    health, statuses, model, monitor = train(digits, "relu", DEEP, init="kaiming_normal", steps=20,
+                                             every_n_steps=1, **options)
     assert statuses[-1] == NONFINITE and statuses.count(NONFINITE) == 1
     assert list(health["verdicts"]) == ["exploding"]
     assert "non-finite" in health["verdicts"]["exploding"]["message"]
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never applied
-    assert sum("exploding" in r.getMessage() for r in caplog.records) == 1
     json.dumps(health)  # metrics.json can hold it
 
 
-def test_growth_past_the_threshold_is_exploding(digits):
-    health, _, _, _ = train(digits, "relu", [32], steps=12, lr=1.0, thresholds=Thresholds(exploding_growth=2.0))
-    assert "exploding" in health["verdicts"]
-    assert "first logged value" in health["verdicts"]["exploding"]["message"]
+def test_growth_past_the_threshold_for_patience_steps_is_exploding():
+    from mlpkit.verdicts import Verdicts
+
+    verdicts = Verdicts(Thresholds(exploding_growth=10.0, patience=3), "relu", "relu")
+
+    def layers(norm):
+        return {"linear1": {"grad_norm": norm, "grad_ratio": 1.0}, "linear2": {"grad_norm": norm, "grad_ratio": 1.0}}
+
+    # the early steps set the reference (their largest total norm, 2*sqrt(2)); one spike is not enough
+    for step, norm in enumerate([1.0, 2.0, 1.5, 50.0, 1.0, 50.0, 50.0]):
+        assert verdicts.update(step, 0.5, layers(norm)) == []
+    lines = verdicts.update(7, 0.5, layers(50.0))
+    assert len(lines) == 1 and "25x its early value 2.83" in lines[0] and "lower optimizer.lr" in lines[0]
+    assert verdicts.report(7, layers(50.0), 1)["verdicts"]["exploding"]["step"] == 7
 
 
 def test_dead_relus_and_saturated_units(digits):
@@ -127,11 +134,21 @@ def test_dead_relus_and_saturated_units(digits):
 def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from mlpkit.diagnostics import layout
+    from mlpkit.figures import log_gradient_flow
     from mlpkit.tensorboard import TensorBoardLogger
+    from mlpkit.trainer import Trainer
 
+    data, objective = digits
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [32, 16], "relu", {}, objective.head)
     logger = TensorBoardLogger(tmp_path)
-    health, _, _, _ = train(digits, "relu", [32, 16], steps=10, logger=logger, run_dir=tmp_path,
-                            histogram_every_n_steps=4, figure_every_n_steps=4)
+    logger.log_layout(layout())
+    monitor = GradientMonitor(model, histogram_every_n_steps=4, figure_every_n_steps=4)
+    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=1, batch_size=128,
+                      seed=0, log_every_n_steps=2, logger=logger, monitor=monitor)
+    health = trainer.fit()["gradient_health"]  # 1257 rows: 10 steps
+    log_gradient_flow(logger, tmp_path, monitor, "relu")
     logger.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0, "images": 0,
                                                             "tensors": 0})
@@ -142,9 +159,10 @@ def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
         assert {f"{measure}/{layer}" for layer in layers} <= set(tags["scalars"])
     for measure in ("act_mean", "act_std", "dead_frac"):  # hidden layers only; dead units: ReLU family
         assert {f"{measure}/linear1", f"{measure}/linear2"} <= set(tags["scalars"])
-    assert "loss/train" in tags["scalars"] and not any(t.startswith("saturation/") for t in tags["scalars"])
+    assert not any(t.startswith(("saturation/", "derivative/")) for t in tags["scalars"])
+    assert [e.step for e in events.Scalars("loss/train")] == [0, 2, 4, 6, 8]  # the loop writes the loss
     assert [e.step for e in events.Scalars("grad_norm/linear1")] == [0, 2, 4, 6, 8]
-    assert [e.step for e in events.Scalars("update_ratio/linear1")] == [2, 4, 6, 8]  # none before a first step
+    assert [e.step for e in events.Scalars("update_ratio/linear1")] == [0, 2, 4, 6, 8]  # from the first step
     assert all(0 < e.value < 1 for e in events.Scalars("update_ratio/linear1"))
     assert {"weights/linear1", "gradients/linear3", "activations/linear2"} <= set(tags["histograms"])
     assert [e.step for e in events.Histograms("weights/linear1")] == [0, 4, 8]
@@ -154,6 +172,7 @@ def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
     png = tmp_path / "gradient_flow.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert health["last"]["step"] == 8 and math.isfinite(health["last"]["layers"]["linear1"]["update_ratio"])
+    assert health["judged"] is True and health["measurements"] == 5
 
 
 def test_matplotlib_is_imported_only_to_draw():
@@ -179,7 +198,7 @@ def test_experiment_composes_each_variant():
 
 @pytest.mark.parametrize("key, value", [("vanishing_ratio", 0), ("patience", 0), ("dead_fraction", 1.5)])
 def test_bad_threshold_names_the_key(key, value):
-    from mlpkit.config import ConfigError
+    from mlpkit.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"diagnostics.{key}={value} is not valid"):
         Thresholds.from_mapping({key: value})

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
 from mlpkit.objective import build_objective
 
 

@@ -134,7 +134,7 @@ def _trainer(tmp_path, *overrides):
 
 
 def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from mlpkit.trainer import TrainingStopped
+    from mlpkit.errors import TrainingStopped
 
     trainer, data = _trainer(tmp_path, "trainer.max_epochs=2")
     trainer.fit()

@@ -29,7 +29,7 @@ def test_training_longer_holds_no_more_tensors_and_copies_no_data(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=2,
                       batch_size=32, seed=0, log_every_n_steps=5, logger=logger,
-                      monitor=GradientMonitor(model, "tanh", logger, tmp_path, every_n_steps=5),
+                      monitor=GradientMonitor(model),
                       checkpoint_dir=tmp_path / "checkpoints", checkpoint_every_n_steps=30)
     trainer.fit()
     after_two_epochs = live_tensor_bytes()

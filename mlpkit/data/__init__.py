@@ -2,7 +2,6 @@
 from mlpkit.data.dataset import (
     SOURCES,
     Data,
-    DataError,
     RawData,
     Split,
     build_data,
@@ -10,6 +9,7 @@ from mlpkit.data.dataset import (
     save_label_mapping,
     save_preprocessing,
 )
+from mlpkit.errors import DataError
 
 __all__ = ["SOURCES", "Data", "DataError", "RawData", "Split", "build_data", "register_source",
            "save_label_mapping", "save_preprocessing"]

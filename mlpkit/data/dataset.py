@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpkit.config import ConfigError
 from mlpkit.data.splits import split_indices, standardization
+from mlpkit.errors import ConfigError
 
 # name -> "module:function"; modules are imported only when their source is chosen.
 SOURCES: dict[str, str] = {
@@ -38,14 +38,6 @@ SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standard
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
 PLACEMENTS = ("device", "pinned-host")
-
-
-class DataError(ConfigError):
-    """A dataset that cannot load as configured: one line naming the key, file, row or column."""
-
-    def __init__(self, key: str, value: Any, message: str):
-        super().__init__(key, value, message)
-        self.args = (f"{key}={value}: {message}",)
 
 
 @dataclass

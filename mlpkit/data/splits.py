@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from mlpkit.config import ConfigError
+from mlpkit.errors import ConfigError
 
 
 def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,

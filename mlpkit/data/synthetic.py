@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.config import ConfigError, is_int, is_number
 from mlpkit.data.dataset import RawData
+from mlpkit.errors import ConfigError, is_int, is_number
 
 POINT_NAMES = ["x1", "x2"]
 

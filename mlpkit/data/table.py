@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.config import ConfigError, show_value
-from mlpkit.data.dataset import DataError, RawData, launch_path
+from mlpkit.data.dataset import RawData, launch_path
+from mlpkit.errors import ConfigError, DataError, show_value
 
 log = logging.getLogger(__name__)
 TASKS = ("auto", "binary", "multiclass", "regression")

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlpkit.data.dataset import DataError, RawData, launch_path
+from mlpkit.data.dataset import RawData, launch_path
+from mlpkit.errors import DataError
 
 
 class ImageSet(NamedTuple):

@@ -1,0 +1,112 @@
+"""A finished run directory: its config, checkpoints, preprocessing, and the model it trained.
+
+What `python train.py` wrote (.hydra/config.yaml, checkpoints/, preprocessing.json) is read back
+here, once, for evaluate, predict and the Python API. Torch is imported only once the directory has
+been checked, so a mistyped path costs a fraction of a second.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlpkit.errors import ConfigError
+
+RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
+CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
+
+
+# --- the run directory ---------------------------------------------------------------------------
+def find_run(run: Any) -> Path:
+    """The run directory, checked: it exists and holds the config the run was composed with."""
+    if run is None or str(run).strip() in ("", "???"):
+        raise ConfigError("run", run, RUN_HINT)
+    path = Path(str(run)).expanduser()
+    if not path.is_dir():
+        raise ConfigError("run", run, RUN_HINT, f"{path.resolve()} "
+                          f"{'is a file' if path.exists() else 'does not exist'}")
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise ConfigError("run", run, RUN_HINT, f"{path.resolve()} has no .hydra/config.yaml, so it "
+                          "is not a run directory")
+    return path
+
+
+def find_checkpoint(run_dir: Path, choice: str = "auto") -> Path:
+    """checkpoints/best.pt, or last.pt when there is no best.pt (``choice``: auto, best, last)."""
+    if choice not in ("auto", *CHECKPOINTS):
+        raise ConfigError("checkpoint", choice, "auto (best.pt, else last.pt), best or last")
+    names = [CHECKPOINTS[choice]] if choice in CHECKPOINTS else list(CHECKPOINTS.values())
+    for name in names:
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    wanted = " or ".join(f"checkpoints/{name}" for name in names)
+    raise ConfigError("run", run_dir, f"a run directory holding {wanted}",
+                      f"{run_dir.resolve()} has none; did the run stop before its first epoch ended?")
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's composed config, data paths made absolute against the directory it was launched from."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    launched_from = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
+        if hydra_file.is_file() else None
+    for key in ("path", "root"):  # data.path (csv), data.root (torchvision sets)
+        value = OmegaConf.select(cfg, f"data.{key}")
+        if launched_from and isinstance(value, str) and not Path(value).expanduser().is_absolute() \
+                and (Path(launched_from) / value).exists():
+            cfg.data[key] = str(Path(launched_from) / value)
+    return cfg
+
+
+def read_preprocessing(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "preprocessing.json"
+    if not path.is_file():
+        raise ConfigError("run", run_dir, "a run directory holding preprocessing.json (written by "
+                          "every training run since mlpkit 0.1)", f"{path.resolve()} does not exist")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class TrainedRun:
+    """A run's model with its checkpoint's weights, in eval mode, and the objective it trained with."""
+
+    run_dir: Path
+    checkpoint: Path
+    epoch: int
+    step: int
+    model: Any
+    objective: Any
+
+
+def load_trained(run_dir: Path, cfg: DictConfig, checkpoint: Path, task: str, class_names: Sequence[str],
+                 in_features: int, target_mean: float, target_std: float, device: Any) -> TrainedRun:
+    """Build the model the run's config describes and load the checkpoint's weights into it."""
+    from mlpkit.checkpoint import check_model_fits, load_checkpoint
+    from mlpkit.model import build_model
+    from mlpkit.objective import build_objective
+
+    state = load_checkpoint(checkpoint, map_location=device)
+    last_layer = max((k for k in state["model"] if k.startswith("linear") and k.endswith(".weight")),
+                     key=lambda k: int(k[len("linear"):-len(".weight")]))
+    objective = build_objective(
+        cfg.head.name, cfg.loss.name, task, str(cfg.data.source), len(class_names),
+        n_targets=state["model"][last_layer].shape[0], label_smoothing=cfg.loss.get("label_smoothing", 0.0),
+        pos_weight=cfg.loss.get("pos_weight"), target_mean=target_mean, target_std=target_std)
+    params = {k: v for k, v in OmegaConf.to_container(cfg.activation, resolve=True).items() if k != "name"}
+    model = build_model(in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
+                        params, objective.head, dropout=cfg.model.dropout, bias=cfg.model.get("bias", True))
+    check_model_fits(state, model)
+    model.load_state_dict(state["model"])
+    return TrainedRun(run_dir, checkpoint, int(state["epoch"]), int(state["step"]), model.to(device).eval(),
+                      objective)
+
+
+def logits_of(model: Any, inputs: Any, chunk: int = 8192) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model.logits(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
