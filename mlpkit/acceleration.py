@@ -4,7 +4,8 @@ Each one is a torch feature switched on from the config; nothing here reimplemen
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 
 import torch
@@ -12,6 +13,35 @@ import torch
 from mlpkit.config import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- threads per job ------------------------------------------------------------------------------
+def parallel_jobs(launcher: Mapping, cores: int) -> int:
+    """How many jobs the launcher runs at once on this machine (1 for a sequential launcher)."""
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n_jobs = int(launcher.get("n_jobs", -1))
+        return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return 1
+
+
+def torch_threads(setting: int | str, launcher: Mapping, cores: int | None = None) -> int | None:
+    """Threads for one job so that jobs x threads <= cores; None leaves torch's default alone.
+
+    ``setting``: ``auto`` or a positive integer. With submitit the job owns ``cpus_per_task``
+    cores; with Ray, ``ray.remote.num_cpus``; with joblib a share of this machine's cores.
+    """
+    if str(setting) != "auto":
+        return int(setting)
+    cores = cores or os.cpu_count() or 1
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher["cpus_per_task"])
+    if "ray" in target:  # Ray reserves ray.remote.num_cpus per job (1 unless set)
+        num_cpus = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
+        return int(num_cpus) if num_cpus else 1
+    jobs = parallel_jobs(launcher, cores)
+    return max(1, cores // jobs) if jobs > 1 else None
 
 
 def check_settings(device: torch.device, compile_step: bool, cuda_graphs: bool) -> None:

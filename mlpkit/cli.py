@@ -99,7 +99,7 @@ def resolve_device(name: str) -> torch.device:
 
 def limit_threads(setting: int | str) -> None:
     """Jobs x threads <= cores when a launcher runs jobs side by side."""
-    from mlpkit.sweep import torch_threads
+    from mlpkit.acceleration import torch_threads
 
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
     threads = torch_threads(setting, launcher)
@@ -143,8 +143,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.diagnostics import GradientMonitor
     from mlpkit.model import build_model, count_parameters, model_summary
     from mlpkit.objective import build_objective
-    from mlpkit.sweep import final_metrics, run_hparams
-    from mlpkit.tensorboard import TensorBoardLogger
+    from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
     from mlpkit.trainer import Trainer, TrainingStopped
     from mlpkit.verdicts import Thresholds
 

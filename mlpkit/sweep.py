@@ -1,4 +1,4 @@
-"""Multiruns: the Hydra callback, the sweep report (table + gradient figure), HParams and threads."""
+"""Multiruns: the Hydra callback and the sweep report (table + gradient figure)."""
 from __future__ import annotations
 
 import atexit
@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,66 +93,6 @@ def continue_optuna_study(config: DictConfig) -> None:
         # A seeded sampler would propose the finished trials again: move its seed on by their count.
         if sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
             sweeper.sampler.seed = int(sweeper.sampler.seed) + len(study.trials)
-
-
-# --- threads per job ------------------------------------------------------------------------------
-def parallel_jobs(launcher: Mapping, cores: int) -> int:
-    """How many jobs the launcher runs at once on this machine (1 for a sequential launcher)."""
-    target = str(launcher.get("_target_", ""))
-    if "joblib" in target:
-        n_jobs = int(launcher.get("n_jobs", -1))
-        return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
-    return 1
-
-
-def torch_threads(setting: int | str, launcher: Mapping, cores: int | None = None) -> int | None:
-    """Threads for one job so that jobs x threads <= cores; None leaves torch's default alone.
-
-    ``setting``: ``auto`` or a positive integer. With submitit the job owns ``cpus_per_task``
-    cores; with Ray, ``ray.remote.num_cpus``; with joblib a share of this machine's cores.
-    """
-    if str(setting) != "auto":
-        return int(setting)
-    cores = cores or os.cpu_count() or 1
-    target = str(launcher.get("_target_", ""))
-    if "submitit" in target and launcher.get("cpus_per_task"):
-        return int(launcher["cpus_per_task"])
-    if "ray" in target:  # Ray reserves ray.remote.num_cpus per job (1 unless set)
-        num_cpus = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
-        return int(num_cpus) if num_cpus else 1
-    jobs = parallel_jobs(launcher, cores)
-    return max(1, cores // jobs) if jobs > 1 else None
-
-
-# --- HParams --------------------------------------------------------------------------------------
-def run_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The choices of a run as flat HParams values (numbers, strings, booleans)."""
-    hparams: dict[str, Any] = {
-        "data": cfg.data.get("source", ""),
-        "activation": cfg.activation.name,
-        "hidden_sizes": "[" + ",".join(str(size) for size in cfg.model.hidden_sizes) + "]",
-        "depth": len(cfg.model.hidden_sizes),
-        "dropout": float(cfg.model.dropout),
-        "init": cfg.model.get("init", "default"),
-        "head": cfg.head.name,
-        "loss": cfg.loss.name,
-        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
-        "lr": float(cfg.optimizer.lr),
-        "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
-        "batch_size": int(cfg.trainer.batch_size),
-        "max_epochs": int(cfg.trainer.max_epochs),
-        "seed": int(cfg.trainer.seed),
-    }
-    for key, value in cfg.activation.items():
-        if key != "name" and isinstance(value, (int, float, str, bool)):
-            hparams[f"activation.{key}"] = value
-    return hparams
-
-
-def final_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """``final/<split>_<metric>`` for every split metric of a run result (as in metrics.json)."""
-    return {f"final/{split}_{name}": float(value)
-            for split in ("train", "val", "test") for name, value in result.get(split, {}).items()}
 
 
 # --- the report -----------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Everything that writes TensorBoard: scalars, layout, histograms, images, text and hyperparameters."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 
 class TensorBoardLogger:
@@ -66,3 +69,34 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+# --- HParams --------------------------------------------------------------------------------------
+def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The choices of a run as flat HParams values (numbers, strings, booleans)."""
+    hparams: dict[str, Any] = {
+        "data": cfg.data.get("source", ""),
+        "activation": cfg.activation.name,
+        "hidden_sizes": "[" + ",".join(str(size) for size in cfg.model.hidden_sizes) + "]",
+        "depth": len(cfg.model.hidden_sizes),
+        "dropout": float(cfg.model.dropout),
+        "init": cfg.model.get("init", "default"),
+        "head": cfg.head.name,
+        "loss": cfg.loss.name,
+        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
+        "lr": float(cfg.optimizer.lr),
+        "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
+        "batch_size": int(cfg.trainer.batch_size),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "seed": int(cfg.trainer.seed),
+    }
+    for key, value in cfg.activation.items():
+        if key != "name" and isinstance(value, (int, float, str, bool)):
+            hparams[f"activation.{key}"] = value
+    return hparams
+
+
+def final_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """``final/<split>_<metric>`` for every split metric of a run result (as in metrics.json)."""
+    return {f"final/{split}_{name}": float(value)
+            for split in ("train", "val", "test") for name, value in result.get(split, {}).items()}

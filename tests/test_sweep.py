@@ -15,7 +15,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from mlpkit.sweep import parallel_jobs, torch_threads, write_report
+from mlpkit.acceleration import parallel_jobs, torch_threads
+from mlpkit.sweep import write_report
 from mlpkit.tensorboard import TensorBoardLogger
 from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it
 
