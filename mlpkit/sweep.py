@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 
 JOB_STATUS = "job_status.json"       # written by the callback into every job's directory
 REPORT_NAME = "sweep_report"         # sweep_report.md, sweep_report.csv, sweep_report_grad_norms.png
-VANISHING_RATIO = 1e-2               # first layer's gradient norm below this share of the last's
-EXPLODING_RATIO = 1e2                # ... or above this multiple of it
 
 
 # --- the callback ---------------------------------------------------------------------------------
@@ -111,51 +109,23 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     # job_status.json (the callback) first, then metrics.json's own status ("stopped" by a signal,
     # "failed" on a non-finite loss); a job with neither was killed or is still running.
     status = recorded.get("status") or metrics.get("status") or ("completed" if metrics else "not finished")
-    health = metrics.get("gradient_health") or {}
-    grad_norms = _layer_grad_norms(health) or (last_grad_norms(job_dir) if metrics else {})
+    layers = ((metrics.get("gradient_health") or {}).get("last") or {}).get("layers") or {}
     return {
-        "dir": job_dir, "overrides": overrides, "metrics": metrics, "status": status,
-        "error": recorded.get("error") or "", "grad_norms": grad_norms,
-        "verdict": _verdict(health, grad_norms) if metrics else "",
+        "dir": job_dir, "overrides": overrides, "metrics": metrics,
+        "status": status, "error": recorded.get("error") or "", "verdict": gradient_verdict(metrics),
+        "grad_norms": {name: float(figures["grad_norm"]) for name, figures in layers.items()
+                       if isinstance(figures, Mapping) and figures.get("grad_norm") is not None},
     }
 
 
-def _layer_grad_norms(health: Mapping[str, Any]) -> dict[str, float]:
-    layers = health.get("layers") or {}
-    return {name: float(figures["grad_norm"]) for name, figures in layers.items()
-            if isinstance(figures, Mapping) and figures.get("grad_norm") is not None}
-
-
-def last_grad_norms(job_dir: Path) -> dict[str, float]:
-    """The last logged ``grad_norm/<layer>`` of each layer in a job's TensorBoard events."""
-    # tensorboard's reader is heavy: imported only when metrics.json has no gradient_health.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every file it reads at INFO
-    accumulator = EventAccumulator(str(job_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag.split("/", 1)[1]: accumulator.Scalars(tag)[-1].value
-            for tag in accumulator.Tags().get("scalars", []) if tag.startswith("grad_norm/")}
-
-
-def _verdict(health: Mapping[str, Any], grad_norms: Mapping[str, float]) -> str:
-    verdicts = health.get("verdicts")
-    if verdicts:
-        words = [v if isinstance(v, str) else str(v.get("verdict") or v.get("message") or v)
-                 for v in verdicts]
-        return "; ".join(words)
-    norms = list(grad_norms.values())
-    if len(norms) < 2:
+def gradient_verdict(metrics: Mapping[str, Any]) -> str:
+    """The run's own verdict on its gradients (judged once, by the run): its kinds, healthy or not judged."""
+    if not metrics:
         return ""
-    if not all(math.isfinite(n) for n in norms):
-        return "non-finite gradients"
-    ratio = norms[0] / norms[-1] if norms[-1] > 0 else math.inf
-    names = list(grad_norms)
-    if ratio < VANISHING_RATIO:
-        return f"vanishing ({names[0]}/{names[-1]} = {ratio:.1e})"
-    if ratio > EXPLODING_RATIO:
-        return f"exploding ({names[0]}/{names[-1]} = {ratio:.1e})"
-    return f"ok ({names[0]}/{names[-1]} = {ratio:.2g})"
+    health = metrics.get("gradient_health") or {}
+    if health.get("verdicts"):
+        return ", ".join(health["verdicts"])
+    return "healthy" if health.get("judged", True) and health.get("healthy") else "not judged"
 
 
 def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[list[str], list[list[str]], list[str]]:
@@ -251,7 +221,7 @@ def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -
     axes.set_yscale("log")
     axes.set_xticks(range(1, depth + 1))
     axes.set_xlabel("layer (linear1 = input side, last = output layer)")
-    axes.set_ylabel("gradient L2 norm (last logged step)")
+    axes.set_ylabel("gradient L2 norm (last measured step)")
     axes.set_title("Per-layer gradient norms by job")
     axes.legend(fontsize="small", loc="best")
     figure.tight_layout()
