@@ -12,7 +12,15 @@ import pytest
 from scipy.stats import ttest_ind
 
 from mlpkit.sweep import write_report
-from tests.test_sweep import gradient_health, group_override, job_dirs, multirun, needs, read_report, write_job
+from tests.test_sweep import (
+    gradient_health,
+    group_override,
+    job_dirs,
+    multirun,
+    needs,
+    read_report,
+    write_job,
+)
 
 SMALL = ["model.hidden_sizes=[8]"]
 COMPARISON = re.compile(r"activation=(\w+) vs activation=(\w+): val_loss (\S+) vs (\S+), Welch t-test "
@@ -50,8 +58,8 @@ def hparams_of(job_dir: Path) -> dict:
     raise AssertionError(f"no HParams in {job_dir}")
 
 
-def val_losses(job_dirs_: list[Path], activation: str) -> list[float]:
-    return [json.loads((job / "metrics.json").read_text())["val"]["loss"] for job in job_dirs_
+def val_losses(jobs: list[Path], activation: str) -> list[float]:
+    return [json.loads((job / "metrics.json").read_text())["val"]["loss"] for job in jobs
             if f"activation={activation}" in job.name]
 
 
