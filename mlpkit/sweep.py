@@ -1,4 +1,5 @@
-"""Multiruns: the Hydra callback, the sweep report (table + gradient figure), HParams and threads."""
+"""Multiruns: the Hydra callback and the sweep report (a row per job, its seeds pooled per configuration,
+Welch's t-test against the best one, figures)."""
 from __future__ import annotations
 
 import atexit
@@ -6,6 +7,9 @@ import csv
 import json
 import logging
 import math
+import statistics
+import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf, read_write
 log = logging.getLogger(__name__)
 
 JOB_STATUS = "job_status.json"       # written by the callback into every job's directory
-REPORT_NAME = "sweep_report"         # sweep_report.md, sweep_report.csv, sweep_report_grad_norms.png
-VANISHING_RATIO = 1e-2               # first layer's gradient norm below this share of the last's
-EXPLODING_RATIO = 1e2                # ... or above this multiple of it
+REPORT_NAME = "sweep_report"         # sweep_report.md, .csv, _grouped.csv, _val_curves.png, _grad_norms.png
+SEED_KEY = "trainer.seed"            # jobs whose overrides differ only in it repeat one configuration
+SIGNIFICANCE = 0.05                  # a p-value below it: a difference larger than seed noise
 
 
 # --- the callback ---------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def read_job(job_dir: Path) -> dict[str, Any]:
-    """One job's overrides, metrics, per-layer gradient norms and status, whatever it got to write."""
+    """One job's overrides, seed, metrics, per-layer gradient norms and status, whatever it got to write."""
     overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
     metrics_path, status_path = job_dir / "metrics.json", job_dir / JOB_STATUS
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -111,65 +115,45 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     # job_status.json (the callback) first, then metrics.json's own status ("stopped" by a signal,
     # "failed" on a non-finite loss); a job with neither was killed or is still running.
     status = recorded.get("status") or metrics.get("status") or ("completed" if metrics else "not finished")
-    health = metrics.get("gradient_health") or {}
-    grad_norms = _layer_grad_norms(health) or (last_grad_norms(job_dir) if metrics else {})
+    layers = ((metrics.get("gradient_health") or {}).get("last") or {}).get("layers") or {}
     return {
-        "dir": job_dir, "overrides": overrides, "metrics": metrics, "status": status,
-        "error": recorded.get("error") or "", "grad_norms": grad_norms,
-        "verdict": _verdict(health, grad_norms) if metrics else "",
+        "dir": job_dir, "overrides": overrides, "seed": _seed(job_dir, overrides), "metrics": metrics,
+        "status": status, "error": recorded.get("error") or "", "verdict": gradient_verdict(metrics),
+        "grad_norms": {name: float(figures["grad_norm"]) for name, figures in layers.items()
+                       if isinstance(figures, Mapping) and figures.get("grad_norm") is not None},
     }
 
 
-def _layer_grad_norms(health: Mapping[str, Any]) -> dict[str, float]:
-    layers = health.get("layers") or {}
-    return {name: float(figures["grad_norm"]) for name, figures in layers.items()
-            if isinstance(figures, Mapping) and figures.get("grad_norm") is not None}
-
-
-def last_grad_norms(job_dir: Path) -> dict[str, float]:
-    """The last logged ``grad_norm/<layer>`` of each layer in a job's TensorBoard events."""
-    # tensorboard's reader is heavy: imported only when metrics.json has no gradient_health.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every file it reads at INFO
-    accumulator = EventAccumulator(str(job_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag.split("/", 1)[1]: accumulator.Scalars(tag)[-1].value
-            for tag in accumulator.Tags().get("scalars", []) if tag.startswith("grad_norm/")}
-
-
-def _verdict(health: Mapping[str, Any], grad_norms: Mapping[str, float]) -> str:
-    verdicts = health.get("verdicts")
-    if verdicts:
-        words = [v if isinstance(v, str) else str(v.get("verdict") or v.get("message") or v)
-                 for v in verdicts]
-        return "; ".join(words)
-    norms = list(grad_norms.values())
-    if len(norms) < 2:
+def gradient_verdict(metrics: Mapping[str, Any]) -> str:
+    """The run's own verdict on its gradients (judged once, by the run): its kinds, healthy or not judged."""
+    if not metrics:
         return ""
-    if not all(math.isfinite(n) for n in norms):
-        return "non-finite gradients"
-    ratio = norms[0] / norms[-1] if norms[-1] > 0 else math.inf
-    names = list(grad_norms)
-    if ratio < VANISHING_RATIO:
-        return f"vanishing ({names[0]}/{names[-1]} = {ratio:.1e})"
-    if ratio > EXPLODING_RATIO:
-        return f"exploding ({names[0]}/{names[-1]} = {ratio:.1e})"
-    return f"ok ({names[0]}/{names[-1]} = {ratio:.2g})"
+    health = metrics.get("gradient_health") or {}
+    if health.get("verdicts"):
+        return ", ".join(health["verdicts"])
+    return "healthy" if health.get("judged", True) and health.get("healthy") else "not judged"
+
+
+def _seed(job_dir: Path, overrides: list[str]) -> str:
+    for override in overrides:
+        if _key(override) == SEED_KEY:
+            return override.split("=", 1)[1]
+    config_path = job_dir / ".hydra" / "config.yaml"
+    seed = OmegaConf.select(OmegaConf.load(config_path), SEED_KEY) if config_path.exists() else None
+    return "" if seed is None else str(seed)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows sorted by the objective (failed jobs last) and the overrides all jobs share."""
     shared = sorted(set.intersection(*(set(job["overrides"]) for job in jobs))) if jobs else []
-    metric_names = sorted({name for job in jobs for name in job["metrics"].get("val", {})},
-                          key=lambda name: (name != metric, name))
-
-    def objective(job: dict[str, Any]) -> float:
-        value = job["metrics"].get("val", {}).get(metric, math.nan)
-        return value if mode == "min" else -value
+    metric_names = _metric_names(jobs, metric)
 
     def sort_key(job: dict[str, Any]) -> tuple[int, float]:
-        value = objective(job)
+        value = _objective(job["metrics"].get("val", {}).get(metric, math.nan), mode)
         return (0 if job["status"] == "completed" and math.isfinite(value) else 1,
                 value if math.isfinite(value) else 0.0)
 
@@ -186,10 +170,132 @@ def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[lis
     return header, rows, shared
 
 
+def _metric_names(jobs: list[dict[str, Any]], metric: str) -> list[str]:
+    return sorted({name for job in jobs for name in job["metrics"].get("val", {})},
+                  key=lambda name: (name != metric, name))
+
+
+def _objective(value: float, mode: str) -> float:
+    """The objective as a number to minimise."""
+    return value if mode == "min" else -value
+
+
 def _number(value: Any, spec: str = ".4g") -> str:
     return "" if value is None else format(float(value), spec)
 
 
+# --- repeats: jobs that differ only in their seed -------------------------------------------------
+def group_by_configuration(jobs: list[dict[str, Any]], shared: list[str]) -> list[dict[str, Any]]:
+    """One entry per configuration (a job's overrides less its seed), with the jobs that repeat it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        name = ",".join(o for o in job["overrides"] if o not in shared and _key(o) != SEED_KEY)
+        groups.setdefault(name or "(none)", []).append(job)
+    return [{"name": name, "jobs": members,
+             "completed": [job for job in members if job["status"] == "completed" and job["metrics"]]}
+            for name, members in groups.items()]
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for one value) of the finite values."""
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
+
+
+def objective_values(group: dict[str, Any], metric: str) -> list[float]:
+    """The finite val_<metric> of a configuration's completed jobs."""
+    values = [float(job["metrics"].get("val", {}).get(metric, math.nan)) for job in group["completed"]]
+    return [value for value in values if math.isfinite(value)]
+
+
+def welch_p_value(first: list[float], second: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances); nan when it is undefined."""
+    try:
+        from scipy.stats import ttest_ind  # scipy is slow to import: only a sweep with repeats needs it
+    except ImportError:  # scipy comes with scikit-learn; without it the report states no test
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no spread in either sample: p is nan
+        return float(ttest_ind(first, second, equal_var=False).pvalue)
+
+
+def compare_to_best(groups: list[dict[str, Any]], metric: str, mode: str) -> list[str]:
+    """Sets ``p_vs_best`` on every repeated configuration; one sentence per comparison with the best."""
+    repeated = [group for group in groups if len(objective_values(group, metric)) >= 2]
+    if len(repeated) < 2:
+        return []
+    best = min(repeated, key=lambda group: _objective(spread(objective_values(group, metric))[0], mode))
+    best_values = objective_values(best, metric)
+    sentences = []
+    for group in repeated:
+        if group is best:
+            continue
+        values = objective_values(group, metric)
+        p_value = welch_p_value(best_values, values)
+        group["p_vs_best"] = p_value
+        if math.isnan(p_value):
+            verdict = "Welch t-test undefined (no spread across seeds, or scipy missing)"
+        else:
+            real = "a real difference" if p_value < SIGNIFICANCE else "not distinguishable from seed noise"
+            verdict = f"Welch t-test p={p_value:.2g}: {real} at the {SIGNIFICANCE:.0%} level"
+        sentences.append(f"{best['name']} vs {group['name']}: val_{metric} {_mean_std(best_values, '.3g')} vs "
+                         f"{_mean_std(values, '.3g')}, {verdict}")
+    return sentences
+
+
+def _mean_std(values: list[float], spec: str = ".4g") -> str:
+    mean, std = spread(values)
+    if math.isnan(mean):
+        return ""
+    return format(mean, spec) if math.isnan(std) else f"{mean:{spec}}±{std:.2g}"
+
+
+def grouped_table(groups: list[dict[str, Any]], metric_names: list[str], metric: str, mode: str,
+                  std_columns: bool) -> tuple[list[str], list[list[str]]]:
+    """One row per configuration, best mean objective first: each metric as mean ± std over its n
+    completed jobs (``std_columns``: the std in a column of its own, for the CSV), verdict counts."""
+    def sort_key(group: dict[str, Any]) -> tuple[int, float]:
+        mean = _objective(spread(objective_values(group, metric))[0], mode)
+        return (0, mean) if math.isfinite(mean) else (1, 0.0)
+
+    names = [f"{split}_{m}" for split in ("val", "test") for m in metric_names]
+    header = (["rank", "configuration", "n", "seeds"]
+              + [column for name in names for column in ([name, f"{name}_std"] if std_columns else [name])]
+              + ["gradients", "wall_s", "status", "welch_p_vs_best"])
+    rows = []
+    for rank, group in enumerate(sorted(groups, key=sort_key), start=1):
+        completed, cells = group["completed"], []
+        for split, m in ((split, m) for split in ("val", "test") for m in metric_names):
+            values = [float(job["metrics"].get(split, {}).get(m, math.nan)) for job in completed]
+            mean, std = spread(values)
+            cells += ([_number(_finite(mean)), _number(_finite(std))] if std_columns
+                      else [_mean_std(values).replace("±", " ± ")])
+        wall = spread([float(job["metrics"].get("wall_seconds", math.nan)) for job in completed])[0]
+        rows.append([str(rank), group["name"], str(len(completed)),
+                     ",".join(sorted({job["seed"] for job in group["jobs"]}, key=_seed_order)), *cells,
+                     _counts([kind for job in completed for kind in job["verdict"].split(", ")], len(completed)),
+                     _number(_finite(wall), ".3g"), _counts([job["status"] for job in group["jobs"]]),
+                     _number(_finite(group.get("p_vs_best", math.nan)), ".2g")])
+    return header, rows
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (0, f"{int(seed):020d}") if seed.lstrip("-").isdigit() else (1, seed)
+
+
+def _counts(words: list[str], total: int | None = None) -> str:
+    """``vanishing 5/5, dead 2/5``: how many of ``total`` (default: of all) carry each word."""
+    total = len(words) if total is None else total
+    return ", ".join(f"{word} {count}/{total}" for word, count in Counter(words).items() if word)
+
+
+# --- writing it -----------------------------------------------------------------------------------
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -197,8 +303,16 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
 
 
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None) -> str:
-    """Write ``sweep_report.{md,csv}`` and the gradient figure into ``sweep_dir``; return the Markdown."""
+    """Write ``sweep_report.md``, ``.csv`` (a row per job), ``_grouped.csv`` (a row per configuration,
+    its seeds pooled) and the figures into ``sweep_dir``; return the Markdown."""
     sweep_dir = Path(sweep_dir)
     job_dirs = find_jobs(sweep_dir)
     if metric is None or mode is None:
@@ -206,19 +320,31 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | N
         metric, mode = metric or objective[0], mode or objective[1]
     jobs = [read_job(job_dir) for job_dir in job_dirs]
     header, rows, shared = build_table(jobs, metric, mode)
+    groups = group_by_configuration(jobs, shared)
+    comparisons = compare_to_best(groups, metric, mode)
     failed = sum(job["status"] != "completed" for job in jobs)
-    title = (f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs, {failed} not completed; sorted by val_{metric} "
-             f"({'lowest' if mode == 'min' else 'highest'} first)."
-             + (f" Every job: `{','.join(shared)}`." if shared and len(jobs) > 1 else ""))
-    text = f"{title}\n\n{markdown_table(header, rows)}\n"
-    figure = plot_grad_norms(jobs, shared, sweep_dir / f"{REPORT_NAME}_grad_norms.png")
-    if figure is not None:
-        text += f"\n![per-layer gradient norms]({figure.name})\n"
+    text = (f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs, {failed} not completed; sorted by val_{metric} "
+            f"({'lowest' if mode == 'min' else 'highest'} first)."
+            + (f" Every job: `{','.join(shared)}`." if shared and len(jobs) > 1 else "")
+            + f"\n\n{markdown_table(header, rows)}\n")
+    if len(groups) < len(jobs):  # some configuration ran more than once: its repeats, pooled
+        text += (f"\n## Per configuration: mean ± std over its seeds\n\n{len(groups)} configurations; n = "
+                 f"completed jobs, gradients = how many of them got each verdict.\n\n"
+                 f"{markdown_table(*grouped_table(groups, _metric_names(jobs, metric), metric, mode, False))}\n")
+    if comparisons:
+        text += (f"\n**Is the difference real?** The best configuration against each other one with "
+                 f"n >= 2, Welch's two-sample t-test on val_{metric}:\n\n"
+                 + "".join(f"- {sentence}\n" for sentence in comparisons))
+    for figure, caption in [(plot_val_curves(groups, metric, sweep_dir / f"{REPORT_NAME}_val_curves.png"),
+                             f"val_{metric} per configuration, mean over seeds ± std"),
+                            (plot_grad_norms(jobs, shared, sweep_dir / f"{REPORT_NAME}_grad_norms.png"),
+                             "per-layer gradient norms")]:
+        if figure is not None:
+            text += f"\n![{caption}]({figure.name})\n"
     (sweep_dir / f"{REPORT_NAME}.md").write_text(text)
-    with open(sweep_dir / f"{REPORT_NAME}.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_csv(sweep_dir / f"{REPORT_NAME}.csv", header, rows)
+    write_csv(sweep_dir / f"{REPORT_NAME}_grouped.csv",
+              *grouped_table(groups, _metric_names(jobs, metric), metric, mode, True))
     return text
 
 
@@ -231,18 +357,51 @@ def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
     return "loss", "min"
 
 
-def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -> Path | None:
-    """One line per job across its layers: vanishing gradients show as a line falling to the left."""
-    plotted = [job for job in jobs if job["grad_norms"]]
-    if not plotted:
-        return None
+# --- figures --------------------------------------------------------------------------------------
+def _pyplot():
     # matplotlib is slow to import and needs no display here: only when there is something to draw.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    return plt
+
+
+def plot_val_curves(groups: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    """Each configuration's validation curve: the mean over its seeds, with a ±std band."""
+    tag = f"{metric}/val"
+    curves = {}
+    for group in groups:
+        by_epoch: dict[int, list[float]] = {}
+        for job in group["completed"]:
+            for entry in job["metrics"].get("history") or []:
+                if entry.get(tag) is not None:
+                    by_epoch.setdefault(int(entry["epoch"]), []).append(float(entry[tag]))
+        if by_epoch:
+            curves[f"{group['name']} (n={len(group['completed'])})"] = sorted(by_epoch.items())
+    if not curves:
+        return None
+    figure, axes = _pyplot().subplots(figsize=(8, 4.5))
+    for label, points in curves.items():
+        epochs = [epoch for epoch, _ in points]
+        means, stds = zip(*(spread(values) for _, values in points))
+        line, = axes.plot(epochs, means, marker="o", label=label)
+        low = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        high = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set(xlabel="epoch", ylabel=f"val_{metric}",
+             title=f"val_{metric} per configuration: mean over seeds, band = ±1 std")
+    return _save(figure, axes, path)
+
+
+def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -> Path | None:
+    """One line per job across its layers: vanishing gradients show as a line falling to the left."""
+    plotted = [job for job in jobs if job["grad_norms"]]
+    if not plotted:
+        return None
+    figure, axes = _pyplot().subplots(figsize=(8, 4.5))
     depth = max(len(job["grad_norms"]) for job in plotted)
     for job in plotted:
         norms = [max(norm, 1e-12) if math.isfinite(norm) else math.nan for norm in job["grad_norms"].values()]
@@ -250,11 +409,14 @@ def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -
         axes.plot(range(1, len(norms) + 1), norms, marker="o", label=label)
     axes.set_yscale("log")
     axes.set_xticks(range(1, depth + 1))
-    axes.set_xlabel("layer (linear1 = input side, last = output layer)")
-    axes.set_ylabel("gradient L2 norm (last logged step)")
-    axes.set_title("Per-layer gradient norms by job")
+    axes.set(xlabel="layer (linear1 = input side, last = output layer)",
+             ylabel="gradient L2 norm (last measured step)", title="Per-layer gradient norms by job")
+    return _save(figure, axes, path)
+
+
+def _save(figure: Any, axes: Any, path: Path) -> Path:
     axes.legend(fontsize="small", loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path

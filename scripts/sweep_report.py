@@ -1,7 +1,9 @@
 """Report a finished (or interrupted) multirun: `python scripts/sweep_report.py multirun/<date>/<time>`.
 
-Writes sweep_report.md, sweep_report.csv and sweep_report_grad_norms.png into the sweep directory
-and prints the table; the same report the sweep callback writes when a multirun ends.
+Writes sweep_report.md, sweep_report.csv (a row per job), sweep_report_grouped.csv (a row per
+configuration, its seeds pooled as mean ± std), sweep_report_val_curves.png and
+sweep_report_grad_norms.png into the sweep directory and prints the Markdown; the same report the
+sweep callback writes when a multirun ends.
 """
 from __future__ import annotations
 

@@ -77,8 +77,10 @@ def test_multirun_names_jobs_by_overrides_reports_failures_and_runs_the_rest(tmp
     # Hydra's basic sweeper runs the whole batch, then exits 1 because a job failed.
     assert result.returncode == 1
     names = job_dirs(sweep_dir)
-    assert "activation=sigmoid,model.hidden_sizes=[8,8,8],trainer.max_epochs=1" in names
-    assert not any("seed" in name for name in names) and len(names) == 4
+    # <job number>_<overrides>: what ran, told apart by the number
+    assert sorted(name.split("_", 1)[0] for name in names) == ["0", "1", "2", "3"]
+    assert any(name.endswith("_activation=sigmoid,model.hidden_sizes=[8,8,8],trainer.max_epochs=1,trainer.seed=3")
+               for name in names)
     statuses = {name: json.loads((sweep_dir / name / "job_status.json").read_text())["status"]
                 for name in names}
     assert sorted(statuses.values()) == ["completed", "completed", "failed", "failed"]
@@ -110,21 +112,40 @@ def test_report_script_names_a_directory_that_is_not_a_sweep(tmp_path):
     assert result.returncode == 2 and "is not valid: expected a multirun directory" in result.stderr
 
 
-def test_report_uses_gradient_health_from_metrics_json_when_present(tmp_path):
-    for name, norms, verdicts in [("activation=relu", [0.5, 0.4, 0.3], ["healthy"]),
-                                  ("activation=sigmoid", [1e-6, 1e-3, 0.2], ["vanishing: linear1"])]:
-        job = tmp_path / name
-        (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(f"- {name}\n")
-        health = {"verdicts": verdicts,
-                  "layers": {f"linear{i + 1}": {"grad_norm": n} for i, n in enumerate(norms)}}
-        (job / "metrics.json").write_text(json.dumps({"val": {"loss": norms[0]}, "test": {"loss": 1.0},
-                                                      "wall_seconds": 1.5, "gradient_health": health}))
+def write_job(sweep_dir: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
+    """A job directory as a run leaves it: its overrides and (unless None) its metrics.json."""
+    job = sweep_dir / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def gradient_health(verdicts: dict, grad_norms: list[float], judged: bool = True) -> dict:
+    """metrics.json's ``gradient_health``: the run's verdicts, made once, and its last measurement."""
+    health = {"judged": judged, "healthy": (not verdicts) if judged else None, "measurements": 57,
+              "verdicts": {kind: {"step": 40, "message": f"gradients are {kind}: ..."} for kind in verdicts},
+              "last": {"step": 380, "layers": {f"linear{i + 1}": {"grad_norm": norm, "grad_ratio": norm / grad_norms[-1]}
+                                               for i, norm in enumerate(grad_norms)}}}
+    return health if judged else {**health, "reason": "too few measurements"}
+
+
+def test_report_shows_the_runs_own_gradient_verdicts(tmp_path):
+    for name, loss, health in [
+            ("0_activation=relu", 0.3, gradient_health([], [0.5, 0.4, 0.3])),
+            ("1_activation=sigmoid", 0.1, gradient_health(["vanishing", "dead"], [1e-6, 1e-3, 0.2])),
+            ("2_activation=tanh", 0.2, gradient_health([], [0.5, 0.4, 0.3], judged=False))]:
+        write_job(tmp_path, name, [name.split("_", 1)[1]],
+                  {"val": {"loss": loss}, "test": {"loss": 1.0}, "wall_seconds": 1.5, "gradient_health": health})
+    write_job(tmp_path, "3_activation=elu", ["activation=elu"], None)  # killed before it wrote anything
     text = write_report(tmp_path, "loss", "min")
     rows = read_report(tmp_path)
-    assert [row["overrides"] for row in rows] == ["activation=sigmoid", "activation=relu"]
-    assert [row["gradients"] for row in rows] == ["vanishing: linear1", "healthy"]
-    assert "activation=sigmoid" in text and (tmp_path / "sweep_report_grad_norms.png").exists()
+    assert [row["overrides"] for row in rows] == ["activation=sigmoid", "activation=tanh", "activation=relu",
+                                                  "activation=elu"]
+    assert [row["gradients"] for row in rows] == ["vanishing, dead", "not judged", "healthy", ""]
+    assert "| vanishing, dead |" in text
+    # drawn from metrics.json alone: these jobs have no event files to fall back on
+    assert (tmp_path / "sweep_report_grad_norms.png").stat().st_size > 0
 
 
 # --- HParams -----------------------------------------------------------------------------------
