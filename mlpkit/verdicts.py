@@ -30,8 +30,8 @@ class Thresholds:
     vanishing_ratio: float = 1e-3  # first layer's ||g||/||W|| below this fraction of the last layer's
     patience: int = 5  # measured steps in a row a condition must hold (not for non-finite values)
     exploding_growth: float = 1e3  # total gradient norm above this multiple of its early value (non-finite always is)
-    dead_fraction: float = 0.55  # ReLU family: share of a layer's units that output 0 for the whole batch
-    saturation_fraction: float = 0.4  # sigmoid/tanh: share of a layer's units whose derivative is < 5% of max
+    dead_fraction: float = 0.25  # ReLU family: share of the hidden units that output 0 for the whole batch
+    saturated_derivative: float = 0.18  # sigmoid/tanh: the hidden layers' mean f'/max f' below this
 
     def __post_init__(self):
         for key, allowed, ok in (
@@ -39,7 +39,7 @@ class Thresholds:
             ("patience", "an integer >= 1", lambda v: is_int(v) and v >= 1),
             ("exploding_growth", "a number > 1", lambda v: v > 1),
             ("dead_fraction", "a fraction in (0, 1]", lambda v: 0 < v <= 1),
-            ("saturation_fraction", "a fraction in (0, 1]", lambda v: 0 < v <= 1),
+            ("saturated_derivative", "a fraction in (0, 1)", lambda v: 0 < v < 1),
         ):
             value = getattr(self, key)
             if not is_number(value) or not ok(value):
@@ -69,22 +69,39 @@ class Verdicts:
         if "exploding" in self.fired and self.fired["exploding"]["step"] == step:
             return [line for line in lines if line]
         limits = self.thresholds
-        explained = False  # dead or saturated units starve the layers below them of gradient
-        for kind, measure, key, limit, what in (
-            ("dead", "dead_frac", "dead_fraction", limits.dead_fraction,
-             f"dead {self.activation} units (output 0 for the whole batch)"),
-            ("saturated", "saturation", "saturation_fraction", limits.saturation_fraction,
-             f"saturated {self.activation} units (derivative < {SATURATED_BELOW:.0%} of its maximum)"),
-        ):
-            over = {n: v[measure] for n, v in layers.items() if v.get(measure, 0.0) > limit}
-            explained = explained or bool(over)
-            if self._streak(kind, bool(over)):
-                shares = ", ".join(f"{n} {share:.0%}" for n, share in over.items())
-                lines.append(self._fire(kind, step, layers, (
-                    f"{what} above {key} {limit:g} for {limits.patience} measured steps in a row, at step "
-                    f"{step}: {shares}")))
+        dead, saturated = self._dead(layers), self._saturated(layers)
+        explained = bool(dead or saturated)  # dead or saturated units starve the layers below them of gradient
+        if self._streak("dead", bool(dead)):
+            lines.append(self._fire("dead", step, layers, (
+                f"dead {self.activation} units: {dead} for {limits.patience} measured steps in a row, at step {step}")))
+        if self._streak("saturated", bool(saturated)):
+            lines.append(self._fire("saturated", step, layers, (
+                f"saturated {self.activation} units: {saturated} for {limits.patience} measured steps in a row, "
+                f"at step {step}")))
         lines.append(self._vanishing(step, layers, explained))
         return [line for line in lines if line]
+
+    def _dead(self, layers: dict[str, dict[str, float]]) -> str:
+        """What is dead when the hidden layers' mean share of units that output 0 for the whole batch is
+        above dead_fraction, else ""."""
+        shares = {name: entry["dead_frac"] for name, entry in layers.items() if "dead_frac" in entry}
+        mean, limit = _mean(shares.values()), self.thresholds.dead_fraction
+        if not shares or mean <= limit:
+            return ""
+        return (f"{mean:.0%} of a hidden layer's units, on average, output 0 for the whole batch (dead_fraction "
+                f"{limit:g}); "
+                f"most: {_worst(shares, reverse=True)}")
+
+    def _saturated(self, layers: dict[str, dict[str, float]]) -> str:
+        """What is saturated when the hidden layers pass on average less than saturated_derivative of the
+        gradient their activation could (mean f'/max f'), else ""."""
+        shares = {name: entry["derivative"] for name, entry in layers.items() if "derivative" in entry}
+        mean, limit = _mean(shares.values()), self.thresholds.saturated_derivative
+        if not shares or mean >= limit:
+            return ""
+        saturated = {name: layers[name]["saturation"] for name in shares}
+        return (f"the hidden layers' mean derivative is {mean:.2g} of its maximum (saturated_derivative "
+                f"{limit:g}); units with f' < {SATURATED_BELOW:.0%} of it: {_worst(saturated, reverse=True)}")
 
     def _exploding(self, step: int, loss: float, layers: dict[str, dict[str, float]]) -> str:
         norms = [v[m] for v in layers.values() for m in ("grad_norm", "grad_norm_bias") if m in v]
@@ -160,6 +177,17 @@ class Verdicts:
                 f"trainer.batch_size), measure more often (trainer.log_every_n_steps=1) or lower "
                 f"diagnostics.patience")
         return health
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def _worst(shares: dict[str, float], reverse: bool, count: int = 3) -> str:
+    """The ``count`` layers with the largest (reverse) shares, as "linear2 91%, linear7 88%"."""
+    ranked = sorted(shares.items(), key=lambda item: item[1], reverse=reverse)[:count]
+    return ", ".join(f"{name} {share:.0%}" for name, share in ranked)
 
 
 def summary(health: dict[str, Any]) -> str:

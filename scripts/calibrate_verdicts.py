@@ -12,8 +12,8 @@ steps, independent of the verdicts:
   vanishing   the median over measured steps of ||g||/||W|| of the first layer over the last's
   exploding   infinite when the loss or a gradient became non-finite, else the largest total gradient
               norm over the largest of the first five measured steps
-  dead        the largest share of a layer's ReLU units that output 0 for the whole batch, at the end
-  saturated   the largest share of a layer's sigmoid/tanh units with f' < 5% of its maximum, at the end
+  dead        the hidden layers' mean share of ReLU units that output 0 for the whole batch, at the end
+  saturated   the hidden layers' mean derivative f'/max f' (sigmoid, tanh), at the end
               (neither for a run that stopped on a non-finite loss: its last step says nothing)
 
 The script prints a confusion table (each verdict kind against the cases labelled with it) and, per
@@ -93,6 +93,13 @@ def grid() -> list[Case]:
         Case("tanh 2x64 Adam lr 0.1", ("saturated",), "tanh", (64, 64), lr=0.1),
         Case("sigmoid 12x32 SGD lr 0.1", ("vanishing",), "sigmoid", (32,) * 12, optimizer="sgd", lr=0.1),
         Case("relu 1 epoch batch 128", (), "relu", (128, 64), batch_size=128, epochs=1),
+        # the default run length: healthy tanh networks saturate more late in training
+        Case("tanh 8x64 20 epochs", (), "tanh", DEEP, epochs=20),
+        Case("tanh 12x256 20 epochs", (), "tanh", (256,) * 12, epochs=20),
+        Case("tanh 2x64 20 epochs", (), "tanh", (64, 64), epochs=20),
+        Case("sigmoid 2x64 20 epochs", (), "sigmoid", (64, 64), epochs=20),
+        Case("relu kaiming 8x64 20 epochs", (), "relu", DEEP, "kaiming_normal", epochs=20),
+        Case("relu 12x16 kaiming 20 epochs", (), "relu", (16,) * 12, "kaiming_normal", epochs=20),
         Case("breast_cancer relu 128-64", (), "relu", data="breast_cancer"),
         Case("breast_cancer sigmoid 8x64", ("vanishing",), "sigmoid", DEEP, data="breast_cancer"),
         Case("breast_cancer tanh 4x64", (), "tanh", (64,) * 4, data="breast_cancer"),
@@ -162,16 +169,16 @@ def raw_figures(scalars: dict[str, list[float]], model, stopped: bool) -> dict[s
               for i in range(len(scalars.get(f"grad_norm/{names[0]}", [])))]
     early = max(totals[:Thresholds().patience], default=math.nan)
 
-    def at_end(measure: str) -> float:
+    def mean_at_end(measure: str) -> float:
         values = [series[-1] for tag, series in scalars.items() if tag.startswith(f"{measure}/") and series]
-        return math.nan if stopped else max(values, default=0.0)
+        return math.nan if stopped or not values else statistics.mean(values)
 
     return {
         "vanishing": statistics.median(ratios) if ratios else math.nan,
         "exploding": math.inf if stopped or not all(map(math.isfinite, totals))
         else (max(totals) / early if early > 0 else math.nan),
-        "dead": at_end("dead_frac"),
-        "saturated": at_end("saturation"),
+        "dead": mean_at_end("dead_frac"),
+        "saturated": mean_at_end("derivative"),
     }
 
 
@@ -190,7 +197,7 @@ def confusion(results: list[dict]) -> list[list[str]]:
 def margins(results: list[dict], thresholds: Thresholds) -> list[list[str]]:
     """Per kind: the threshold, the healthiest bad case, the worst good case, and both margins."""
     limits = {"vanishing": (thresholds.vanishing_ratio, "below"), "exploding": (thresholds.exploding_growth, "above"),
-              "dead": (thresholds.dead_fraction, "above"), "saturated": (thresholds.saturation_fraction, "above")}
+              "dead": (thresholds.dead_fraction, "above"), "saturated": (thresholds.saturated_derivative, "below")}
     rows = []
     for kind, (limit, side) in limits.items():
         bad = [r["raw"][kind] for r in results if kind in r["expected"] and not math.isnan(r["raw"][kind])]

@@ -126,7 +126,7 @@ def test_dead_relus_and_saturated_units(digits):
     assert "dead" in dead["verdicts"]
     assert max(v["dead_frac"] for v in dead["verdicts"]["dead"]["layers"].values() if "dead_frac" in v) > 0.75
     saturated, _, _, _ = train(digits, "sigmoid", [64, 64], steps=12, weight_scale=10.0,
-                               thresholds=Thresholds(saturation_fraction=0.2))
+                               thresholds=Thresholds(saturated_derivative=0.5))
     assert list(saturated["verdicts"]) == ["saturated"]
     assert saturated["last"]["layers"]["linear1"]["saturation"] > 0.2
 
