@@ -23,11 +23,11 @@ import torch
 
 from mlpkit.errors import CheckpointError, ConfigError, show_value
 from mlpkit.rng import RNG_KEYS, capture_rng_state, restore_rng_state
+from mlpkit.rundir import CHECKPOINT_DIR
 
 FORMAT = "mlpkit-checkpoint"
 VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
-CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("model", "optimizer", "optimizer_class", "epoch", "step", "rng", "config", "best")
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 

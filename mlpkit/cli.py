@@ -7,6 +7,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,30 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, ConfigError, TrainingStopped
+from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config
 from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
 
 
-def resumed_run_dir(resume: str | None, new_run_dir: str) -> str:
-    """hydra.run.dir: a resumed run goes on in its own directory; anything else gets a new one."""
-    if not resume:
-        return new_run_dir
-    path = Path(resume).expanduser().resolve()
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        return str(path)
-    if path.is_dir() and path.name == "checkpoints":
-        return str(path.parent)
-    if path.is_file() and path.parent.name == "checkpoints":
-        return str(path.parent.parent)
-    return new_run_dir  # a bare checkpoint file, or a typo that run() reports
-
-
 def main() -> None:
     """`python train.py` and `mlpkit-train`: Hydra's CLI, with config mistakes as one line, exit 2."""
-    # configs/hydra/default.yaml names the run directory through this resolver, and Hydra resolves
-    # hydra.run.dir before the task starts: it must be registered before Hydra composes.
-    OmegaConf.register_new_resolver("mlpkit_run_dir", resumed_run_dir, replace=True)
+    register_resolvers()  # configs/hydra/default.yaml names run directories through them
     report_config_errors(train, "train")
 
 
@@ -51,7 +37,7 @@ def train(cfg: DictConfig) -> float:
     """Train one run; return the validation objective so sweepers can minimise or maximise it."""
     hydra_cfg = HydraConfig.get()
     try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir))
+        return run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except (ConfigError, TrainingStopped) as error:
         exit_code = error.exit_code
         if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (EXIT_CONFIG, EXIT_NONFINITE):
@@ -105,10 +91,11 @@ def show_progress(setting: str | bool) -> bool:
     return bool(setting)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
-    """Everything one run does, from a composed config to metrics.json; errors logged once."""
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
+    """Everything one run does, from a composed config (and the command-line ``overrides`` it was
+    composed with) to metrics.json; errors logged once."""
     try:
-        return train_run(cfg, run_dir)
+        return train_run(cfg, run_dir, overrides)
     except ConfigError as error:
         log.error("Config error: %s", error)
         raise
@@ -119,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise
 
 
-def train_run(cfg: DictConfig, run_dir: Path) -> float:
+def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
     from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
     from mlpkit.acceleration import check_settings, resolve_device, resolve_fused, set_matmul_precision
     from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
@@ -132,19 +119,24 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from mlpkit.verdicts import Thresholds
 
     started = time.perf_counter()
+    resume_path, resumed, changes = None, None, {}
+    if cfg.get("resume"):  # the run goes on with its saved config: nothing is written before it is accepted
+        resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
+        resumed = load_checkpoint(resume_path)
+        if not isinstance(resumed.get("config"), dict):
+            raise ConfigError("resume", cfg.resume, "a checkpoint written by python train.py (it holds the run's "
+                              "config)", f"{resume_path} holds no config")
+        cfg, changes = resumed_config(resumed["config"], cfg, overrides, str(cfg.resume))
+    else:
+        check_new_run_dir(run_dir)
     validate(cfg)  # before anything is loaded
     thresholds = Thresholds.from_mapping(cfg.diagnostics)
-    resume_path = None
-    if cfg.get("resume"):
-        resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
     device = resolve_device(str(cfg.trainer.device))
     check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
     set_matmul_precision(device, cfg.trainer.tf32)
     limit_threads(cfg.trainer.num_threads)
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
-    save_label_mapping(data, run_dir)
-    save_preprocessing(data, run_dir)
     objective = build_objective(
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
@@ -167,9 +159,10 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all",
                                         **({"fused": fused} if "fused" in cfg.optimizer else {}))
 
-    resumed = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
-    # A resumed run hides its events from steps after the checkpoint (written before the kill).
-    logger = TensorBoardLogger(run_dir, purge_step=resumed["step"] if resumed else None)
+    if resumed is None:
+        save_label_mapping(data, run_dir)
+        save_preprocessing(data, run_dir)
+    logger = TensorBoardLogger(run_dir, purge_step=purge_step(resumed))
     monitor = GradientMonitor(model, histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
                               figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
     trainer = Trainer(
@@ -184,7 +177,9 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     )
     if resumed is not None:
         trainer.resume_from(resumed)
-        log.info("resumed from %s: %d epochs done, step %d", resume_path, resumed["epoch"], resumed["step"])
+        resumes = record_resume(run_dir, resume_path, resumed, changes)
+        log.info("resumed from %s: %d epochs done, step %d%s", resume_path, resumed["epoch"], resumed["step"],
+                 f"; changed {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else "")
     logger.log_layout(layout())
     logger.log_text("model", f"{model}\n\n{model_summary(model)}")
     logger.log_text("config", OmegaConf.to_yaml(cfg))
@@ -212,6 +207,8 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     finally:
         logger.close()
 
+    if resumed is not None:
+        result["resumes"] = resumes
     result = {
         "status": "completed", "dataset": data.name, "task": data.task, "head": objective.head, "loss": objective.loss_name,
         "activation": cfg.activation.name, "hidden_sizes": list(cfg.model.hidden_sizes),
@@ -221,6 +218,16 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     write_metrics(run_dir, result)
     report(result, run_dir)
     return result["val"][cfg.objective.metric]
+
+
+def purge_step(resumed: dict | None) -> int | None:
+    """TensorBoard's purge step for a resumed run: events the run wrote after its checkpoint (before
+    it was killed) are hidden. An end-of-epoch checkpoint comes after that epoch's own events at its
+    step, which are kept."""
+    if resumed is None:
+        return None
+    at_epoch_end = resumed["extra"].get("epoch_order") is None
+    return resumed["step"] + 1 if at_epoch_end else resumed["step"]
 
 
 def write_metrics(run_dir: Path, result: dict) -> None:

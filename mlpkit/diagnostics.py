@@ -11,6 +11,7 @@ trainer writes what ``measure`` returns to its loggers.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,7 @@ class GradientMonitor:
         self.hooks: list[Any] = []
         self.captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.before_update: tuple[int, torch.Tensor, list[float]] | None = None  # step, weights, their norms
-        self.segments: torch.Tensor | None = None
+        self.active_units: dict[str, deque[torch.Tensor]] = {}  # per hidden layer: units active per measured batch
         self.figure_steps: dict[int, Measurement] = {}  # the measurements the gradient-flow images show
         self.last: Measurement | None = None
 
@@ -135,8 +136,8 @@ class GradientMonitor:
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
         if measurement.finite:
-            # one flat copy (a single kernel) of the weights before optimizer.step() updates them
-            self.before_update = (step, torch.cat([w.reshape(-1) for w in weights]), values["weight_norm"])
+            # a copy of the weights (one fused kernel) before optimizer.step() updates them
+            self.before_update = (step, torch._foreach_mul(weights, 1.0), values["weight_norm"])
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
         self.keep_for_figures(measurement)
         self.last = measurement
@@ -149,8 +150,7 @@ class GradientMonitor:
         _, before, weight_norms = self.before_update
         self.before_update = None
         weights = [layer.weight.detach() for layer in self.layers.values()]
-        change = before - torch.cat([w.reshape(-1) for w in weights])
-        norms = torch.stack(torch._foreach_norm(list(change.split([w.numel() for w in weights])))).tolist()
+        norms = torch.stack(torch._foreach_norm(torch._foreach_sub(weights, before))).tolist()
         ratios = {name: norm / (weight or math.nan) for name, norm, weight in zip(self.names, norms, weight_norms)}
         if self.last is not None and self.last.step == step:
             for name, ratio in ratios.items():
@@ -159,24 +159,24 @@ class GradientMonitor:
 
     # --- on the device ----------------------------------------------------------------------------
     def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """(hidden layers, 5): mean, mean of squares, dead share, saturated share, mean derivative share."""
-        out = torch.cat([c[1].reshape(-1, c[1].shape[-1]) for c in captured.values()], dim=1).float()
-        columns = [out.mean(0), out.square().mean(0)]
-        zeros = torch.zeros_like(columns[0])
-        columns.append((out == 0).all(0).float() if self.activation.family == "relu" else zeros)
-        if self.activation.saturates:
-            pre = torch.cat([c[0].reshape(-1, c[0].shape[-1]) for c in captured.values()], dim=1).float()
-            share = self.activation.spec.derivative_share(next(iter(self.activations.values())), pre, out)
-            columns += [(share < SATURATED_BELOW).float().mean(0), share.mean(0)]
-        else:
-            columns += [zeros, zeros]
-        if self.segments is None or self.segments.shape[1] != out.shape[1]:
-            widths = [c[1].shape[-1] for c in captured.values()]
-            rows = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
-            segments = torch.zeros(len(widths), out.shape[1])
-            segments[rows, torch.arange(out.shape[1])] = 1.0 / torch.tensor(widths, dtype=torch.float)[rows]
-            self.segments = segments.to(out.device)
-        return self.segments @ torch.stack(columns, dim=1)  # per-unit figures averaged per layer
+        """(hidden layers, 5): mean, std, dead share, saturated share, mean derivative share; a few
+        kernels a layer. A unit is dead when it output 0 for every sample of the last ``patience``
+        measured batches (one batch alone leaves a healthy but selective unit at 0 too often)."""
+        rows = []
+        for name, (pre, out) in captured.items():
+            out = out.float().reshape(-1, out.shape[-1])
+            std, mean = torch.std_mean(out, unbiased=False)
+            zero = torch.zeros((), device=out.device)
+            dead = saturated = derivative = zero
+            if self.activation.family == "relu":
+                window = self.active_units.setdefault(name, deque(maxlen=self.verdicts.thresholds.patience))
+                window.append((out != 0).any(0))
+                dead = 1 - torch.stack(list(window)).any(0).float().mean()
+            if self.activation.saturates:
+                share = self.activation.spec.derivative_share(self.activations[name], pre.float(), out)
+                saturated, derivative = (share < SATURATED_BELOW).float().mean(), share.mean()
+            rows.append(torch.stack([mean, std, dead, saturated, derivative]))
+        return torch.stack(rows)
 
     # --- on the host ------------------------------------------------------------------------------
     def name_layers(self, values: dict[str, list[float]], hidden: list[str]) -> dict[str, dict[str, float]]:
@@ -188,8 +188,8 @@ class GradientMonitor:
                 layers[name]["grad_norm_bias"] = values["grad_norm_bias"][index]
         stats = values.get("activations", [])
         for index, name in enumerate(hidden):
-            mean, mean_square, dead, saturated, derivative = stats[5 * index:5 * index + 5]
-            layers[name].update(act_mean=mean, act_std=math.sqrt(max(mean_square - mean * mean, 0.0)))
+            mean, std, dead, saturated, derivative = stats[5 * index:5 * index + 5]
+            layers[name].update(act_mean=mean, act_std=std)
             if self.activation.family == "relu":
                 layers[name]["dead_frac"] = dead
             if self.activation.saturates:

@@ -133,10 +133,11 @@ class Trainer:
             loss = self.step_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        measurement = None
         if measuring:
             measurement = self.monitor.measure(self.step, loss)  # the interval's one host transfer
-            self.log_measurement(measurement)
             if not measurement.finite:  # caught before optimizer.step(): the weights are still finite
+                self.log_measurement(measurement, {})
                 if self.on_nonfinite == "skip":
                     return self.skip_step(loss)
                 self.stop_on_nonfinite(measurement.layers)
@@ -145,18 +146,20 @@ class Trainer:
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.skip_step(loss)
         self.optimizer.step()
-        if measuring and self.logger is not None:
-            self.logger.log_scalars(self.monitor.after_update(self.step), self.step)
+        if measurement is not None:
+            self.log_measurement(measurement, self.monitor.after_update(self.step))
         return loss.detach()
 
-    def log_measurement(self, measurement: Measurement) -> None:
-        """loss/train, every per-layer figure, histograms, and a verdict line when one fires."""
+    def log_measurement(self, measurement: Measurement, update_ratios: dict[str, float]) -> None:
+        """loss/train, every per-layer figure and the update it led to (one event), histograms, and
+        a verdict line when one fires."""
         for line in measurement.verdict_lines:
             log.warning(line)
         if self.logger is None:
             return
         if self.is_log_step():
-            self.logger.log_scalars({"loss/train": measurement.loss, **measurement.scalars()}, self.step)
+            self.logger.log_scalars({"loss/train": measurement.loss, **measurement.scalars(), **update_ratios},
+                                    self.step)
         for tag, values in measurement.histograms.items():
             self.logger.log_histogram(tag, values, self.step)
         for line in measurement.verdict_lines:

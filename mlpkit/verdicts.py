@@ -30,7 +30,7 @@ class Thresholds:
     vanishing_ratio: float = 1e-3  # first layer's ||g||/||W|| below this fraction of the last layer's
     patience: int = 5  # measured steps in a row a condition must hold (not for non-finite values)
     exploding_growth: float = 1e3  # total gradient norm above this multiple of its early value (non-finite always is)
-    dead_fraction: float = 0.25  # ReLU family: share of the hidden units that output 0 for the whole batch
+    dead_fraction: float = 0.25  # ReLU family: hidden layers' mean share of units at 0 on the last `patience` batches
     saturated_derivative: float = 0.18  # sigmoid/tanh: the hidden layers' mean f'/max f' below this
 
     def __post_init__(self):
@@ -88,8 +88,8 @@ class Verdicts:
         mean, limit = _mean(shares.values()), self.thresholds.dead_fraction
         if not shares or mean <= limit:
             return ""
-        return (f"{mean:.0%} of a hidden layer's units, on average, output 0 for the whole batch (dead_fraction "
-                f"{limit:g}); "
+        return (f"{mean:.0%} of a hidden layer's units, on average, output 0 for every sample of the last "
+                f"{self.thresholds.patience} measured batches (dead_fraction {limit:g}); "
                 f"most: {_worst(shares, reverse=True)}")
 
     def _saturated(self, layers: dict[str, dict[str, float]]) -> str:

@@ -1,0 +1,123 @@
+"""Run directories: a new one for every new run, the run's own one for a resume, and nothing written
+into a directory that holds another run.
+
+configs/hydra/default.yaml names directories through the resolvers registered here. Hydra writes
+``.hydra/`` into a run directory before any mlpkit code runs, so the decision whether that directory
+is new is made inside the resolvers, when Hydra resolves them, and remembered for the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlpkit.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+RESUMES = "resumes.json"  # what each resume of a run changed, in order
+# What a resume may change: where and how it runs, and how long (trainer.max_epochs upward only).
+RESUMABLE = ("trainer.max_epochs", "trainer.progress", "trainer.device", "trainer.num_threads")
+_held_a_run: dict[str, bool] = {}  # run directory -> whether it held a run before this process started
+
+
+def register_resolvers() -> None:
+    """The resolvers configs/hydra/default.yaml uses; called before Hydra composes."""
+    OmegaConf.register_new_resolver("mlpkit_run_dir", run_dir_for, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("mlpkit_output_subdir", output_subdir, replace=True, use_cache=True)
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a directory holds a run: its config, a checkpoint or its metrics."""
+    return any((path / name).exists() for name in (".hydra/config.yaml", CHECKPOINT_DIR, "metrics.json"))
+
+
+def run_dir_for(resume: str | None, new_run_dir: str) -> str:
+    """hydra.run.dir: a resumed run goes on in its own directory; any other run gets a new one."""
+    if resume:
+        path = Path(resume).expanduser().resolve()
+        if path.is_dir() and (path / CHECKPOINT_DIR).is_dir():
+            return str(path)
+        if path.is_dir() and path.name == CHECKPOINT_DIR:
+            return str(path.parent)
+        if path.is_file() and path.parent.name == CHECKPOINT_DIR:
+            return str(path.parent.parent)
+    return unique_dir(new_run_dir)  # a new run, a bare checkpoint file, or a typo that the run reports
+
+
+def unique_dir(wanted: str) -> str:
+    """``wanted``, or ``wanted_2``, ``wanted_3``, ... : the first that this process could create itself
+    (mkdir is atomic, so two runs started in the same second never share one)."""
+    candidate, number = Path(wanted), 1
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = Path(f"{wanted}_{number}")
+
+
+def output_subdir(output_dir: str) -> str | None:
+    """hydra.output_subdir: ``.hydra`` for a new run; None (Hydra then writes no config) for a
+    directory that already holds a run, so that neither a resume nor a refused start rewrites it."""
+    path = Path(output_dir)
+    _held_a_run[str(path.resolve())] = holds_run(path)
+    return None if _held_a_run[str(path.resolve())] else ".hydra"
+
+
+def held_a_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` held a run before this one started in it."""
+    key = str(Path(run_dir).resolve())
+    return _held_a_run[key] if key in _held_a_run else holds_run(Path(run_dir))
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run refuses a directory that holds another run (resume=<dir> continues that one)."""
+    if held_a_run(run_dir):
+        raise ConfigError("hydra.run.dir", run_dir, "a directory that holds no other run",
+                          f"{run_dir} holds a run already and was left as it was: resume={run_dir} continues "
+                          "it; choose another hydra.run.dir (or none) for a new run")
+
+
+def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Sequence[str], resume: str
+                   ) -> tuple[DictConfig, dict[str, Any]]:
+    """The config a resume continues with: the run's saved config, with only the RESUMABLE keys of
+    the command line changed (and trainer.max_epochs only upward). Returns it and the changes."""
+    changes: dict[str, Any] = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "resume":
+            continue
+        if key not in RESUMABLE:
+            raise ConfigError(key, value, f"no change on a resume: resume={resume} continues the run with its "
+                              f"saved config; a resume may change only {', '.join(RESUMABLE)} "
+                              "(trainer.max_epochs upward)", "start a new run to try other settings")
+        changes[key] = OmegaConf.select(composed, key)
+    cfg = OmegaConf.create(dict(saved))
+    saved_epochs = cfg.trainer.max_epochs
+    epochs = changes.get("trainer.max_epochs", saved_epochs)
+    if not isinstance(epochs, int) or epochs < saved_epochs:
+        raise ConfigError("trainer.max_epochs", epochs, f"an integer >= {saved_epochs} on this resume",
+                          "a resume trains on to the run's own trainer.max_epochs or longer, never shorter")
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    cfg.resume = resume
+    return cfg, changes
+
+
+def record_resume(run_dir: Path, checkpoint: Path, state: Mapping[str, Any], changes: dict[str, Any]) -> list:
+    """Append this resume (when, from which checkpoint and step, what it changed) to resumes.json."""
+    path = Path(run_dir) / RESUMES
+    resumes = json.loads(path.read_text()) if path.is_file() else []
+    resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(checkpoint),
+                    "epoch": int(state["epoch"]), "step": int(state["step"]), "changes": changes})
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(resumes, indent=2) + "\n")
+    temporary.replace(path)
+    return resumes
