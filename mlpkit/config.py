@@ -23,6 +23,7 @@ OBJECTIVE_MODES = ("min", "max")
 PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
 
 
+SWEEP_FAILED = 1  # exit code of a multirun in which a job failed, as Hydra's own
 SEED_RANGE = (0, 2**32 - 1)  # numpy.random.seed and sklearn's random_state take this; torch takes more
 SEED = f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
@@ -198,12 +199,13 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
-    except (ConfigError, TrainingStopped) as error:
+    except (ConfigError, TrainingStopped):
         if show_traceback:
             raise
         # A multirun job's error, raised again by Hydra's sweeper once the batch is done: the job
-        # logged its one line and Hydra named its overrides; a traceback would add nothing.
-        sys.exit(error.exit_code)
+        # logged its one line and Hydra named its overrides, so a traceback would add nothing. The
+        # exit code stays 1, Hydra's for a sweep with a failed job (whatever the job's own code).
+        sys.exit(SWEEP_FAILED)
     except Exception as error:
         message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
         if message is None:
