@@ -5,6 +5,7 @@ parameters); the model keeps it, and init, the gradient monitor and the figures 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlpkit.errors import ConfigError
+from mlpkit.errors import ConfigError, is_int, is_number
 
 SATURATED_BELOW = 0.05  # a unit is saturated where its derivative is below this share of the maximum
 
@@ -83,6 +84,47 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 }
 
 
+def _is_finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+# parameter name -> (accepts the value, what is allowed): the same meaning in every activation that takes it
+PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "negative_slope": (_is_finite, "a number, e.g. 0.01"),
+    "num_parameters": (lambda n: is_int(n) and n >= 1, "1 (one slope per layer) or an integer > 1 (one per unit)"),
+    "init": (_is_finite, "a number, e.g. 0.25"),
+    "alpha": (lambda a: _is_finite(a) and a != 0, "a non-zero number, e.g. 1.0"),
+    "min_val": (_is_finite, "a number, e.g. -1.0"),
+    "max_val": (_is_finite, "a number, e.g. 1.0"),
+    "lower": (_is_finite, "a number, e.g. 0.125"),
+    "upper": (_is_finite, "a number, e.g. 0.333"),
+    "approximate": (lambda a: a in ("none", "tanh"), "none or tanh"),
+    "beta": (lambda b: _is_finite(b) and b > 0, "a positive number, e.g. 1.0"),
+    "threshold": (_is_finite, "a number, e.g. 20.0"),
+}
+# (activation, smaller parameter, larger parameter, whether they may be equal): what torch asserts
+ORDERED_PARAMETERS = (("hardtanh", "min_val", "max_val", False), ("rrelu", "lower", "upper", True))
+
+
+def check_parameters(name: str, spec: ActivationSpec, params: dict[str, Any]) -> None:
+    """ConfigError for the first parameter of ``name`` that is unknown or has a value it cannot take."""
+    unknown = sorted(set(params) - set(spec.parameters))
+    if unknown:
+        allowed = ", ".join(spec.parameters) or "no parameters"
+        raise ConfigError(f"activation.{unknown[0]}", params[unknown[0]], f"{name} takes {allowed}")
+    for key, value in params.items():
+        accepts, allowed = PARAMETER_RULES[key]
+        if not accepts(value):
+            raise ConfigError(f"activation.{key}", value, allowed)
+    for activation, low, high, may_equal in ORDERED_PARAMETERS:
+        if name == activation and low in params and high in params:
+            ordered = params[low] <= params[high] if may_equal else params[low] < params[high]
+            if not ordered:
+                relation = "at most" if may_equal else "below"
+                raise ConfigError(f"activation.{low}", params[low], f"a number {relation} activation.{high}"
+                                  f"={params[high]}")
+
+
 @dataclass(frozen=True)
 class Activation:
     """A registered activation with its checked parameters: what a model is built with."""
@@ -120,10 +162,7 @@ def activation_spec(name: str) -> ActivationSpec:
 def resolve_activation(name: str, params: dict[str, Any] | None = None) -> Activation:
     """The spec for ``name`` and its parameters (the activation config minus its name), checked."""
     spec, params = activation_spec(name), dict(params or {})
-    unknown = sorted(set(params) - set(spec.parameters))
-    if unknown:
-        allowed = ", ".join(spec.parameters) or "no parameters"
-        raise ConfigError(f"activation.{unknown[0]}", params[unknown[0]], f"{name} takes {allowed}")
+    check_parameters(name, spec, params)
     return Activation(name, spec, params)
 
 

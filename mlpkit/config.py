@@ -1,15 +1,18 @@
 """The config schema's checks (run once, before any data is loaded) and the Hydra error reporter."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from mlpkit.errors import ConfigError, is_int, is_number, require
+from mlpkit.errors import ConfigError, TrainingStopped, is_int, is_number, require
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -20,63 +23,170 @@ OBJECTIVE_MODES = ("min", "max")
 PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
 
 
+SWEEP_FAILED = 1  # exit code of a multirun in which a job failed, as Hydra's own
+SEED_RANGE = (0, 2**32 - 1)  # numpy.random.seed and sklearn's random_state take this; torch takes more
+SEED = f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+ABSENT = object()  # what OmegaConf.select returns for a key that is not there
+
+
+class MissingKeyError(ConfigError):
+    """A key the run needs that was deleted (``~trainer.seed``) or left ``???``."""
+
+    def __init__(self, key: str, allowed: str):
+        super().__init__(key, "???", allowed)
+        self.args = (f"{key} is missing: expected {allowed}",)
+
+
+def read(cfg: DictConfig, key: str, allowed: str) -> Any:
+    """The value at the dotted ``key``; a missing key is a MissingKeyError that says what it expects."""
+    try:
+        value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue:
+        value = ABSENT
+    if value is ABSENT:
+        raise MissingKeyError(key, allowed)
+    return value
+
+
+def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+    """The value at ``key`` if ``ok(value)``, else a ConfigError naming the key, the value and ``allowed``."""
+    value = read(cfg, key, allowed)
+    require(ok(value), key, value, allowed)
+    return value
+
+
+def check_optional(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    """``check`` for a key that a config may leave out (an optimizer's momentum, a loss's pos_weight)."""
+    if OmegaConf.select(cfg, key, default=ABSENT) is not ABSENT:
+        check(cfg, key, ok, allowed)
+
+
+def is_finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def at_least(least: float, integer: bool = False) -> Callable[[Any], bool]:
+    return lambda value: (is_int(value) if integer else is_finite(value)) and value >= least
+
+
+def is_seed(value: Any) -> bool:
+    return is_int(value) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values a run needs; raise ConfigError on the first one that cannot work."""
+    check_resolves(cfg)
+    validate_model(cfg)
+    validate_activation(cfg)
+    check(cfg, "head.name", lambda name: name in HEADS, f"one of {', '.join(HEADS)}")
+    validate_loss(cfg)
+    validate_optimizer(cfg)
+    validate_trainer(cfg)
+    validate_data(cfg)
+    check(cfg, "objective.metric", lambda metric: isinstance(metric, str) and metric != "",
+          "a validation metric: loss, accuracy, rmse, mae or r2")
+    check(cfg, "objective.mode", lambda mode: mode in OBJECTIVE_MODES, "min or max")
+
+
+def check_resolves(cfg: DictConfig) -> None:
+    """Every interpolation resolves (``data.path=${nope}`` would fail only when the data loads)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:
+        key = error.full_key or "?"
+        raise ConfigError(key, unresolved(cfg, key), "a value or an interpolation that resolves",
+                          str(error).splitlines()[0]) from None
+
+
+def unresolved(cfg: DictConfig, full_key: str) -> Any:
+    """The value at ``full_key`` (``data.path``, ``model.hidden_sizes[1]``) as written, unresolved."""
+    parent_key, index = full_key, None
+    if match := re.fullmatch(r"(.*)\[([0-9]+)\]", full_key):
+        parent_key, index = match.group(1), int(match.group(2))
+    else:
+        parent_key, _, index = full_key.rpartition(".")
+    try:
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        return OmegaConf.to_container(parent, resolve=False)[index]
+    except Exception:  # the value is a courtesy in the message; never let it hide the error
+        return ""
+
+
+def validate_model(cfg: DictConfig) -> None:
+    check(cfg, "model.hidden_sizes",
+          lambda sizes: isinstance(sizes, (ListConfig, list)) and all(is_int(s) and s > 0 for s in sizes),
+          "a list of positive integers, e.g. [128,64] ([] for a linear model)")
+    check(cfg, "model.dropout", lambda p: is_number(p) and 0 <= p < 1, "a number in [0, 1)")
+    check(cfg, "model.init", lambda init: init in INITS, f"one of {', '.join(INITS)}")
+
+
+def validate_activation(cfg: DictConfig) -> None:
     from mlpkit.activations import resolve_activation
 
-    model, trainer, data = cfg.model, cfg.trainer, cfg.data
-    sizes = model.hidden_sizes
-    require(
-        isinstance(sizes, (ListConfig, list)) and all(is_int(s) and s > 0 for s in sizes),
-        "model.hidden_sizes", sizes, "a list of positive integers, e.g. [128,64] ([] for a linear model)",
-    )
-    require(is_number(model.dropout) and 0 <= model.dropout < 1, "model.dropout", model.dropout,
-             "a number in [0, 1)")
-    require(model.init in INITS, "model.init", model.init, f"one of {', '.join(INITS)}")
-
+    name = read(cfg, "activation.name", "an activation name, e.g. relu")
     params = {k: v for k, v in cfg.activation.items() if k != "name"}
-    resolve_activation(cfg.activation.name, params)
-    require(cfg.head.name in HEADS, "head.name", cfg.head.name, f"one of {', '.join(HEADS)}")
-    require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {', '.join(LOSSES)}")
+    resolve_activation(name, params)  # checks the parameters' names and values
 
-    require(is_number(cfg.optimizer.lr) and cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr,
-             "a positive number, e.g. 0.001")
 
-    for key in ("max_epochs", "batch_size"):
-        value, least = trainer[key], 0 if key == "max_epochs" else 1
-        require(is_int(value) and value >= least, f"trainer.{key}", value, f"an integer >= {least}")
-    interval = trainer.log_every_n_steps
-    require(interval == "auto" or (is_int(interval) and interval >= 1), "trainer.log_every_n_steps", interval,
-            "auto or an integer >= 1")
-    require(is_int(trainer.seed), "trainer.seed", trainer.seed, "an integer")
-    device = str(trainer.device)
-    require(device in ("auto", "cpu", "mps") or device.startswith("cuda"), "trainer.device", device,
-             "auto, cpu, cuda, cuda:N or mps")
-    require(str(trainer.progress) in ("auto", "True", "False"), "trainer.progress", trainer.progress,
-             "auto, true or false")
+def validate_loss(cfg: DictConfig) -> None:
+    check(cfg, "loss.name", lambda name: name in LOSSES, f"one of {', '.join(LOSSES)}")
+    check_optional(cfg, "loss.label_smoothing", lambda p: is_number(p) and 0 <= p <= 1, "a number in [0, 1]")
+    check_optional(cfg, "loss.pos_weight", lambda w: w is None or (is_finite(w) and w > 0),
+                   "a positive number or null")
 
-    require(is_int(trainer.checkpoint_every_n_steps) and trainer.checkpoint_every_n_steps >= 0,
-             "trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, "an integer >= 0")
+
+def validate_optimizer(cfg: DictConfig) -> None:
+    """The keys torch.optim checks when the optimizer is built, checked before any data loads."""
+    check(cfg, "optimizer.lr", lambda lr: is_finite(lr) and lr > 0, "a finite positive number, e.g. 0.001")
+    check_optional(cfg, "optimizer.weight_decay", at_least(0), "a number >= 0")
+    check_optional(cfg, "optimizer.eps", at_least(0), "a number >= 0")
+    check_optional(cfg, "optimizer.betas",
+                   lambda betas: isinstance(betas, (ListConfig, list)) and len(betas) == 2
+                   and all(is_number(b) and 0 <= b < 1 for b in betas),
+                   "two numbers in [0, 1), e.g. [0.9,0.999]")
+    check_optional(cfg, "optimizer.momentum", at_least(0), "a number >= 0")
+    check_optional(cfg, "optimizer.dampening", is_finite, "a number")
+    for key in ("nesterov", "amsgrad", "maximize"):
+        check_optional(cfg, f"optimizer.{key}", lambda flag: isinstance(flag, bool), "true or false")
+    check_optional(cfg, "optimizer.fused", lambda fused: fused == "auto" or fused is None or isinstance(fused, bool),
+                   "auto, true, false or null")
+    optimizer = cfg.optimizer
+    momentum, dampening = optimizer.get("momentum", 0), optimizer.get("dampening", 0)
+    if optimizer.get("nesterov") and (momentum <= 0 or dampening != 0):
+        given = f"optimizer.momentum={momentum}" if momentum <= 0 else f"optimizer.dampening={dampening}"
+        raise ConfigError("optimizer.nesterov", "true", f"false with {given}: Nesterov momentum needs "
+                          "momentum > 0 and dampening 0")
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    check(cfg, "trainer.max_epochs", at_least(0, integer=True), "an integer >= 0")
+    check(cfg, "trainer.batch_size", at_least(1, integer=True), "an integer >= 1")
+    check(cfg, "trainer.log_every_n_steps", lambda n: n == "auto" or at_least(1, integer=True)(n),
+          "auto or an integer >= 1")
+    check(cfg, "trainer.seed", is_seed, SEED)
+    check(cfg, "trainer.device", lambda device: DEVICE.fullmatch(str(device)) is not None,
+          "auto, cpu, cuda, cuda:N or mps")
+    check(cfg, "trainer.progress", lambda progress: str(progress) in ("auto", "True", "False"),
+          "auto, true or false")
+    check(cfg, "trainer.checkpoint_every_n_steps", at_least(0, integer=True), "an integer >= 0")
     for key in ("histogram_every_n_steps", "figure_every_n_steps"):
-        value = cfg.diagnostics[key]
-        require(is_int(value) and value >= 0, f"diagnostics.{key}", value, "an integer >= 0 (0 = off)")
-    threads = trainer.get("num_threads", "auto")
-    require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads", threads,
-             "auto or an integer >= 1")
-    require(trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", trainer.on_nonfinite,
-             "stop or skip")
+        check(cfg, f"diagnostics.{key}", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "trainer.num_threads", lambda n: n == "auto" or at_least(1, integer=True)(n),
+                   "auto or an integer >= 1")
+    check(cfg, "trainer.on_nonfinite", lambda action: action in ("stop", "skip"), "stop or skip")
     for key in ("compile", "cuda_graphs", "tf32"):
-        require(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
-    require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
-             " or ".join(PRECISIONS))
+        check(cfg, f"trainer.{key}", lambda flag: isinstance(flag, bool), "true or false")
+    check(cfg, "trainer.precision", lambda precision: str(precision) in PRECISIONS, " or ".join(PRECISIONS))
 
-    for key in ("val_fraction", "test_fraction"):
-        require(is_number(data[key]) and 0 < data[key] < 1, f"data.{key}", data[key],
-                 "a fraction in (0, 1)")
-    require(data.val_fraction + data.test_fraction < 1, "data.val_fraction + data.test_fraction",
-             data.val_fraction + data.test_fraction, "a sum below 1, leaving samples to train on")
 
-    require(cfg.objective.mode in OBJECTIVE_MODES, "objective.mode", cfg.objective.mode, "min or max")
+def validate_data(cfg: DictConfig) -> None:
+    fractions = [check(cfg, f"data.{key}", lambda f: is_number(f) and 0 < f < 1, "a fraction in (0, 1)")
+                 for key in ("val_fraction", "test_fraction")]
+    require(sum(fractions) < 1, "data.val_fraction + data.test_fraction", sum(fractions),
+            "a sum below 1, leaving samples to train on")
+    check_optional(cfg, "data.split_seed", is_seed, SEED)
+    check_optional(cfg, "data.seed", is_seed, SEED)  # the generator of a synthetic set
 
 
 def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: bool = True) -> None:
@@ -89,6 +199,13 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
+    except (ConfigError, TrainingStopped):
+        if show_traceback:
+            raise
+        # A multirun job's error, raised again by Hydra's sweeper once the batch is done: the job
+        # logged its one line and Hydra named its overrides, so a traceback would add nothing. The
+        # exit code stays 1, Hydra's for a sweep with a failed job (whatever the job's own code).
+        sys.exit(SWEEP_FAILED)
     except Exception as error:
         message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
         if message is None:

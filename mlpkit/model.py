@@ -1,6 +1,7 @@
 """build_model and the MLP module: linear1, act1, ..., linearN, head."""
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from mlpkit.activations import Activation, resolve_activation
+from mlpkit.errors import ConfigError
 
 HEAD_MODULES = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -51,6 +53,38 @@ class MLP(nn.Module):
             elif name.startswith("act") and current is not None:
                 pairs[current] = module
         return pairs
+
+
+# Bytes per parameter while training: float32 weights, their gradients and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+
+
+def check_fits_memory(in_features: int, out_features: int, hidden_sizes: Sequence[int],
+                      device: torch.device | str) -> None:
+    """ConfigError (key model.hidden_sizes) before a model is allocated whose parameters, gradients
+    and optimizer state alone exceed the device's memory (CUDA: free memory; CPU and MPS: RAM)."""
+    widths = [in_features, *hidden_sizes, out_features]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    device = torch.device(device)
+    available, memory = _available_memory(device)
+    if needed > available:
+        raise ConfigError("model.hidden_sizes", list(hidden_sizes),
+                          f"a model that fits in memory: {parameters:,} parameters need about "
+                          f"{needed / 2**30:,.1f} GiB to train (float32 weights, gradients and Adam's two "
+                          f"moments), more than the {available / 2**30:,.1f} GiB of {memory}")
+
+
+def _available_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes the model may take on ``device``, and what they are (for the message)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free, f"free memory on {device}"
+    try:
+        import psutil  # optional: the memory available now, not only the RAM installed
+    except ImportError:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "RAM on this machine"
+    return psutil.virtual_memory().available, "memory available on this machine"
 
 
 def build_model(

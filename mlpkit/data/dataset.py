@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpkit.data.splits import split_indices, standardization
+from mlpkit.data.splits import prepare_features, prepare_targets, split_indices
 from mlpkit.errors import ConfigError
 
 # name -> "module:function"; modules are imported only when their source is chosen.
@@ -46,7 +46,7 @@ class RawData:
 
     ``feature_groups`` (F,) gives columns that share one standardisation (image channels); None
     standardises each column on its own. ``extra`` is carried to ``Data.extra`` (e.g. the target
-    column of a CSV file).
+    column of a CSV file). ``lines`` (N,): each row's line in the source file, for messages.
     """
 
     features: np.ndarray
@@ -56,6 +56,7 @@ class RawData:
     class_names: list[str]
     feature_groups: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    lines: np.ndarray | None = None
 
 
 @dataclass
@@ -185,32 +186,6 @@ def choose_placement(nbytes: int, device: torch.device) -> tuple[str, int | None
     return ("device" if nbytes <= DEVICE_MEMORY_SHARE * free else "pinned-host"), free
 
 
-def prepare_features(raw: RawData, splits: list[np.ndarray], standardize: bool
-                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The rows of each split, standardised in place with the training split's statistics."""
-    parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
-    if not standardize:
-        width = raw.features.shape[1]
-        return parts, np.zeros(width, np.float32), np.ones(width, np.float32)
-    mean, std = standardization(parts[0], raw.feature_groups)
-    for part in parts:
-        part -= mean
-        part /= std
-    return parts, mean, std
-
-
-def prepare_targets(raw: RawData, train: np.ndarray, standardize: bool
-                    ) -> tuple[np.ndarray, float, float]:
-    """Class indices as they are; regression targets as (N, T) float32, standardised on train."""
-    if raw.task != "regression":
-        return raw.targets.astype(np.int64), 0.0, 1.0
-    targets = raw.targets.astype(np.float32).reshape(len(raw.targets), -1)
-    if not standardize:
-        return targets, 0.0, 1.0
-    mean, std = standardization(targets[train])
-    return (targets - mean) / std, float(mean[0]), float(std[0])
-
-
 def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
     """Load the configured source, split it, standardise with training statistics, place tensors."""
     device = torch.device(device)
@@ -220,9 +195,9 @@ def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Da
     raw = load_source(cfg["source"], params)
     splits = split_indices(raw.targets, raw.task != "regression", cfg["val_fraction"],
                            cfg["test_fraction"], cfg.get("split_seed", 0))
-    features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True))
-    targets, target_mean, target_std = prepare_targets(raw, splits[0],
-                                                       cfg.get("standardize_target", True))
+    features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True), cfg["source"])
+    targets, target_mean, target_std = prepare_targets(raw, list(splits), cfg.get("standardize_target", True),
+                                                       cfg["source"])
     nbytes = sum(part.nbytes for part in features) + targets.nbytes
     placement, free = choose_placement(nbytes, device)
 

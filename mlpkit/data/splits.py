@@ -1,12 +1,17 @@
-"""Stratified, seeded train/val/test indices, and standardisation fitted on the training split."""
+"""Stratified, seeded train/val/test indices, and standardisation fitted on the training split
+(a value it would carry beyond float32 is reported by file line and column)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mlpkit.errors import ConfigError
+from mlpkit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # dataset.py imports this module
+    from mlpkit.data.dataset import RawData
 
 
 def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,
@@ -39,7 +44,8 @@ def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test
 
 def standardization(values: np.ndarray, groups: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column (or shared by each group of columns); a constant gets std 1.
+    """Mean and std per column (or shared by each group of columns); a constant gets std 1, and a
+    column whose float32 variance overflows gets std inf (build_data names it).
 
     ``groups`` gives each column a group id: the columns of a group share one mean and std, as the
     pixels of an image channel do (a per-pixel std would blow up pixels that are almost always 0).
@@ -48,6 +54,12 @@ def standardization(values: np.ndarray, groups: np.ndarray | None = None
     # std would allocate one: 1.2 GB for CIFAR-10's training split).
     var, mean = (t.double().numpy() for t in torch.var_mean(torch.from_numpy(values), dim=0,
                                                                  correction=0))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow stays inf or NaN, reported by build_data
+        return _per_group(mean, var, groups)
+
+
+def _per_group(mean: np.ndarray, var: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Means and stds as float32, shared within each group of columns when ``groups`` is given."""
     if groups is not None:
         # Every column has as many rows, so a group's mean is the mean of its column means and
         # its variance the mean of the column variances plus the spread of the column means.
@@ -57,4 +69,74 @@ def standardization(values: np.ndarray, groups: np.ndarray | None = None
             var[columns] = (var[columns] + (mean[columns] - group_mean) ** 2).mean()
             mean[columns] = group_mean
     std = np.sqrt(var)
-    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+    # A constant column gets std 1; an overflowed one keeps its inf or NaN for the caller to report.
+    return mean.astype(np.float32), np.where(std == 0, 1.0, std).astype(np.float32)
+
+
+def prepare_features(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
+                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The rows of each split, standardised in place with the training split's statistics."""
+    parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
+    if not standardize:
+        width = raw.features.shape[1]
+        return parts, np.zeros(width, np.float32), np.ones(width, np.float32)
+    mean, std = standardization(parts[0], raw.feature_groups)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by column
+        for part in parts:
+            part -= mean
+            part /= std
+    check_standardized(raw, source, raw.features, raw.feature_names, splits, parts, mean, std)
+    return parts, mean, std
+
+
+def prepare_targets(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
+                    ) -> tuple[np.ndarray, float, float]:
+    """Class indices as they are; regression targets as (N, T) float32, standardised on train."""
+    if raw.task != "regression":
+        return raw.targets.astype(np.int64), 0.0, 1.0
+    targets = raw.targets.astype(np.float32).reshape(len(raw.targets), -1)
+    if not standardize:
+        return targets, 0.0, 1.0
+    mean, std = standardization(targets[splits[0]])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+        standardized = (targets - mean) / std
+    names = [str(raw.extra.get("target", "target"))] * targets.shape[1]
+    check_standardized(raw, source, targets, names, splits, [standardized[rows] for rows in splits],
+                       mean, std)
+    return standardized, float(mean[0]), float(std[0])
+
+
+def check_standardized(raw: RawData, source: str, values: np.ndarray, names: list[str],
+                       splits: list[np.ndarray], parts: list[np.ndarray], mean: np.ndarray,
+                       std: np.ndarray) -> None:
+    """A DataError naming the line and column of a value that float32 standardisation cannot hold:
+    one that makes the training split's variance overflow (1e25 among small numbers), or one the
+    training mean and std carry beyond float32 in another split."""
+    row, column, consequence = _overflowing_value(values, splits, parts, mean, std)
+    if row is None:
+        return
+    where = f"line {raw.lines[row]}, " if raw.lines is not None else f"row {row}, "
+    problem = (f"{where}column '{names[column]}': {float(values[row, column]):g} {consequence}; "
+               "rescale the column, e.g. to other units")
+    if "path" in raw.extra:
+        raise DataError("data.path", raw.extra["path"], problem)
+    raise DataError("data.source", source, problem)
+
+
+def _overflowing_value(values: np.ndarray, splits: list[np.ndarray], parts: list[np.ndarray],
+                       mean: np.ndarray, std: np.ndarray) -> tuple[int | None, int, str]:
+    """(row, column) in ``values`` of the value to blame for a non-finite statistic or result, and
+    what it did."""
+    overflowed = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+    if overflowed.size:  # the largest training value in the column drives its variance
+        column, train = int(overflowed[0]), splits[0]
+        return (int(train[np.abs(values[train, column]).argmax()]), column,
+                "makes the column's variance overflow float32 (its standard deviation is not finite)")
+    for rows, part in zip(splits, parts):
+        # min and max propagate NaN and inf without a temporary the size of the split
+        broken = np.flatnonzero(~np.isfinite(part.min(axis=0)) | ~np.isfinite(part.max(axis=0)))
+        if broken.size:
+            column = int(broken[0])
+            return (int(rows[np.flatnonzero(~np.isfinite(part[:, column]))[0]]), column,
+                    "standardised with the training split's mean and std is beyond float32")
+    return None, 0, ""

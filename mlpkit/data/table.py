@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 TASKS = ("auto", "binary", "multiclass", "regression")
 MISSING = {"", "na", "n/a", "nan", "null"}  # cells that mean "no value" (compared lower-case)
 MAX_AUTO_CLASSES = 20  # task=auto reads an integer target with at most this many values as classes
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: features and targets are float32 tensors
 
 Row = tuple[int, list[str]]  # (line number in the file, cells)
 
@@ -43,16 +44,21 @@ def load_csv(path: str | None = None, target: str | None = None,
     task, labels, class_names = parse_target(file, header[target_column], target_cells,
                                              [line for line, _ in rows], task)
     return RawData(values, labels, task, [header[c] for c in feature_columns], class_names,
-                   extra={"path": str(file), "target": header[target_column]})
+                   extra={"path": str(file), "target": header[target_column]},
+                   lines=np.asarray([line for line, _ in rows]))
 
 
 def csv_file(path: str | None) -> Path:
     if path is None or str(path).strip() == "":
         raise ConfigError("data.path", path, "the CSV file to train on, e.g. data.path=my.csv")
     file = launch_path(path)
-    if not file.is_file():
-        where = "is a directory" if file.is_dir() else "does not exist"
-        raise DataError("data.path", path, f"{file} {where}; relative paths are read from the "
+    if file.is_dir():
+        raise DataError("data.path", path, f"{file} is a directory: expected a CSV file")
+    if file.exists() and not file.is_file():
+        raise DataError("data.path", path, f"{file} is not a regular file (a device, pipe or socket): "
+                        "expected a CSV file")
+    if not file.exists():
+        raise DataError("data.path", path, f"{file} does not exist; relative paths are read from the "
                         f"directory you launched from")
     return file
 
@@ -132,16 +138,26 @@ def _cell_problem(cell: str, what: str) -> str:
         return f"missing value {cell!r}; fill it in or remove the row (nothing is dropped silently)"
     if cell.strip().lower().lstrip("+-") in ("inf", "infinity"):
         return f"{cell!r} is not a finite number"
+    if _beyond_float32(cell):
+        return f"{cell!r} is beyond float32's range (magnitude at most {FLOAT32_MAX:.4g}); rescale the column"
     return f"{cell!r} is not a number; {what}"
 
 
 def finite_number(cell: str) -> float | None:
-    """The cell as a finite float, or None."""
+    """The cell as a float that float32 holds finite (the tensors are float32), or None."""
     try:
         value = float(cell)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else None
+
+
+def _beyond_float32(cell: str) -> bool:
+    """A number (infinite or finite) that float32 cannot hold: 1e39, 1e308, inf."""
+    try:
+        return abs(float(cell)) > FLOAT32_MAX
+    except ValueError:
+        return False
 
 
 def parse_features(file: Path, header: list[str], rows: list[Row], columns: list[int]
@@ -164,7 +180,7 @@ def parse_target(file: Path, name: str, cells: list[str], lines: list[int], task
     """The task, the targets (class indices or values) and the class names, from the cells."""
     numbers = [finite_number(cell) for cell in cells]
     for line, cell, number in zip(lines, cells, numbers):
-        if cell.strip().lower() in MISSING or (number is None and _is_infinite(cell)):
+        if cell.strip().lower() in MISSING or (number is None and _beyond_float32(cell)):
             raise DataError("data.path", file, f"line {line}, column '{name}': "
                             f"{_cell_problem(cell, '')}")
     numeric = all(number is not None for number in numbers)
@@ -176,15 +192,11 @@ def parse_target(file: Path, name: str, cells: list[str], lines: list[int], task
             raise DataError("data.path", file, f"line {line}, column '{name}': {cell!r} is not a "
                             "number; data.task=regression needs a numeric target (data.task=auto "
                             "reads it as class labels)")
+        if len(set(numbers)) == 1:
+            raise DataError("data.target", name, f"column '{name}' of {file}: all {len(numbers)} values "
+                            f"are {_label(numbers[0])}: nothing to learn")
         return task, np.asarray(numbers, dtype=np.float32), []
     return _classes(file, name, cells, numbers if numeric else None, task)
-
-
-def _is_infinite(cell: str) -> bool:
-    try:
-        return math.isinf(float(cell))
-    except ValueError:
-        return False
 
 
 def _guess_task(name: str, numbers: list[float | None], numeric: bool) -> str:
