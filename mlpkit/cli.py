@@ -112,8 +112,9 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, layout
-    from mlpkit.model import build_model, count_parameters, model_summary
+    from mlpkit.model import build_model, check_fits_memory, count_parameters, model_summary
     from mlpkit.objective import build_objective
+    from mlpkit.runs import check_same_data
     from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
     from mlpkit.trainer import Trainer
     from mlpkit.verdicts import Thresholds
@@ -137,6 +138,8 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     limit_threads(cfg.trainer.num_threads)
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
     log.info(data.describe())
+    if resumed is not None:
+        check_same_data(run_dir, data.fingerprint(), "resume", cfg.resume, "a run whose data is unchanged")
     objective = build_objective(
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
@@ -146,6 +149,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         raise ConfigError("objective.metric", cfg.objective.metric,
                           f"one of {', '.join(objective.metric_names)} for a {data.task} task")
 
+    check_fits_memory(data.in_features, objective.out_features, list(cfg.model.hidden_sizes), device)
     seed_everything(cfg.trainer.seed)
     activation_params = {k: v for k, v in cfg.activation.items() if k != "name"}
     model = build_model(

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
-from mlpkit.runs import find_checkpoint, find_run, load_trained, logits_of, run_config
+from mlpkit.runs import check_same_data, find_checkpoint, find_run, load_trained, logits_of, run_config
 
 
 # --- evaluate -----------------------------------------------------------------------------------
@@ -56,7 +56,8 @@ def format_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu") -> dict[str, Any]:
+def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu", allow_changed_data: bool = False
+                 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test split (rebuilt from the run's config: the split is
     seeded, so it is the same); print the report, write evaluation.json and a figure in the run dir."""
     run_dir = find_run(run)
@@ -68,6 +69,8 @@ def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu") -> dic
 
     torch_device = resolve_device(str(device))
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True), torch_device)
+    check_same_data(run_dir, data.fingerprint(), "allow_changed_data", allow_changed_data,
+                    "true to evaluate on data other than the run trained on", allow_changed_data)
     trained = load_trained(run_dir, cfg, checkpoint_path, data.task, data.class_names, data.in_features,
                            data.target_mean, data.target_std, torch_device)
     objective, split = trained.objective, data.test
@@ -107,7 +110,7 @@ def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu") -> dic
 # --- the command lines ----------------------------------------------------------------------------
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> None:
-    exit_on_config_error(evaluate_run, given(cfg, "run"), cfg.checkpoint, cfg.device)
+    exit_on_config_error(evaluate_run, given(cfg, "run"), cfg.checkpoint, cfg.device, cfg.allow_changed_data)
 
 
 def evaluate_main() -> None:

@@ -91,6 +91,10 @@ def predict_csv(run: Any, input: Any, output: Any = None, checkpoint: str = "aut
     if input is None or str(input).strip() in ("", "???"):
         raise ConfigError("input", input, "a CSV file with the run's feature columns, e.g. input=new.csv")
     delimiter = "\t" if delimiter == "\\t" else str(delimiter)
+    if output is not None and str(output) != "-" and Path(str(output)).expanduser().resolve() == \
+            Path(str(input)).expanduser().resolve():
+        raise ConfigError("output", output, f"a file other than input={input}", "writing the predictions "
+                          "there would overwrite the rows they were made from")
     names = list(preprocessing["feature_names"])
     features = read_feature_rows(Path(str(input)).expanduser(), names, delimiter)
     features -= np.asarray(preprocessing["feature_mean"], dtype=np.float32)

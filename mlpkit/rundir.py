@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlpkit.errors import ConfigError
+from mlpkit.errors import ConfigError, show_value
 
 CHECKPOINT_DIR = "checkpoints"
 RESUMES = "resumes.json"  # what each resume of a run changed, in order
@@ -89,17 +89,18 @@ def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Se
                    ) -> tuple[DictConfig, dict[str, Any]]:
     """The config a resume continues with: the run's saved config, with only the RESUMABLE keys of
     the command line changed (and trainer.max_epochs only upward). Returns it and the changes."""
+    cfg = OmegaConf.create(dict(saved))
     changes: dict[str, Any] = {}
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key == "resume":
-            continue
+        given, kept = _plain(OmegaConf.select(composed, key)), _plain(OmegaConf.select(cfg, key))
+        if key == "resume" or given == kept:
+            continue  # the same command again with resume= added changes nothing
         if key not in RESUMABLE:
-            raise ConfigError(key, value, f"no change on a resume: resume={resume} continues the run with its "
-                              f"saved config; a resume may change only {', '.join(RESUMABLE)} "
-                              "(trainer.max_epochs upward)", "start a new run to try other settings")
-        changes[key] = OmegaConf.select(composed, key)
-    cfg = OmegaConf.create(dict(saved))
+            raise ConfigError(key, value, f"the run's own {key}={show_value(kept)} on a resume: resume={resume} "
+                              f"continues the run with its saved config, and only {', '.join(RESUMABLE)} may "
+                              "change (trainer.max_epochs upward)", "start a new run to try other settings")
+        changes[key] = given
     saved_epochs = cfg.trainer.max_epochs
     epochs = changes.get("trainer.max_epochs", saved_epochs)
     if not isinstance(epochs, int) or epochs < saved_epochs:
@@ -109,6 +110,10 @@ def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Se
         OmegaConf.update(cfg, key, value)
     cfg.resume = resume
     return cfg, changes
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def record_resume(run_dir: Path, checkpoint: Path, state: Mapping[str, Any], changes: dict[str, Any]) -> list:

@@ -110,3 +110,18 @@ def logits_of(model: Any, inputs: Any, chunk: int = 8192) -> Any:
 
     with torch.no_grad():
         return torch.cat([model.logits(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
+
+
+def check_same_data(run_dir: Path, fingerprint: str, key: str, value: Any, allowed: str, allow: bool = False) -> None:
+    """Refuse data that is not what the run trained on (its preprocessing.json fingerprint): a changed
+    file would silently give another test split. ``allow`` goes on, with a warning."""
+    saved = read_preprocessing(run_dir).get("fingerprint")
+    if saved is None or saved == fingerprint:
+        return
+    problem = (f"the data loaded now differs from the data {run_dir} trained on (fingerprint {fingerprint[:12]} "
+               f"against {saved[:12]}): a file behind it changed, or rows were added or reordered")
+    if not allow:
+        raise ConfigError(key, value, allowed, problem)
+    import logging
+
+    logging.getLogger("mlpkit").warning("warning: %s; going on (%s=true)", problem, key)

@@ -308,10 +308,11 @@ class Trainer:
             bar.close()
         self.epoch = self.max_epochs
         samples = self.rows_per_epoch() * (self.max_epochs - start_epoch)
+        final = {name: self.evaluate(split) for name, split in
+                 (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
+        self.refuse_nonfinite(final)
         return {
-            "train": self.evaluate(self.data.train),
-            "val": self.evaluate(self.data.val),
-            "test": self.evaluate(self.data.test),
+            **final,
             "best": self.best,
             "epochs": self.max_epochs,
             "steps": self.step,
@@ -321,6 +322,17 @@ class Trainer:
             "history": self.history,
             "gradient_health": self.gradient_health(),
         }
+
+    def refuse_nonfinite(self, final: dict[str, dict[str, float]]) -> None:
+        """A run whose final metrics are not finite failed, whatever it skipped on the way."""
+        bad = [f"{metric}/{split} {value}" for split, metrics in final.items() for metric, value in metrics.items()
+               if not math.isfinite(value)]
+        if not bad:
+            return
+        skipped = (f" after skipping {self.skipped_steps} of {self.step} steps (trainer.on_nonfinite=skip)"
+                   if self.skipped_steps else "")
+        raise TrainingStopped(f"training ended with non-finite metrics ({', '.join(bad[:4])}){skipped}; lower "
+                              "optimizer.lr or change model.init", exit_code=EXIT_NONFINITE)
 
     def record_epoch(self, train_loss: float, val: dict[str, float], bar: tqdm) -> None:
         entry = {"epoch": self.epoch + 1, "step": self.step, "loss/train_epoch": train_loss}
