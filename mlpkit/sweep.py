@@ -78,7 +78,10 @@ class SweepCallback(Callback):
 
 
 def continue_optuna_study(config: DictConfig) -> None:
-    """Make ``n_trials`` the study's total: a rerun on the same storage runs only the missing trials."""
+    """Make ``n_trials`` the study's total: a rerun on the same storage runs only the missing trials.
+
+    Why here: Hydra's Optuna sweeper reads n_trials and the sampler seed when it starts, and this
+    callback is the one place that runs before it with the config in hand."""
     sweeper = config.hydra.sweeper
     if "optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
         return

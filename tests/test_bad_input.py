@@ -63,6 +63,7 @@ def test_missing_key_error_survives_a_launcher():
     assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_exits_2(run_dir):
     result = run_cli(run_dir, "trainer.seed=-1")
     assert result.returncode == 2, result.stderr
@@ -119,6 +120,7 @@ def test_prediction_refuses_a_cell_beyond_float32(tmp_path):
         read_feature_rows(path, ["a", "b"])
 
 
+@pytest.mark.slow
 def test_value_whose_variance_overflows_float32_is_refused(tmp_path):
     # 1e25 fits float32, its square does not: the training split's std would be infinite
     path = write_table(tmp_path, {line: "1e25" for line in range(5, 42, 10)})

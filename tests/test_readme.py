@@ -39,6 +39,7 @@ def to_argv(command: str, cwd: Path) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 def test_readme_shows_the_set_up_and_test_commands():
     commands = [line.strip() for block in BLOCKS for line in block.splitlines()]
     assert any(c.startswith("make train") for c in commands)
@@ -48,6 +49,7 @@ def test_readme_shows_the_set_up_and_test_commands():
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if block_commands(b)],
                          ids=lambda b: block_commands(b)[0][:60])
+@pytest.mark.slow
 def test_readme_block_runs(tmp_path, block):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -59,6 +61,7 @@ def test_readme_block_runs(tmp_path, block):
             assert list(tmp_path.glob("**/metrics.json")), command
 
 
+@pytest.mark.slow
 def test_make_train_passes_overrides(tmp_path):
     run_dir = tmp_path / "run"
     args = f"ARGS=trainer.max_epochs=1 trainer.progress=false hydra.run.dir={run_dir}"

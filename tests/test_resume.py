@@ -40,6 +40,7 @@ def final_weights(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert run_cli(reference, *LONG_RUN).returncode == 0
@@ -66,6 +67,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert steps == [step for step, _ in read_scalars(reference)["loss/train"]]
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     process = start_cli(run_dir, *LONG_RUN)
@@ -85,6 +87,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert metrics["status"] == "completed" and metrics["epochs"] == 6 and len(metrics["history"]) == 6
 
 
+@pytest.mark.slow
 def test_resume_into_another_architecture_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(run_dir, "trainer.max_epochs=1", "trainer.progress=false").returncode == 0
@@ -95,6 +98,7 @@ def test_resume_into_another_architecture_is_one_line(tmp_path):
     assert "Traceback" not in other.stderr
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -110,6 +114,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_missing_resume_target_names_it(tmp_path):
     result = run_cli(tmp_path / "run", f"resume={tmp_path}/nowhere")
     assert result.returncode == 2
@@ -134,6 +139,7 @@ def _trainer(tmp_path, *overrides):
                    on_nonfinite=cfg.trainer.on_nonfinite), data
 
 
+@pytest.mark.slow
 def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from mlpkit.errors import TrainingStopped
 
@@ -150,6 +156,7 @@ def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
 
 
+@pytest.mark.slow
 def test_on_nonfinite_skip_skips_the_poisoned_steps_and_fails_a_run_that_ends_non_finite(tmp_path):
     from mlpkit.errors import TrainingStopped
 

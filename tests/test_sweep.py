@@ -70,6 +70,7 @@ def assert_completed_sweep(sweep_dir: Path, result: subprocess.CompletedProcess,
 
 
 # --- basic launcher: names, failed jobs, the report --------------------------------------------
+@pytest.mark.slow
 def test_multirun_names_jobs_by_overrides_reports_failures_and_runs_the_rest(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, "activation=relu,sigmoid", "model.hidden_sizes=[8,8,8],[8,0]",
@@ -106,6 +107,7 @@ def test_multirun_names_jobs_by_overrides_reports_failures_and_runs_the_rest(tmp
     assert "| rank | overrides |" in again.stdout
 
 
+@pytest.mark.slow
 def test_report_script_names_a_directory_that_is_not_a_sweep(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep_report.py"), str(tmp_path)],
                             check=False, capture_output=True, text=True, timeout=60)
@@ -149,6 +151,7 @@ def test_report_shows_the_runs_own_gradient_verdicts(tmp_path):
 
 
 # --- HParams -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_log_hparams_writes_into_the_runs_own_event_file(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -172,6 +175,7 @@ def test_log_hparams_writes_into_the_runs_own_event_file(tmp_path):
     assert accumulator.Scalars("final/val_loss")[-1].value == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_every_job_of_a_multirun_has_its_hparams_row(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -214,6 +218,7 @@ def assert_bad_jobs_failed_alone(sweep_dir: Path, result: subprocess.CompletedPr
         assert row["status"].startswith(expected), row
 
 
+@pytest.mark.slow
 @needs["joblib"]
 def test_joblib_runs_jobs_in_parallel_and_reports_a_failed_one(tmp_path):
     sweep_dir = tmp_path / "sweep"
@@ -224,6 +229,7 @@ def test_joblib_runs_jobs_in_parallel_and_reports_a_failed_one(tmp_path):
     assert_bad_jobs_failed_alone(sweep_dir, result, "model.hidden_sizes=[8,0]", 4)
 
 
+@pytest.mark.slow
 @needs["submitit"]
 def test_submitit_local_runs_the_slurm_path_on_this_machine(tmp_path):
     sweep_dir = tmp_path / "sweep"
@@ -234,6 +240,7 @@ def test_submitit_local_runs_the_slurm_path_on_this_machine(tmp_path):
 
 
 # --- Optuna ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @needs["optuna"]
 def test_optuna_study_is_interrupted_and_resumed_from_its_sqlite_storage(tmp_path):
     import optuna

@@ -108,6 +108,7 @@ def ray_worker_run_dirs(output: str) -> set[str]:
     return set(re.findall(r"\(_run_job pid=\d+\)\S*\s+run directory: (.+)", output))
 
 
+@pytest.mark.slow
 def test_ray_launcher_runs_the_jobs_on_a_local_cluster_and_reports_a_failed_one(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = ray_multirun(sweep_dir, "activation=relu,tanh", "model.hidden_sizes=[8],[8,0]")

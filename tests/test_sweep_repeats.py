@@ -64,6 +64,7 @@ def val_losses(jobs: list[Path], activation: str) -> list[float]:
 
 
 # --- real multiruns ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, "trainer.seed=0,1,2", *SMALL)
@@ -83,6 +84,7 @@ def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(tmp
     assert (sweep_dir / "sweep_report_val_curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_seeds_crossed_with_another_key_are_compared_with_welchs_t_test(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, "activation=relu,tanh", "trainer.seed=0,1", *SMALL)
@@ -102,6 +104,7 @@ def test_seeds_crossed_with_another_key_are_compared_with_welchs_t_test(tmp_path
     assert sentence[5] == ("a real difference" if expected < 0.05 else "not distinguishable from seed noise")
 
 
+@pytest.mark.slow
 @needs["optuna"]
 def test_optuna_trials_proposed_twice_still_get_their_own_directories(tmp_path):
     sweep_dir = tmp_path / "study"
@@ -160,6 +163,7 @@ def test_report_pools_each_configurations_seeds_and_says_which_differences_are_r
     assert "![val_loss per configuration, mean over seeds ± std](sweep_report_val_curves.png)" in text
 
 
+@pytest.mark.slow
 def test_without_repeats_the_report_makes_no_claim_about_noise(tmp_path):
     for number, (activation, loss) in enumerate([("relu", 0.2), ("tanh", 0.3)]):
         write_job(tmp_path, f"{number}_activation={activation}", [f"activation={activation}"],

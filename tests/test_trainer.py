@@ -1,6 +1,7 @@
 """The trainer's memory: one copy of the data, and nothing that grows with the steps taken."""
 import gc
 
+import pytest
 import torch
 
 from mlpkit.data import build_data
@@ -20,6 +21,7 @@ def live_tensor_bytes() -> tuple[int, int]:
     return len(tensors), sum(storages.values())
 
 
+@pytest.mark.slow
 def test_training_longer_holds_no_more_tensors_and_copies_no_data(tmp_path):
     data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
     train_x = data.train.x.data_ptr()

@@ -56,6 +56,7 @@ def test_verdict_at_the_default_settings(finished, name):
     if expected == ["exploding"]:  # stops cleanly: exit 3, the last good checkpoint kept, no traceback
         assert result.returncode == 3 and metrics["status"] == "failed"
         assert "Traceback" not in result.stderr and "try a lower optimizer.lr" in printed[0]
+        assert "loss/train became non-finite at step" in result.stderr
     else:
         assert result.returncode == 0, result.stderr[-2000:]
         summary = ", ".join(expected) if expected else "healthy"

@@ -38,7 +38,6 @@ SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standard
 # Share of the device's free memory the dataset may take; the rest is for the model, activations
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
-PLACEMENTS = ("device", "pinned-host")
 
 
 @dataclass
