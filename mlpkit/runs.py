@@ -7,6 +7,7 @@ been checked, so a mistyped path costs a fraction of a second.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,4 @@ def check_same_data(run_dir: Path, fingerprint: str, key: str, value: Any, allow
                f"against {saved[:12]}): a file behind it changed, or rows were added or reordered")
     if not allow:
         raise ConfigError(key, value, allowed, problem)
-    import logging
-
-    logging.getLogger("mlpkit").warning("warning: %s; going on (%s=true)", problem, key)
+    print(f"warning: {problem}; going on ({key}=true)", file=sys.stderr)  # the commands print, not log
