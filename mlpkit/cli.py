@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import sys
@@ -19,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
-from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, ConfigError, TrainingStopped
+from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped
 from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config
 from mlpkit.verdicts import summary as verdict_summary
 
@@ -197,7 +198,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     except TrainingStopped as stop:
         health = trainer.gradient_health()
         figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
-        write_metrics(run_dir, {"status": "failed" if stop.nonfinite else "stopped",
+        write_metrics(run_dir, {"status": "stopped" if stop.exit_code > EXIT_SIGNAL else "failed",
                                 "error": str(stop), "steps": trainer.step, "history": trainer.history,
                                 "gradient_health": health})
         raise
@@ -235,9 +236,14 @@ def purge_step(resumed: dict | None) -> int | None:
 
 
 def write_metrics(run_dir: Path, result: dict) -> None:
-    temporary = run_dir / "metrics.json.tmp"
-    temporary.write_text(json.dumps(result, indent=2))
-    temporary.replace(run_dir / "metrics.json")
+    """metrics.json, replaced atomically; a disk that refuses it loses the file, not the run's line."""
+    temporary = run_dir / f".metrics.json.{os.getpid()}.tmp"
+    try:
+        temporary.write_text(json.dumps(result, indent=2))
+        temporary.replace(run_dir / "metrics.json")
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        log.error("could not write %s: %s", run_dir / "metrics.json", error.strerror or error)
 
 
 def report(result: dict, run_dir: Path) -> None:

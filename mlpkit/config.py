@@ -12,7 +12,15 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from mlpkit.errors import ConfigError, TrainingStopped, is_int, is_number, require
+from mlpkit.errors import (
+    EXIT_ENVIRONMENT,
+    ConfigError,
+    TrainingStopped,
+    environment_fault,
+    is_int,
+    is_number,
+    require,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -206,6 +214,11 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
         # logged its one line and Hydra named its overrides, so a traceback would add nothing. The
         # exit code stays 1, Hydra's for a sweep with a failed job (whatever the job's own code).
         sys.exit(SWEEP_FAILED)
+    except OSError as error:  # before the run started: Hydra could not make or write its directory
+        if show_traceback:
+            raise
+        print(f"Error: {environment_fault(error, 'write the run directory')}", file=sys.stderr)
+        sys.exit(EXIT_ENVIRONMENT)
     except Exception as error:
         message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
         if message is None:

@@ -1,7 +1,8 @@
 """The errors a run can end with, their exit codes, and the value helpers their messages use.
 
 Imports nothing of mlpkit, so every module can raise these without pulling in the config schema.
-Exit codes: 2 a config or data value that cannot work, 3 a non-finite loss, 128+N a signal N.
+Exit codes: 2 a config or data value that cannot work, 3 a non-finite loss, 4 the machine refused
+(disk full, a directory that cannot be written), 128+N a signal N.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 EXIT_CONFIG = 2      # a value that cannot work: config key, data file, checkpoint
 EXIT_NONFINITE = 3   # the loss or a gradient became NaN or infinite
+EXIT_ENVIRONMENT = 4  # the machine refused: a disk full, a directory that cannot be written
 EXIT_SIGNAL = 128    # plus the signal number, as shells report a process a signal stopped
 
 
@@ -60,6 +62,12 @@ class TrainingStopped(Exception):
     @property
     def nonfinite(self) -> bool:
         return self.exit_code == EXIT_NONFINITE
+
+
+def environment_fault(error: OSError, doing: str) -> TrainingStopped:
+    """One line for an OSError met while ``doing`` something (writing a checkpoint, the run directory)."""
+    where = f" {error.filename}" if getattr(error, "filename", None) else ""
+    return TrainingStopped(f"could not {doing}:{where}: {error.strerror or error}", EXIT_ENVIRONMENT)
 
 
 def _restore_error(cls: type, args: tuple, state: dict) -> Exception:

@@ -115,6 +115,8 @@ def predict_csv(run: Any, input: Any, output: Any = None, checkpoint: str = "aut
         sys.stdout.write(text.getvalue())
         return None
     path = Path(str(output)).expanduser()
+    if path.is_dir():
+        raise ConfigError("output", output, "a file to write the predictions to", f"{path.resolve()} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.getvalue())
     print(f"wrote {len(rows)} predictions to {path} (run {run_dir}, {checkpoint_path.name}, epoch {trained.epoch})")

@@ -21,7 +21,7 @@ from mlpkit.checkpoint import (
 )
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import GradientMonitor, Measurement
-from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped
+from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped, environment_fault
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
 from mlpkit.verdicts import summary as verdict_summary
@@ -269,7 +269,10 @@ class Trainer:
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra)
         for name in names:
-            atomic_save(state, self.checkpoint_dir / name)
+            try:
+                atomic_save(state, self.checkpoint_dir / name)
+            except OSError as error:  # a full disk, a directory gone read-only: the last good file stays
+                raise environment_fault(error, f"write checkpoint {name} (the last good one is kept)") from None
 
     def resume_from(self, state: dict) -> None:
         """Weights, optimizer, RNG states, counters, history and a half-done epoch's place, from a

@@ -136,3 +136,55 @@ def test_predict_refuses_to_write_over_its_input(runs, tmp_path):
     with pytest.raises(ConfigError, match=r"output=.*rows.csv is not valid: expected a file other than input="):
         predict_csv(runs["iris"], table, table)
     assert table.read_bytes() == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_file(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from mlpkit import trainer as trainer_module
+    from mlpkit.checkpoint import load_checkpoint
+    from mlpkit.data import build_data
+    from mlpkit.errors import TrainingStopped
+    from mlpkit.model import build_model
+    from mlpkit.objective import build_objective
+    from mlpkit.trainer import Trainer
+
+    data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
+    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
+    model = build_model(data.in_features, objective.out_features, [16], "relu", {}, objective.head)
+    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=1, batch_size=64,
+                      seed=0, checkpoint_dir=tmp_path)
+    trainer.fit()
+    good = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(trainer_module, "atomic_save", disk_full)
+    trainer.max_epochs = 2
+    with pytest.raises(TrainingStopped, match=r"could not write checkpoint last.pt \(the last good one is kept\): "
+                                              r".*last.pt: No space left on device") as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 4
+    assert (tmp_path / "last.pt").read_bytes() == good and load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_cli(blocker / "run", "trainer.max_epochs=1", cwd=tmp_path)
+    assert result.returncode == 4
+    assert result.stderr.strip().splitlines() == [
+        f"Error: could not write the run directory: {blocker / 'run'}: Not a directory"]
+
+
+def test_predict_refuses_a_directory_as_output(runs, tmp_path):
+    from mlpkit.errors import ConfigError
+    from mlpkit.prediction import predict_csv
+
+    with pytest.raises(ConfigError, match=r"output=.* is not valid: expected a file to write the predictions to\. "
+                                          r".* is a directory"):
+        predict_csv(runs["iris"], IRIS, tmp_path)
