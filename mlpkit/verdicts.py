@@ -30,7 +30,7 @@ class Thresholds:
     vanishing_ratio: float = 1e-3  # first layer's ||g||/||W|| below this fraction of the last layer's
     patience: int = 5  # measured steps in a row a condition must hold (not for non-finite values)
     exploding_growth: float = 1e3  # total gradient norm above this multiple of its early value (non-finite always is)
-    dead_fraction: float = 0.25  # ReLU family: hidden layers' mean share of units at 0 on the last `patience` batches
+    dead_fraction: float = 0.23  # ReLU family: hidden layers' mean share of units at 0 on the last `patience` batches
     saturated_derivative: float = 0.18  # sigmoid/tanh: the hidden layers' mean f'/max f' below this
 
     def __post_init__(self):

@@ -99,6 +99,8 @@ def grid() -> list[Case]:
         Case("tanh 2x64 20 epochs", (), "tanh", (64, 64), epochs=20),
         Case("sigmoid 2x64 20 epochs", (), "sigmoid", (64, 64), epochs=20),
         Case("relu kaiming 8x64 20 epochs", (), "relu", DEEP, "kaiming_normal", epochs=20),
+        Case("relu 128-64 20 epochs (the default run)", (), "relu", epochs=20),
+        Case("relu 256-256 50 epochs (the benchmark's net)", (), "relu", (256, 256), epochs=50),
         Case("relu 12x16 kaiming 20 epochs", (), "relu", (16,) * 12, "kaiming_normal", epochs=20),
         Case("breast_cancer relu 128-64", (), "relu", data="breast_cancer"),
         Case("breast_cancer sigmoid 8x64", ("vanishing",), "sigmoid", DEEP, data="breast_cancer"),

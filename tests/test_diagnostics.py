@@ -204,3 +204,34 @@ def test_bad_threshold_names_the_key(key, value):
 
     with pytest.raises(ConfigError, match=f"diagnostics.{key}={value} is not valid"):
         Thresholds.from_mapping({key: value})
+
+
+@pytest.mark.parametrize("total_steps, interval", [(9, 1), (60, 1), (99, 1), (400, 8), (1000, 20), (10_000, 200)])
+def test_auto_interval_gives_at_least_50_points_or_every_step(total_steps, interval):
+    from mlpkit.trainer import log_interval
+
+    assert log_interval("auto", total_steps) == interval
+    assert len(range(0, total_steps, interval)) >= min(50, total_steps)
+    assert log_interval(7, total_steps) == 7
+
+
+@pytest.mark.slow
+def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
+    from mlpkit.tensorboard import TensorBoardLogger
+    from mlpkit.trainer import Trainer
+    from tests.conftest import read_scalars
+
+    data, objective = digits
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [32, 16], "tanh", {}, objective.head)
+    logger = TensorBoardLogger(tmp_path)
+    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=20, batch_size=64,
+                      seed=0, logger=logger, monitor=GradientMonitor(model))  # 400 steps, log_every_n_steps=auto
+    trainer.fit()
+    logger.close()
+    scalars = read_scalars(tmp_path)
+    for prefix in ("loss/train", "grad_norm/", "grad_ratio/", "update_ratio/", "derivative/"):
+        curves = [points for tag, points in scalars.items()
+                  if tag == prefix or (prefix.endswith("/") and tag.startswith(prefix))]
+        assert curves and all(len(points) >= 50 for points in curves), prefix
+    assert scalars["update_ratio/linear1"][0][0] == 0  # from the first logged step
