@@ -1,4 +1,6 @@
-"""Shared helpers: compose configs like the CLI does, and run the real CLI in a temporary directory."""
+"""Shared helpers: compose configs like the CLI does (and report its mistakes as the CLI would), and run
+the real CLI, a script or a fresh interpreter in a temporary directory. Tests that start a process or
+train for seconds are marked ``slow``: ``make test PYTEST_ARGS='-m "not slow"'`` leaves them out."""
 from __future__ import annotations
 
 import os
@@ -25,6 +27,21 @@ def compose_config(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
 
 
+def hydra_error(*overrides: str, config_name: str = "train", new_keys: bool = True) -> str:
+    """The one line the command line prints (after ``Config error: ``) for a Hydra composition error,
+    an unknown key or choice or an override that does not parse, composed in-process."""
+    from mlpkit.config import describe_hydra_error
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=list(overrides))
+    except Exception as error:  # described outside the context: describe_hydra_error composes again
+        line = describe_hydra_error(error, list(overrides), config_name, new_keys)
+        assert line is not None, f"not a config mistake: {error!r}"
+        return line
+    raise AssertionError(f"{' '.join(overrides)} composed without an error")
+
+
 def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dict | None = None,
             timeout: int = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python train.py` for real, its run directory pinned to ``run_dir``."""
@@ -39,9 +56,15 @@ def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dic
 
 
 def script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python scripts/<name>.py <overrides>`` (evaluate, predict) from ``cwd``."""
+    """Run ``python scripts/<name>.py <overrides>`` (evaluate, predict, plot_activations) from ``cwd``."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *overrides], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
+
+
+def python_c(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``python -c <code>`` in a fresh interpreter from the repository root: what a new process
+    imports (``sys.modules``) can only be seen there."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -8,12 +8,13 @@ import torch
 
 from mlpkit.acceleration import set_matmul_precision
 from mlpkit.checkpoint import load_checkpoint
+from mlpkit.cli import run
 from mlpkit.data import build_data
 from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
 from mlpkit.trainer import Trainer
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, compose_config, run_cli
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -29,6 +30,7 @@ def digits_trainer(tmp_path, device: str = "cpu", batch_size: int = 100, **setti
                    checkpoint_dir=tmp_path, **settings)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_runs_the_forward_pass_in_bfloat16_and_still_learns(tmp_path):
     trainer = digits_trainer(tmp_path, precision="bf16-mixed")
     dtypes = []
@@ -39,6 +41,7 @@ def test_bf16_mixed_runs_the_forward_pass_in_bfloat16_and_still_learns(tmp_path)
     assert trainer.model.linear1.weight.dtype == torch.float32  # the weights stay float32
 
 
+@pytest.mark.slow
 def test_compiled_step_drops_the_last_partial_batch_and_learns(tmp_path):
     torch._dynamo.reset()
     trainer = digits_trainer(tmp_path, compile_step=True)
@@ -56,32 +59,42 @@ def test_compile_refuses_a_batch_larger_than_the_training_split(tmp_path):
         digits_trainer(tmp_path, batch_size=5000, compile_step=True)
 
 
-def test_optimizer_fused_true_reaches_the_optimizer_and_its_checkpoint(run_dir):
-    result = run_cli(run_dir, *FAST, "optimizer.fused=true", "trainer.device=cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    groups = load_checkpoint(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+def test_optimizer_fused_true_reaches_the_optimizer_and_its_checkpoint(tmp_path):
+    run(compose_config(*FAST, "optimizer.fused=true", "trainer.device=cpu"), tmp_path)
+    groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert all(group["fused"] is True for group in groups)
 
 
 @pytest.mark.parametrize(("setting", "fused"), [("auto", True), ("false", False), ("null", None)])
-def test_optimizer_fused_auto_means_fused_on_cpu_and_can_be_turned_off(run_dir, setting, fused):
-    result = run_cli(run_dir, *FAST, "trainer.device=cpu", f"optimizer.fused={setting}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    groups = load_checkpoint(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+def test_optimizer_fused_auto_means_fused_on_cpu_and_can_be_turned_off(tmp_path, setting, fused):
+    run(compose_config(*FAST, "trainer.device=cpu", f"optimizer.fused={setting}"), tmp_path)
+    groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert all(group["fused"] is fused for group in groups)
 
 
-@pytest.mark.parametrize(("override", "message"), [
+BAD_SPEED_SETTINGS = [
     ("trainer.precision=fp16", "trainer.precision=fp16 is not valid: expected 32 or bf16-mixed"),
     ("trainer.compile=yes", "trainer.compile=yes is not valid: expected true or false"),
     ("optimizer.fused=maybe", "optimizer.fused=maybe is not valid: expected auto, true, false or null"),
     ("trainer.cuda_graphs=true", "trainer.cuda_graphs=True is not valid: expected false on this device. "
                                  "CUDA graphs need a CUDA device; this run trains on cpu"),
-])
-def test_bad_speed_settings_get_one_line_and_exit_2(run_dir, override, message):
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_SPEED_SETTINGS)
+def test_bad_speed_settings_are_refused_before_training(tmp_path, override, message):
+    with pytest.raises(ConfigError) as error:
+        run(compose_config(*FAST, "trainer.device=cpu", override), tmp_path)  # what the CLI runs
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_bad_speed_setting_stops_the_cli_with_exit_2(run_dir):
+    override, message = BAD_SPEED_SETTINGS[-1]  # refused by the device check, after validate
     result = run_cli(run_dir, *FAST, "trainer.device=cpu", override)
     assert result.returncode == 2
-    assert message in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
     assert not (run_dir / "metrics.json").exists()
 
 

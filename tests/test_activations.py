@@ -4,7 +4,7 @@ import torch
 from mlpkit.activations import ACTIVATIONS, build_activation
 from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
-from tests.conftest import compose_config
+from tests.conftest import CONFIG_DIR, compose_config
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
 
@@ -25,8 +25,6 @@ def test_every_activation_config_builds_and_trains_a_step(name):
 
 
 def test_registry_matches_config_files():
-    from tests.conftest import CONFIG_DIR
-
     files = sorted(p.stem for p in (CONFIG_DIR / "activation").glob("*.yaml"))
     assert files == ACTIVATION_NAMES
 

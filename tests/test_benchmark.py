@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 BENCHMARK = [sys.executable, str(ROOT / "scripts" / "benchmark.py")]
 
 
+@pytest.mark.slow
 def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run([*BENCHMARK, "--workloads", "digits", "--rounds", "1", "--epochs", "2", "--startup",
@@ -31,13 +32,25 @@ def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path)
     assert "start-up, median seconds" in result.stdout
 
 
-@pytest.mark.parametrize("flag", ["--rounds", "--epochs"])
-def test_zero_rounds_or_epochs_are_refused_in_one_line(flag):
-    result = subprocess.run([*BENCHMARK, flag, "0"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert f"{flag} 0: must be at least 1" in result.stderr
+BAD_ARGUMENTS = [
+    (["--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--workloads", "wide"], "--workloads wide runs on CUDA only (--device cuda); this run asked for cpu"),
+]
 
 
+@pytest.mark.parametrize("arguments, message", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_in_one_line_before_any_timing(monkeypatch, capsys, arguments, message):
+    benchmark = load_benchmark_module()
+    monkeypatch.setattr(benchmark, "benchmark", lambda *args, **kwargs: pytest.fail("timed a workload"))
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", *arguments])
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main()  # what the script runs, in-process
+    assert stop.value.code == 2
+    assert f"error: {message}\n" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_the_wide_workload_asks_for_cuda():
     result = subprocess.run([*BENCHMARK, "--workloads", "wide"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,4 +1,5 @@
-"""End-to-end: the real `python train.py`, its run directory, TensorBoard files and exit codes."""
+"""The real `python train.py` (its run directory, TensorBoard files and exit codes), and the same run
+function in-process: its numbers, its objective, and the combinations it refuses."""
 import json
 import math
 
@@ -6,11 +7,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from mlpkit.cli import run
+from mlpkit.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import CONFIG_DIR, FAST, compose_config, read_scalars, run_cli
 
 DATASETS = {"digits": "accuracy", "breast_cancer": "accuracy", "diabetes": "rmse"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_train_writes_tensorboard_metrics_and_summary(run_dir, dataset):
     result = run_cli(run_dir, f"data={dataset}", *FAST, "model.hidden_sizes=[16,8]")
@@ -29,6 +32,7 @@ def test_train_writes_tensorboard_metrics_and_summary(run_dir, dataset):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_grad_norms_are_logged_every_n_steps(run_dir):
     # digits: 1257 training samples, batch 100 -> 13 steps; logged at steps 0, 5, 10.
     result = run_cli(run_dir, *FAST, "trainer.batch_size=100", "trainer.log_every_n_steps=5")
@@ -38,18 +42,28 @@ def test_grad_norms_are_logged_every_n_steps(run_dir):
     assert [step for step, _ in scalars["loss/val"]] == [13]
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["head=sigmoid", "loss=ce"], "loss=ce is not valid: expected head=softmax with loss=ce"),
-        (["data=diabetes", "loss=ce"], "head/loss=softmax/ce is not valid"),
-        (["data=digits", "head=identity", "loss=mse"], "head=identity is not valid"),
-        (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64,0] is not valid: expected a list of positive"),
-        (["optimizer.lr=-1"], "optimizer.lr=-1 is not valid: expected a positive number"),
-        (["objective.metric=accuracy", "data=diabetes"], "objective.metric=accuracy is not valid"),
-    ],
-)
-def test_bad_combinations_stop_with_one_line_and_exit_code_2(run_dir, overrides, message):
+BAD_COMBINATIONS = [
+    (["head=sigmoid", "loss=ce"], "loss=ce is not valid: expected head=softmax with loss=ce"),
+    (["data=diabetes", "loss=ce"], "head/loss=softmax/ce is not valid"),
+    (["data=digits", "head=identity", "loss=mse"], "head=identity is not valid"),
+    (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64,0] is not valid: expected a list of positive"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is not valid: expected a finite positive number"),
+    (["objective.metric=accuracy", "data=diabetes"], "objective.metric=accuracy is not valid"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_COMBINATIONS, ids=[" ".join(c[0]) for c in BAD_COMBINATIONS])
+def test_bad_combinations_stop_with_one_line_before_training(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        run(compose_config(*overrides, *FAST), tmp_path)  # what the CLI runs, in-process
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert error.value.exit_code == EXIT_CONFIG
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_bad_combination_stops_the_cli_with_one_line_and_exit_code_2(run_dir):
+    overrides, message = BAD_COMBINATIONS[0]  # found once the data is loaded, not by validate
     result = run_cli(run_dir, *overrides, *FAST)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "Config error" in line]
@@ -58,6 +72,7 @@ def test_bad_combinations_stop_with_one_line_and_exit_code_2(run_dir, overrides,
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_same_command_gives_the_same_numbers_twice_on_cpu(tmp_path):
     cfg = compose_config("trainer.max_epochs=2", "trainer.progress=false", "model.dropout=0.1",
                          "trainer.device=cpu")
@@ -71,6 +86,7 @@ def test_same_command_gives_the_same_numbers_twice_on_cpu(tmp_path):
     assert read_scalars(first)["grad_norm/linear1"] == read_scalars(second)["grad_norm/linear1"]
 
 
+@pytest.mark.slow
 def test_training_learns_digits(tmp_path):
     cfg = compose_config("trainer.max_epochs=15", "trainer.progress=false")
     objective = run(cfg, tmp_path)
@@ -104,6 +120,7 @@ def test_every_optimizer_trains(tmp_path, optimizer):
     assert math.isfinite(run(cfg, tmp_path))
 
 
+@pytest.mark.slow
 def test_run_logs_graph_activation_figure_and_decision_boundary(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

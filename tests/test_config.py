@@ -1,24 +1,33 @@
-"""Config mistakes stop before any data is loaded: one line naming key, value and what is allowed."""
+"""Config mistakes stop before any data is loaded: one line naming key, value and what is allowed.
+
+The messages are checked in-process, where each is made: Hydra's composition errors (unknown key,
+unknown choice, bad override syntax) by describe_hydra_error, the values by validate. Two real runs
+of `python train.py`, one per family, show the command line turning each into one line and exit 2."""
 import pytest
 
-from tests.conftest import run_cli
+from mlpkit.config import validate
+from mlpkit.errors import EXIT_CONFIG, ConfigError
+from tests.conftest import compose_config, hydra_error, run_cli
 
-CASES = [
+COMPOSITION_CASES = [
     (["trainer.max_epoch=3"],
      "trainer.max_epoch=3 is not valid: 'max_epoch' is not a config key; expected a key of trainer: "
      "max_epochs, batch_size"),
     (["activation=swish"], "activation=swish is not valid: expected one of celu, elu, gelu"),
     (["data=imagenet"], "data=imagenet is not valid: expected one of"),
+    (["activation=leaky", "activation.slope=0.3"],
+     "activation.slope=0.3 is not valid: 'slope' is not a config key; expected a key of activation: "
+     "name, negative_slope"),
+    (["model.hidden_sizes=[64,"], "cannot parse the command-line override"),
+]
+
+VALUE_CASES = [
     (["trainer.max_epochs=ten"], "trainer.max_epochs=ten is not valid: expected an integer >= 0"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 is not valid: expected an integer >= 1"),
     (["data.val_fraction=0.5", "data.test_fraction=0.5"],
      "data.val_fraction + data.test_fraction=1.0 is not valid: expected a sum below 1"),
     (["model.dropout=1.5"], "model.dropout=1.5 is not valid: expected a number in [0, 1)"),
     (["model.init=he"], "model.init=he is not valid: expected one of default, xavier_uniform"),
-    (["activation=leaky", "activation.slope=0.3"],
-     "activation.slope=0.3 is not valid: 'slope' is not a config key; expected a key of activation: "
-     "name, negative_slope"),
-    (["model.hidden_sizes=[64,"], "cannot parse the command-line override"),
     (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite=ignore is not valid: expected stop or skip"),
     (["trainer.device=tpu"], "trainer.device=tpu is not valid"),
     (["diagnostics.figure_every_n_steps=-1"],
@@ -26,7 +35,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("overrides, message", CASES, ids=[c[0][-1] for c in CASES])
+@pytest.mark.parametrize("overrides, message", COMPOSITION_CASES, ids=[c[0][-1] for c in COMPOSITION_CASES])
+def test_composition_mistake_is_one_line_naming_key_value_and_choices(overrides, message):
+    line = hydra_error(*overrides)
+    assert message in line and "\n" not in line, line
+
+
+@pytest.mark.parametrize("overrides, message", VALUE_CASES, ids=[c[0][-1] for c in VALUE_CASES])
+def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert error.value.exit_code == EXIT_CONFIG
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], VALUE_CASES[1]],
+                         ids=["composition", "value"])
 def test_config_mistake_is_one_line_with_exit_code_2(run_dir, overrides, message):
     result = run_cli(run_dir, *overrides)
     assert result.returncode == 2, result.stderr
@@ -38,6 +63,7 @@ def test_config_mistake_is_one_line_with_exit_code_2(run_dir, overrides, message
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(run_dir):
     result = run_cli(run_dir, "trainer.max_epoch=3", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0

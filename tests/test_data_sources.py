@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +12,9 @@ from mlpkit.data import SOURCES, Data, Split, build_data, save_label_mapping
 from mlpkit.data import dataset as dataset_module
 from mlpkit.data.dataset import SPLIT_KEYS, choose_placement
 from mlpkit.errors import ConfigError
+from tests.conftest import CONFIG_DIR, python_c
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "configs" / "data"
+DATA_CONFIG_DIR = CONFIG_DIR / "data"
 SPLITS = {"val_fraction": 0.15, "test_fraction": 0.15, "split_seed": 0}
 
 
@@ -183,6 +180,7 @@ def test_pinned_host_placement_on_cuda(monkeypatch):
 
 
 # --- what every run pays -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_torchvision_is_imported_only_for_image_sets(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
     code = (
@@ -192,8 +190,7 @@ def test_torchvision_is_imported_only_for_image_sets(tmp_path):
         f"build_data(dict(source='csv', path={str(tmp_path / 't.csv')!r}, target='b', **splits))\n"
         "print('torchvision' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
-                            text=True, cwd=REPO, timeout=60)
+    result = python_c(code, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
 
 
@@ -202,11 +199,11 @@ def compose_data(name: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(DATA_CONFIG_DIR), version_base="1.3"):
         return OmegaConf.to_container(compose(config_name=name), resolve=True)
 
 
-@pytest.mark.parametrize("config", sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(path.stem for path in DATA_CONFIG_DIR.glob("*.yaml")))
 def test_every_data_config_matches_its_source(config):
     cfg = compose_data(config)
     assert cfg["source"] in SOURCES and cfg["source"] == config  # data=<name> loads source <name>
@@ -214,7 +211,7 @@ def test_every_data_config_matches_its_source(config):
     function = getattr(importlib.import_module(module_name), function_name)
     source_keys = {key for key in cfg if key not in SPLIT_KEYS}
     assert source_keys == set(inspect.signature(function).parameters)  # every key is documented
-    for line in (CONFIG_DIR / f"{config}.yaml").read_text().splitlines():
+    for line in (DATA_CONFIG_DIR / f"{config}.yaml").read_text().splitlines():
         assert line.startswith("#") or "#" in line, f"{config}.yaml: key without a comment: {line}"
     if config in ("moons", "circles", "spirals", "xor", "blobs", "sine", "digits"):
         assert len(build_data(cfg).train) > 0

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +9,7 @@ import pytest
 
 from mlpkit.data import DataError, build_data, save_label_mapping
 from mlpkit.errors import ConfigError
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_cli
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -179,24 +176,21 @@ def test_path_and_target_are_required(tmp_path):
         load(iris_like(tmp_path / "iris.csv"), target=None)
 
 
-def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "data=csv", *overrides, "trainer.max_epochs=1",
-         "trainer.progress=false", "trainer.device=cpu"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
-    )
+CSV_RUN = ("data=csv", "trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu")
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_csv_with_one_override_each(tmp_path):
     iris_like(tmp_path / "iris.csv")
-    result = run_cli(tmp_path, "data.path=iris.csv", "data.target=species")
+    result = run_cli(tmp_path / "run", *CSV_RUN, "data.path=iris.csv", "data.target=species", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "data=csv: multiclass, train 20, val 5, test 5, 2 features, 3 classes" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_stops_with_one_line_on_a_bad_file(tmp_path):
     write_csv(tmp_path / "bad.csv", "x,species", ["1,a", "2,b", ",a"])
-    result = run_cli(tmp_path, "data.path=bad.csv", "data.target=species")
+    result = run_cli(tmp_path / "run", *CSV_RUN, "data.path=bad.csv", "data.target=species", cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "line 4, column 'x': empty cell" in lines[0], result.stderr

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,8 @@ import torch
 
 from mlpkit.data import DataError, build_data
 from mlpkit.errors import ConfigError
+from tests.conftest import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 SPLITS = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
 
 
@@ -180,12 +178,10 @@ def test_cifar10_files_that_fail_the_integrity_check_are_reported(tmp_path):
         build_data({"source": "cifar10", "root": str(tmp_path), "download": False, **SPLITS})
 
 
+@pytest.mark.slow
 def test_cli_stops_with_one_line_when_files_are_missing(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "data=mnist", f"data.root={tmp_path}",
-         "trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
-    )
+    result = run_cli(tmp_path / "run", "data=mnist", f"data.root={tmp_path}", "trainer.max_epochs=1",
+                     "trainer.progress=false", "trainer.device=cpu")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

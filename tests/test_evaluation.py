@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from tests.conftest import script
+from mlpkit.errors import ConfigError
+from mlpkit.evaluation import evaluate_run
+from tests.conftest import compose_config, hydra_error, script
 
 
 # --- evaluate -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_classification_prints_and_saves_the_test_metrics_and_confusion_matrix(runs, tmp_path):
     run_dir = runs["cancer"]
     result = script("evaluate", f"run={run_dir}", cwd=tmp_path)
@@ -41,16 +45,17 @@ def test_evaluate_classification_prints_and_saves_the_test_metrics_and_confusion
     assert not (tmp_path / "outputs").exists() and not (tmp_path / ".hydra").exists()  # writes only the run dir
 
 
-def test_evaluate_regression_reports_metrics_in_original_units_and_a_figure(runs, tmp_path):
+@pytest.mark.slow
+def test_evaluate_regression_reports_metrics_in_original_units_and_a_figure(runs, capsys):
     run_dir = runs["iris"]
-    result = script("evaluate", f"run={run_dir}", "checkpoint=last", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    evaluate_run(run_dir, "last")  # what the script runs, in-process
+    printed = capsys.readouterr().out
     report = json.loads((run_dir / "evaluation.json").read_text())
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert report["checkpoint"].endswith("last.pt") and report["task"] == "regression"
     for name in ("rmse", "mae", "r2"):
         assert report["metrics"][name] == pytest.approx(trained["test"][name], rel=1e-4, abs=1e-6)
-    assert "confusion" not in result.stdout and "rmse" in result.stdout
+    assert "confusion" not in printed and "rmse" in printed
     assert (run_dir / "predicted_vs_true.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -68,29 +73,46 @@ def test_checkpoint_is_best_then_last(tmp_path):
     assert find_checkpoint(tmp_path, "last").name == "last.pt"
 
 
-def test_evaluate_errors_are_one_line_with_exit_code_2(runs, tmp_path):
-    missing = script("evaluate", f"run={tmp_path / 'nope'}", cwd=tmp_path)
-    assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines() == [
-        f"Config error: run={tmp_path / 'nope'} is not valid: expected a run directory written by python "
-        f"train.py, e.g. run=outputs/2024-05-01/12-00-00. {tmp_path / 'nope'} does not exist"]
+RUN_HINT = "expected a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
+TYPO = ("chekpoint=last is not valid: 'chekpoint' is not a config key; expected one of run, checkpoint, device, "
+        "allow_changed_data")
+
+
+def test_evaluate_errors_name_the_run_and_what_is_allowed(tmp_path):
+    nope = tmp_path / "nope"
+    with pytest.raises(ConfigError) as missing:
+        evaluate_run(nope)
+    assert str(missing.value) == f"run={nope} is not valid: {RUN_HINT}. {nope} does not exist"
 
     unfinished = tmp_path / "unfinished"  # a run stopped before its first checkpoint
     (unfinished / ".hydra").mkdir(parents=True)
-    (unfinished / ".hydra" / "config.yaml").write_text((runs["cancer"] / ".hydra" / "config.yaml").read_text())
-    no_checkpoint = script("evaluate", f"run={unfinished}", cwd=tmp_path)
-    assert no_checkpoint.returncode == 2 and "Traceback" not in no_checkpoint.stderr
-    assert len(no_checkpoint.stderr.strip().splitlines()) == 1
-    assert "checkpoints/best.pt or checkpoints/last.pt" in no_checkpoint.stderr
+    OmegaConf.save(compose_config("data=breast_cancer"), unfinished / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="checkpoints/best.pt or checkpoints/last.pt") as no_checkpoint:
+        evaluate_run(unfinished)
+    assert "\n" not in str(no_checkpoint.value)
+
+    with pytest.raises(ConfigError) as not_given:
+        evaluate_run("???")  # what the script passes for a run= it was not given
+    assert str(not_given.value).startswith("run=??? is not valid")
+    assert hydra_error("run=x", "chekpoint=last", config_name="evaluate", new_keys=False) == TYPO
+
+
+@pytest.mark.slow
+def test_evaluate_errors_are_one_line_with_exit_code_2(tmp_path):
+    nope = tmp_path / "nope"
+    missing = script("evaluate", f"run={nope}", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"Config error: run={nope} is not valid: {RUN_HINT}. {nope} does not exist"]
 
     not_given = script("evaluate", cwd=tmp_path)
     assert not_given.returncode == 2 and not_given.stderr.startswith("Config error: run=??? is not valid")
-    typo = script("evaluate", f"run={runs['cancer']}", "chekpoint=last", cwd=tmp_path)
+    typo = script("evaluate", f"run={tmp_path}", "chekpoint=last", cwd=tmp_path)
     assert typo.returncode == 2
-    assert typo.stderr.strip() == ("Config error: chekpoint=last is not valid: 'chekpoint' is not a config "
-                                   "key; expected one of run, checkpoint, device")
+    assert typo.stderr.strip() == f"Config error: {TYPO}"
 
 
+@pytest.mark.slow
 def test_installed_console_scripts_are_the_same_commands(runs, tmp_path):
     bin_dir = Path(sys.executable).parent
     evaluate = subprocess.run([str(bin_dir / "mlpkit-evaluate"), f"run={runs['cancer']}", "checkpoint=last"],

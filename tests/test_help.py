@@ -1,18 +1,16 @@
 """Discovery: the project's own --help page and a comment on every key a user may touch."""
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import CONFIG_DIR, ROOT
+from tests.conftest import CONFIG_DIR, run_cli
 
 SELF_EVIDENT = {"_target_", "name", "source", "defaults"}
 
 
-def test_help_lists_every_group_with_its_choices_and_examples():
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True,
-                            text=True, timeout=120)
+@pytest.mark.slow
+def test_help_lists_every_group_with_its_choices_and_examples(run_dir):
+    result = run_cli(run_dir, args=("--help",))
     assert result.returncode == 0
     text = result.stdout
     assert text.startswith("mlpkit: train multilayer perceptrons")
@@ -23,9 +21,9 @@ def test_help_lists_every_group_with_its_choices_and_examples():
     assert len(examples) >= 5
 
 
-def test_cfg_job_prints_the_composed_config():
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job", "activation=tanh"],
-                            capture_output=True, text=True, timeout=120)
+@pytest.mark.slow
+def test_cfg_job_prints_the_composed_config(run_dir):
+    result = run_cli(run_dir, "activation=tanh", args=("--cfg", "job"))
     assert result.returncode == 0
     assert "activation:\n  name: tanh" in result.stdout
 

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
+
+import pytest
 
 from mlpkit.activations import ACTIVATIONS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script
 
 SCRIPT = ROOT / "scripts" / "plot_activations.py"
 
 
+@pytest.mark.slow
 def test_writes_png_and_svg_for_the_grid_and_each_activation(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "figures"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = script("plot_activations", "figures", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {2 * (len(ACTIVATIONS) + 1)} files to figures")
     stems = ["activations", *(f"activation_{name}" for name in ACTIVATIONS)]

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlpkit.errors import ConfigError
+from mlpkit.evaluation import evaluate_run
+from mlpkit.prediction import predict_csv
 from tests.conftest import script
 
 
@@ -35,6 +38,7 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+@pytest.mark.slow
 def test_predict_a_bundled_run_gives_labels_and_one_probability_per_class(runs, tmp_path):
     run_dir = runs["cancer"]
     split = write_test_rows_as_csv(run_dir, tmp_path / "new.csv")
@@ -50,7 +54,7 @@ def test_predict_a_bundled_run_gives_labels_and_one_probability_per_class(runs, 
     assert labels == [split["class_names"][i] for i in probabilities.argmax(axis=1)]
     # The saved standardisation and label mapping give what evaluate got from the rebuilt data.
     if not (run_dir / "evaluation.json").exists():
-        assert script("evaluate", f"run={run_dir}", cwd=tmp_path).returncode == 0
+        evaluate_run(run_dir)
     report = json.loads((run_dir / "evaluation.json").read_text())
     predicted_counts = np.array(report["confusion_matrix"]).sum(axis=0).tolist()
     assert [labels.count(name) for name in report["class_names"]] == predicted_counts
@@ -58,12 +62,13 @@ def test_predict_a_bundled_run_gives_labels_and_one_probability_per_class(runs, 
     assert correct / len(labels) == pytest.approx(report["metrics"]["accuracy"], abs=1e-6)
 
 
-def test_predict_a_csv_regression_run_gives_values_in_the_target_units(runs, tmp_path):
+@pytest.mark.slow
+def test_predict_a_csv_regression_run_gives_values_in_the_target_units(runs, tmp_path, monkeypatch, capsys):
     run_dir = runs["iris"]
     split = write_test_rows_as_csv(run_dir, tmp_path / "new.csv")
-    result = script("predict", f"run={run_dir}", "input=new.csv", cwd=tmp_path)  # no output: stdout
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    monkeypatch.chdir(tmp_path)
+    assert predict_csv(run_dir, "new.csv") is None  # no output: stdout (what the script runs, in-process)
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "prediction" and len(lines) == 1 + len(split["target"])
     predicted = np.array([float(value) for value in lines[1:]])
     rmse = float(np.sqrt(np.mean((predicted - split["target"]) ** 2)))
@@ -71,21 +76,40 @@ def test_predict_a_csv_regression_run_gives_values_in_the_target_units(runs, tmp
     assert rmse == pytest.approx(trained["test"]["rmse"], rel=1e-4)
 
 
-@pytest.mark.parametrize("problem", ["missing column", "not a number"])
-def test_predict_bad_input_is_one_line_naming_file_line_and_column(runs, tmp_path, problem):
-    run_dir = runs["cancer"]
-    write_test_rows_as_csv(run_dir, tmp_path / "new.csv")
-    header, rows = read_csv(tmp_path / "new.csv")
+BAD_INPUT = {
+    "missing column": "input=new.csv: line 1: no column mean texture; the run was trained on 30 feature columns",
+    "not a number": "input=new.csv: line 3, column 'mean area': 'n/a' is not a finite number",
+}
+
+
+def write_bad_input(run_dir: Path, path: Path, problem: str) -> None:
+    """The run's test rows with one problem: a feature column renamed, or a cell that is not a number."""
+    write_test_rows_as_csv(run_dir, path)
+    header, rows = read_csv(path)
     if problem == "missing column":
         header[header.index("mean texture")] = "texture"
-        expected = "input=new.csv: line 1: no column mean texture; the run was trained on 30 feature columns"
     else:
         rows[1][header.index("mean area")] = "n/a"
-        expected = "input=new.csv: line 3, column 'mean area': 'n/a' is not a finite number"
-    with open(tmp_path / "new.csv", "w", newline="") as handle:
+    with open(path, "w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
-    result = script("predict", f"run={run_dir}", "input=new.csv", "output=pred.csv", cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", sorted(BAD_INPUT))
+def test_predict_bad_input_is_one_line_naming_file_line_and_column(runs, tmp_path, monkeypatch, problem):
+    write_bad_input(runs["cancer"], tmp_path / "new.csv", problem)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        predict_csv(runs["cancer"], "new.csv", "pred.csv")
+    assert str(error.value).startswith(BAD_INPUT[problem]) and "\n" not in str(error.value)
+    assert not (tmp_path / "pred.csv").exists()
+
+
+@pytest.mark.slow
+def test_predict_bad_input_stops_the_script_with_one_line_and_exit_code_2(runs, tmp_path):
+    write_bad_input(runs["cancer"], tmp_path / "new.csv", "missing column")
+    result = script("predict", f"run={runs['cancer']}", "input=new.csv", "output=pred.csv", cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"Config error: {expected}")
+    assert result.stderr.startswith(f"Config error: {BAD_INPUT['missing column']}")
     assert not (tmp_path / "pred.csv").exists()
