@@ -112,3 +112,10 @@ def runs(trained_runs, tmp_path_factory) -> dict[str, Path]:
     figures into a run directory, so one module's tests never see what another's wrote."""
     base = tmp_path_factory.mktemp("runs")
     return {name: Path(shutil.copytree(source, base / name)) for name, source in trained_runs.items()}
+
+
+def pytest_collection_modifyitems(items):
+    """A test on the trained `runs` trains them through the real CLI first: it is slow, marked or not."""
+    for item in items:
+        if "runs" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
