@@ -269,3 +269,22 @@ def test_import_mlpkit_loads_no_torch_and_the_sweep_module_stays_hydras():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert "'ConfigError', 'Run', 'SweepResult', 'load_run', 'sweep', 'train'" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    from omegaconf import OmegaConf
+
+    notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    # the two gradient-flow figures and a pandas plot drawn after the runs (inline plots still work)
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 3
+    assert len(list((tmp_path / "outputs").glob("*/*/gradient_flow.png"))) == 2
+    assert not list((ROOT / "examples").glob("outputs"))
+    assert OmegaConf.load(next((tmp_path / "outputs").glob("*/*/.hydra/config.yaml"))).trainer.max_epochs == 3
