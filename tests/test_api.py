@@ -272,6 +272,16 @@ def test_import_mlpkit_loads_no_torch_and_the_sweep_module_stays_hydras():
 
 
 @pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API"):text.index("## Using a trained run")]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert len(list((tmp_path / "outputs").glob("*/*/metrics.json"))) == 1
+
+
+@pytest.mark.slow
 def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
