@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PYTHON) -m pip install --quiet -e '.[dev,sweep,slurm,ray,bench]'
+	$(VENV_PYTHON) -m pip install --quiet -e '.[dev,sweep,slurm,ray,bench,notebook]'
 	touch $(STAMP)
 
 # Extra overrides: make train ARGS="activation=tanh trainer.max_epochs=5"

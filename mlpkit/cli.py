@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -49,7 +50,12 @@ def train(cfg: DictConfig) -> float:
 @contextmanager
 def stop_on_signals(trainer):
     """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before time runs out) ask the trainer to save
-    a checkpoint and stop after the current step; a second Ctrl-C interrupts at once."""
+    a checkpoint and stop after the current step; a second Ctrl-C interrupts at once. Off the main
+    thread (mlpkit.train from a worker thread) Python allows no handlers: the signals keep their own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def request_stop(signum, frame):
         trainer.stop_signal = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -87,9 +93,16 @@ def seed_everything(seed: int) -> None:
 
 
 def show_progress(setting: str | bool) -> bool:
-    if str(setting) == "auto":
-        return sys.stdout.isatty() and sys.stderr.isatty()
+    if str(setting) == "auto":  # a terminal, or a Jupyter notebook: its output is no tty, but tqdm.auto draws there
+        return (sys.stdout.isatty() and sys.stderr.isatty()) or in_notebook()
     return bool(setting)
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (the test tqdm.auto makes, without importing IPython)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:

@@ -1,0 +1,261 @@
+"""The Python API: the runs `python train.py` makes, from Python or a notebook.
+
+``train(overrides)`` composes configs/train.yaml with the overrides a user would type, then does what
+Hydra does for the command line (the run directory by the same rule, ``.hydra/``, ``train.log``) and
+trains through the command line's own function, ``mlpkit.cli.run``: a run is the same either way.
+``load_run(path)`` reads any finished run; ``sweep(grid)`` runs a small grid in this process into one
+sweep directory with the sweep report. Hydra's multirun (``python train.py -m``) stays the way to
+use launchers.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from mlpkit.api_run import Run
+from mlpkit.errors import ConfigError, TrainingStopped, show_value
+from mlpkit.runs import find_run
+
+__all__ = ["Run", "SweepResult", "load_run", "sweep", "train"]
+
+_compose_lock = threading.Lock()  # Hydra's compose API holds one global state per process
+
+
+def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = None) -> Run:
+    """Train one run, as ``python train.py <overrides>`` would, and return it.
+
+    ``overrides``: the strings typed on the command line, e.g. ``["activation=tanh",
+    "model.hidden_sizes=[64,64]", "trainer.max_epochs=3"]``; ``resume=<run dir>`` continues a run in
+    its own directory. ``run_dir``: where the run goes (the command line's ``hydra.run.dir``); by
+    default a new ``outputs/<date>/<time>`` under the current directory. A config mistake raises
+    ConfigError with the command line's one-line message; a run stopped by a signal or a non-finite
+    loss raises TrainingStopped.
+    """
+    from hydra.types import RunMode
+
+    cfg = compose(_override_list(overrides))
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+    if run_dir is None:  # the command line's rule: a resume goes on in its run's directory, else a new one
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    run_dir = Path(run_dir).expanduser().resolve()
+    _run_job(cfg, run_dir)
+    return Run(run_dir)
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run directory, written by ``python train.py`` or ``mlpkit.train``."""
+    run_dir = find_run(path)
+    if not (run_dir / "metrics.json").is_file():
+        raise ConfigError("run", path, "a finished run directory (it holds metrics.json)",
+                          f"{run_dir.resolve()} has no metrics.json: the run has not ended, or was killed "
+                          "(resume it with mlpkit.train(['resume=...']))")
+    return Run(run_dir.resolve())
+
+
+# --- a sweep in this process ----------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """A sweep's directory, its completed runs (in job order), its failed jobs and its report."""
+
+    dir: Path
+    runs: list[Run]
+    failed: dict[str, str] = field(default_factory=dict)  # job directory -> the error it ended with
+    report: str = ""  # sweep_report.md
+
+    @property
+    def table(self) -> Any:
+        """sweep_report.csv as a pandas DataFrame: a row per job, best first."""
+        from mlpkit.api_run import require_pandas
+
+        return require_pandas("SweepResult.table").read_csv(self.dir / "sweep_report.csv")
+
+    def _repr_html_(self) -> str:
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return (f"<p><b>sweep</b> <code>{self.dir}</code>: {len(self.runs)} runs completed{failed}; "
+                f"report in sweep_report.md</p>" + self.table.to_html(index=False))
+
+
+def sweep(grid_or_overrides: Mapping[str, Sequence[Any]] | Sequence[Sequence[str]],
+          overrides: Sequence[str] = (), sweep_dir: str | Path | None = None) -> SweepResult:
+    """Run a small grid one job after another, into one sweep directory (a subdirectory per job,
+    named as ``python train.py -m`` names them), and write the sweep report there.
+
+    ``grid_or_overrides``: ``{"activation": ["relu", "tanh"], "trainer.seed": [0, 1]}`` (every
+    combination, each listed value one job) or a list of override lists, one per job. ``overrides``
+    go to every job. ``sweep_dir``: by default a new ``multirun/<date>/<time>``. Every job's config
+    is composed before the first one trains, so a mistyped key fails at once; a job that fails later
+    (a bad value, a non-finite loss) is a failed row of the report and the sweep goes on.
+    """
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from mlpkit.rundir import unique_dir
+    from mlpkit.sweep import SweepCallback, write_report
+
+    jobs = _grid_jobs(grid_or_overrides)
+    configs = [compose([*_override_list(overrides), *job]) for job in jobs]
+    if sweep_dir is None:
+        sweep_dir = unique_dir(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
+    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    runs, failed, callback = [], {}, SweepCallback()
+    try:
+        for number, cfg in enumerate(configs):
+            with read_write(cfg.hydra), open_dict(cfg.hydra):
+                cfg.hydra.mode, cfg.hydra.job.num, cfg.hydra.sweep.dir = RunMode.MULTIRUN, number, str(sweep_dir)
+            job_dir = sweep_dir / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            try:
+                job_return = JobReturn(status=JobStatus.COMPLETED, _return_value=_run_job(cfg, job_dir))
+                runs.append(Run(job_dir))
+            except (ConfigError, TrainingStopped) as error:
+                if isinstance(error, TrainingStopped) and not error.nonfinite:
+                    raise  # a signal stops the whole sweep, as on the command line
+                job_return = JobReturn(status=JobStatus.FAILED, _return_value=error)
+                failed[str(job_dir)] = f"{type(error).__name__}: {error}"
+            callback.on_job_end(cfg, job_return)  # job_status.json, as the command line's sweeps write it
+    finally:
+        report = write_report(sweep_dir)
+    return SweepResult(sweep_dir, runs, failed, report)
+
+
+def _grid_jobs(grid: Mapping[str, Sequence[Any]] | Sequence[Sequence[str]]) -> list[list[str]]:
+    if isinstance(grid, Mapping):  # every combination, the last key changing fastest (as Hydra's sweeper)
+        values = [value if isinstance(value, (list, tuple)) else [value] for value in grid.values()]
+        return [[f"{key}={_typed(value)}" for key, value in zip(grid, combination)]
+                for combination in itertools.product(*values)]
+    jobs = [_override_list(job) for job in grid]
+    if not jobs:
+        raise ConfigError("grid_or_overrides", grid, "a grid such as {'activation': ['relu', 'tanh']} or a "
+                          "non-empty list of override lists")
+    return jobs
+
+
+def _typed(value: Any) -> str:
+    """A Python value as an override's value: [64,32], true, null."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else show_value(value)
+
+
+# --- what Hydra does around a command-line run ----------------------------------------------------
+def compose(overrides: Sequence[str]) -> DictConfig:
+    """configs/train.yaml with ``overrides``, its ``hydra`` node included; a mistake in the overrides
+    is a ConfigError with the command line's message."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from mlpkit.config import CONFIG_DIR, describe_hydra_error
+    from mlpkit.rundir import register_resolvers
+
+    register_resolvers()  # configs/hydra/default.yaml names run directories through them
+    with _compose_lock:
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+        except Exception as error:
+            message = describe_hydra_error(error, list(overrides), "train")
+            if message is None:
+                raise
+    problem = ConfigError("overrides", list(overrides), "overrides that compose")
+    problem.args = (message,)
+    raise problem
+
+
+def _override_list(overrides: Sequence[str] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, str) or not all(isinstance(item, str) for item in overrides):
+        raise ConfigError("overrides", overrides, "a list of strings as typed on the command line, e.g. "
+                          "['activation=tanh', 'model.hidden_sizes=[64,64]']")
+    return list(overrides)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path) -> float:
+    """What Hydra's run_job does for ``python train.py``, then mlpkit.cli.run; returns its objective."""
+    from mlpkit.cli import run
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    subdir = cfg.hydra.output_subdir  # the command line's rule: none for a directory that holds a run
+    if subdir is not None:
+        hydra_dir = run_dir / str(subdir)
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        for name, node in (("config.yaml", task_cfg), ("hydra.yaml", OmegaConf.masked_copy(cfg, "hydra")),
+                           ("overrides.yaml", cfg.hydra.overrides.task)):
+            (hydra_dir / name).write_text(OmegaConf.to_yaml(node))
+    logging_config = cfg.hydra.job_logging
+    with _logging_into(Path(logging_config.handlers.file.filename), logging_config.formatters), \
+            _keeping_matplotlib_backend():
+        return run(task_cfg, run_dir, list(cfg.hydra.overrides.task))
+
+
+class _Console(logging.StreamHandler):
+    """mlpkit's lines on the current sys.stderr (a notebook cell's output), while the root logger has
+    no handler of its own to show them; added once per process, never per run."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not logging.getLogger().handlers and bool(super().filter(record))
+
+
+@contextmanager
+def _logging_into(log_file: Path, formats: DictConfig) -> Iterator[None]:
+    """The run's lines into its train.log (this thread's only, formatted as Hydra's job_logging), and
+    on the console when nothing else shows them."""
+    logger = logging.getLogger("mlpkit")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)  # the command line's level (Hydra's job_logging sets it on the root)
+    if not any(isinstance(handler, _Console) for handler in logger.handlers):
+        console = _Console()
+        console.setFormatter(logging.Formatter(formats.console.format))
+        logger.addHandler(console)
+    file = logging.FileHandler(log_file)
+    file.setFormatter(logging.Formatter(formats.file.format))
+    thread = threading.get_ident()
+    file.addFilter(lambda record: record.thread == thread)  # runs in other threads keep their own lines
+    logger.addHandler(file)
+    try:
+        yield
+    finally:
+        logger.removeHandler(file)
+        file.close()
+
+
+@contextmanager
+def _keeping_matplotlib_backend() -> Iterator[None]:
+    """mlpkit.figures switches matplotlib to Agg to draw a run's figures; the backend chosen before
+    (a notebook's inline plots) comes back afterwards."""
+    import matplotlib  # the run's figures import it anyway
+
+    from mlpkit.cli import in_notebook
+
+    backend = matplotlib.rcParams._get("backend")  # without resolving it: that would import pyplot
+    try:
+        yield
+    finally:
+        if isinstance(backend, str) and matplotlib.rcParams._get("backend") != backend:
+            matplotlib.use(backend)
+            if backend.endswith("backend_inline") and in_notebook():  # its display hooks, as the magic sets them
+                sys.modules["IPython"].get_ipython().run_line_magic("matplotlib", "inline")
