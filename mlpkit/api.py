@@ -101,7 +101,7 @@ def sweep(grid_or_overrides: Mapping[str, Sequence[Any]] | Sequence[Sequence[str
     from hydra.types import RunMode
 
     from mlpkit.rundir import unique_dir
-    from mlpkit.sweep import SweepCallback, write_report
+    from mlpkit.sweeps import SweepCallback, write_report
 
     jobs = _grid_jobs(grid_or_overrides)
     configs = [compose([*_override_list(overrides), *job]) for job in jobs]

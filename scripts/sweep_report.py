@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
-from mlpkit.sweep import find_jobs, write_report
+from mlpkit.sweeps import find_jobs, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -259,11 +259,12 @@ def test_history_frame_without_pandas_says_what_to_install(digits_run, monkeypat
         digits_run.history_frame()
 
 
-def test_import_mlpkit_loads_no_torch_and_the_sweep_module_stays_hydras():
-    code = ("import sys, mlpkit, mlpkit.sweep\n"
+def test_import_mlpkit_loads_no_torch_and_the_sweep_callback_stays_hydras():
+    code = ("import sys, mlpkit\n"
             "assert 'torch' not in sys.modules\n"
             "from hydra._internal.utils import _locate\n"
-            "assert _locate('mlpkit.sweep.SweepCallback').__name__ == 'SweepCallback' and callable(mlpkit.sweep)\n"
+            "assert _locate('mlpkit.sweeps.SweepCallback').__name__ == 'SweepCallback'\n"
+            "assert callable(mlpkit.sweep) and mlpkit.sweep.__module__ == 'mlpkit.api'\n"
             "print(sorted(mlpkit.__all__))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -16,14 +16,14 @@ import yaml
 from omegaconf import OmegaConf
 
 from mlpkit.acceleration import parallel_jobs, torch_threads
-from mlpkit.sweep import write_report
+from mlpkit.sweeps import write_report
 from mlpkit.tensorboard import TensorBoardLogger
 from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it
 
 TINY = ["trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"]
 # Ray 2.5x turns on token authentication; a driver given an explicit address finds no token.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-CALLBACK = "++hydra.callbacks.sweep_report._target_=mlpkit.sweep.SweepCallback"
+CALLBACK = "++hydra.callbacks.sweep_report._target_=mlpkit.sweeps.SweepCallback"
 needs = {name: pytest.mark.skipif(importlib.util.find_spec(module) is None,
                                   reason=f"{name} is not installed (pip install -e '.[{extra}]')")
          for name, module, extra in [("optuna", "hydra_plugins.hydra_optuna_sweeper", "sweep"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_ind
 
-from mlpkit.sweep import write_report
+from mlpkit.sweeps import write_report
 from tests.test_sweep import (
     gradient_health,
     group_override,
