@@ -214,17 +214,15 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
         # logged its one line and Hydra named its overrides, so a traceback would add nothing. The
         # exit code stays 1, Hydra's for a sweep with a failed job (whatever the job's own code).
         sys.exit(SWEEP_FAILED)
-    except OSError as error:  # before the run started: Hydra could not make or write its directory
-        if show_traceback:
-            raise
-        print(f"Error: {environment_fault(error, 'write the run directory')}", file=sys.stderr)
-        sys.exit(EXIT_ENVIRONMENT)
     except Exception as error:
         message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
-        if message is None:
-            raise
-        print(f"Config error: {message}", file=sys.stderr)
-        sys.exit(2)
+        if message is not None:
+            print(f"Config error: {message}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(error, OSError) and not show_traceback:  # Hydra could not make or write the run directory
+            print(f"Error: {environment_fault(error, 'write the run directory')}", file=sys.stderr)
+            sys.exit(EXIT_ENVIRONMENT)
+        raise
     finally:
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
