@@ -72,6 +72,23 @@ def train(digits, activation, hidden_sizes, *, init="default", steps=20, lr=1e-3
     return health, statuses, model, monitor
 
 
+def logged_trainer(digits, log_dir, activation, *, histogram_every_n_steps=0, figure_every_n_steps=0,
+                   **trainer_options):
+    """A 32-16 network on digits with the monitor and a TensorBoard logger, as a run wires them."""
+    from mlpkit.tensorboard import TensorBoardLogger
+    from mlpkit.trainer import Trainer
+
+    data, objective = digits
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [32, 16], activation, {}, objective.head)
+    logger = TensorBoardLogger(log_dir)
+    monitor = GradientMonitor(model, histogram_every_n_steps=histogram_every_n_steps,
+                              figure_every_n_steps=figure_every_n_steps)
+    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, seed=0, logger=logger,
+                      monitor=monitor, **trainer_options)
+    return trainer, logger
+
+
 def test_deep_sigmoid_is_vanishing_and_says_so_once(digits):
     health, statuses, _, _ = train(digits, "sigmoid", DEEP, steps=24)
     assert set(statuses) == {OK}
@@ -137,17 +154,11 @@ def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
 
     from mlpkit.diagnostics import layout
     from mlpkit.figures import log_gradient_flow
-    from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import Trainer
 
-    data, objective = digits
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [32, 16], "relu", {}, objective.head)
-    logger = TensorBoardLogger(tmp_path)
+    trainer, logger = logged_trainer(digits, tmp_path, "relu", max_epochs=1, batch_size=128, log_every_n_steps=2,
+                                     histogram_every_n_steps=4, figure_every_n_steps=4)
     logger.log_layout(layout())
-    monitor = GradientMonitor(model, histogram_every_n_steps=4, figure_every_n_steps=4)
-    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=1, batch_size=128,
-                      seed=0, log_every_n_steps=2, logger=logger, monitor=monitor)
+    monitor = trainer.monitor
     health = trainer.fit()["gradient_health"]  # 1257 rows: 10 steps
     log_gradient_flow(logger, tmp_path, monitor, "relu")
     logger.close()
@@ -217,16 +228,9 @@ def test_auto_interval_gives_at_least_50_points_or_every_step(total_steps, inter
 
 @pytest.mark.slow
 def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
-    from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import Trainer
     from tests.conftest import read_scalars
 
-    data, objective = digits
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [32, 16], "tanh", {}, objective.head)
-    logger = TensorBoardLogger(tmp_path)
-    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=20, batch_size=64,
-                      seed=0, logger=logger, monitor=GradientMonitor(model))  # 400 steps, log_every_n_steps=auto
+    trainer, logger = logged_trainer(digits, tmp_path, "tanh", max_epochs=20, batch_size=64)  # 400 steps, auto
     trainer.fit()
     logger.close()
     scalars = read_scalars(tmp_path)
