@@ -1,9 +1,7 @@
 """The Hydra entry point: compose, validate, wire data -> model -> trainer -> loggers, report."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -22,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped
-from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config
+from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config, write_json
 from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
@@ -250,12 +248,9 @@ def purge_step(resumed: dict | None) -> int | None:
 
 def write_metrics(run_dir: Path, result: dict) -> None:
     """metrics.json, replaced atomically; a disk that refuses it loses the file, not the run's line."""
-    temporary = run_dir / f".metrics.json.{os.getpid()}.tmp"
     try:
-        temporary.write_text(json.dumps(result, indent=2))
-        temporary.replace(run_dir / "metrics.json")
+        write_json(run_dir / "metrics.json", result)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         log.error("could not write %s: %s", run_dir / "metrics.json", error.strerror or error)
 
 

@@ -225,9 +225,7 @@ class GradientMonitor:
         (``every_n_steps``: how often the trainer measured, for the message)."""
         self.remove_hooks()
         self.before_update = None
-        last = self.last
-        return self.verdicts.report(None if last is None else last.step, {} if last is None else last.layers,
-                                    every_n_steps)
+        return self.verdicts.report(every_n_steps)
 
 
 def _grad(parameter: torch.Tensor) -> torch.Tensor:

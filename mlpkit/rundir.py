@@ -122,7 +122,15 @@ def record_resume(run_dir: Path, checkpoint: Path, state: Mapping[str, Any], cha
     resumes = json.loads(path.read_text()) if path.is_file() else []
     resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(checkpoint),
                     "epoch": int(state["epoch"]), "step": int(state["step"]), "changes": changes})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(resumes, indent=2) + "\n")
-    temporary.replace(path)
+    write_json(path, resumes)
     return resumes
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``path`` replaced atomically by ``value`` as JSON, through a temporary file of this process's own."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.errors import ConfigError
+from mlpkit.rundir import CHECKPOINT_DIR
 
 RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
@@ -42,9 +43,9 @@ def find_checkpoint(run_dir: Path, choice: str = "auto") -> Path:
         raise ConfigError("checkpoint", choice, "auto (best.pt, else last.pt), best or last")
     names = [CHECKPOINTS[choice]] if choice in CHECKPOINTS else list(CHECKPOINTS.values())
     for name in names:
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    wanted = " or ".join(f"checkpoints/{name}" for name in names)
+        if (run_dir / CHECKPOINT_DIR / name).is_file():
+            return run_dir / CHECKPOINT_DIR / name
+    wanted = " or ".join(f"{CHECKPOINT_DIR}/{name}" for name in names)
     raise ConfigError("run", run_dir, f"a run directory holding {wanted}",
                       f"{run_dir.resolve()} has none; did the run stop before its first epoch ended?")
 

@@ -264,7 +264,8 @@ class Trainer:
         extra = {"history": self.history, "skipped_steps": self.skipped_steps,
                  "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
                  "next_batch": self.next_batch if mid_epoch else 0,
-                 "epoch_losses": done.cpu() if done is not None else None}
+                 "epoch_losses": done.cpu() if done is not None else None,
+                 "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None}
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra)
@@ -281,6 +282,8 @@ class Trainer:
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         extra = state["extra"]
         self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
+        if self.monitor is not None and extra.get("verdicts") is not None:
+            self.monitor.verdicts.load(extra["verdicts"])
         if extra.get("epoch_order") is not None:
             self.epoch_order = extra["epoch_order"].to(self.data.train.x.device)
             self.next_batch = extra["next_batch"]

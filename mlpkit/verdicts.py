@@ -7,6 +7,7 @@ judge again. Pure Python on host numbers: no torch.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -61,10 +62,24 @@ class Verdicts:
         self.early_totals: list[float] = []  # total gradient norms of the first `patience` measured steps
         self.ratios: list[float] = []  # first/last relative gradient, every measured step
         self.measurements = 0
+        self.last_step: int | None = None
+        self.last_layers: dict[str, dict[str, float]] = {}
+
+    # What a checkpoint keeps, so that a resumed run is judged on all its measured steps, not only on
+    # those after the resume (plain values only: checkpoints load with weights_only=True).
+    STATE = ("fired", "streaks", "early_totals", "ratios", "measurements", "last_step", "last_layers")
+
+    def state(self) -> dict[str, Any]:
+        return {key: copy.deepcopy(getattr(self, key)) for key in self.STATE}
+
+    def load(self, state: dict[str, Any]) -> None:
+        for key in self.STATE:
+            setattr(self, key, copy.deepcopy(state[key]))
 
     def update(self, step: int, loss: float, layers: dict[str, dict[str, float]]) -> list[str]:
         """New verdict lines for this measured step (each kind fires once per run)."""
         self.measurements += 1
+        self.last_step, self.last_layers = step, layers
         lines = [self._exploding(step, loss, layers)]
         if "exploding" in self.fired and self.fired["exploding"]["step"] == step:
             return [line for line in lines if line]
@@ -152,8 +167,7 @@ class Verdicts:
         self.fired[kind] = {"step": step, "message": message, "layers": layers}
         return message
 
-    def report(self, last_step: int | None, last_layers: dict[str, dict[str, float]],
-               every_n_steps: int) -> dict[str, Any]:
+    def report(self, every_n_steps: int) -> dict[str, Any]:
         """The ``gradient_health`` entry of metrics.json; ``healthy`` is None when there was too little to judge."""
         patience = self.thresholds.patience
         judged = bool(self.fired) or self.measurements >= patience
@@ -168,7 +182,7 @@ class Verdicts:
                                       "median": ratios[len(ratios) // 2], "last": self.ratios[-1]}
             if ratios else None,
             "thresholds": asdict(self.thresholds),
-            "last": {"step": last_step, "layers": last_layers},
+            "last": {"step": self.last_step, "layers": self.last_layers},
         }
         if not judged:
             health["reason"] = (

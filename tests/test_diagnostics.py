@@ -135,7 +135,7 @@ def test_growth_past_the_threshold_for_patience_steps_is_exploding():
         assert verdicts.update(step, 0.5, layers(norm)) == []
     lines = verdicts.update(7, 0.5, layers(50.0))
     assert len(lines) == 1 and "25x its early value 2.83" in lines[0] and "lower optimizer.lr" in lines[0]
-    assert verdicts.report(7, layers(50.0), 1)["verdicts"]["exploding"]["step"] == 7
+    assert verdicts.report(1)["verdicts"]["exploding"]["step"] == 7
 
 
 def test_dead_relus_and_saturated_units(digits):
@@ -239,3 +239,24 @@ def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
                   if tag == prefix or (prefix.endswith("/") and tag.startswith(prefix))]
         assert curves and all(len(points) >= 50 for points in curves), prefix
     assert scalars["update_ratio/linear1"][0][0] == 0  # from the first logged step
+
+
+def test_a_resumed_run_keeps_its_verdicts_and_counts_on(digits, tmp_path):
+    from mlpkit.checkpoint import load_checkpoint
+    from mlpkit.trainer import Trainer
+
+    data, objective = digits
+
+    def deep_sigmoid_trainer(max_epochs):
+        torch.manual_seed(0)
+        model = build_model(data.in_features, objective.out_features, DEEP, "sigmoid", {}, objective.head)
+        return Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=max_epochs,
+                       batch_size=128, seed=0, checkpoint_dir=tmp_path, monitor=GradientMonitor(model))
+
+    first = deep_sigmoid_trainer(2).fit()["gradient_health"]  # 20 steps, every one measured
+    assert list(first["verdicts"]) == ["vanishing"] and first["measurements"] == 20
+    resumed = deep_sigmoid_trainer(3)
+    resumed.resume_from(load_checkpoint(tmp_path / "last.pt"))
+    health = resumed.fit()["gradient_health"]
+    assert health["verdicts"]["vanishing"] == first["verdicts"]["vanishing"]  # fired before the resume
+    assert health["measurements"] == 20 + 10 and health["last"]["step"] == 29
