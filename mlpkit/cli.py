@@ -167,7 +167,8 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     model = build_model(
         data.in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
         activation_params, objective.head, dropout=cfg.model.dropout, init=cfg.model.init,
-        bias=cfg.model.get("bias", True),
+        bias=cfg.model.get("bias", True), norm=cfg.model.get("norm", "none"),
+        residual=cfg.model.get("residual", False),
     ).to(device)
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))

@@ -25,6 +25,7 @@ from mlpkit.errors import (
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
+NORMS = ("none", "batch", "layer")  # model.norm (mlpkit.model.NORMS builds them)
 HEADS = ("auto", "softmax", "sigmoid", "identity")
 LOSSES = ("auto", "ce", "bce", "mse")
 OBJECTIVE_MODES = ("min", "max")
@@ -127,6 +128,13 @@ def validate_model(cfg: DictConfig) -> None:
           "a list of positive integers, e.g. [128,64] ([] for a linear model)")
     check(cfg, "model.dropout", lambda p: is_number(p) and 0 <= p < 1, "a number in [0, 1)")
     check(cfg, "model.init", lambda init: init in INITS, f"one of {', '.join(INITS)}")
+    check_optional(cfg, "model.norm", lambda norm: norm in NORMS, f"one of {', '.join(NORMS)}")
+    check_optional(cfg, "model.residual", lambda flag: isinstance(flag, bool), "true or false")
+    if cfg.model.get("residual", False):
+        from mlpkit.model import no_residual_layer, residual_layers
+
+        if not residual_layers(list(cfg.model.hidden_sizes)):
+            raise ConfigError(*no_residual_layer(list(cfg.model.hidden_sizes)))
 
 
 def validate_activation(cfg: DictConfig) -> None:
