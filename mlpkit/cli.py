@@ -156,7 +156,11 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
         target_mean=data.target_mean, target_std=data.target_std,
+        class_weights=cfg.loss.get("class_weights"), train_targets=data.train.y,
     )
+    if objective.class_weights is not None:
+        log.info("loss.class_weights=%s: %s", cfg.loss.class_weights, ", ".join(
+            f"{name} {weight:.3g}" for name, weight in zip(data.class_names, objective.class_weights)))
     if cfg.objective.metric not in objective.metric_names:
         raise ConfigError("objective.metric", cfg.objective.metric,
                           f"one of {', '.join(objective.metric_names)} for a {data.task} task")

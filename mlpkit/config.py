@@ -150,6 +150,15 @@ def validate_loss(cfg: DictConfig) -> None:
     check_optional(cfg, "loss.label_smoothing", lambda p: is_number(p) and 0 <= p <= 1, "a number in [0, 1]")
     check_optional(cfg, "loss.pos_weight", lambda w: w is None or (is_finite(w) and w > 0),
                    "a positive number or null")
+    check_optional(cfg, "loss.class_weights",
+                   lambda w: w is None or w in ("none", "balanced") or (
+                       isinstance(w, (ListConfig, list)) and len(w) > 0 and all(is_finite(x) and x > 0 for x in w)),
+                   "none, balanced or a list of positive weights, one per class, e.g. [1,3]")
+    class_weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
+    if class_weights not in (None, "none") and OmegaConf.select(cfg, "loss.pos_weight", default=None) is not None:
+        raise ConfigError("loss.class_weights", class_weights, "none when loss.pos_weight is set",
+                          "both weight the classes of a binary loss: class_weights=[w0,w1] weighs the positive "
+                          "samples w1/w0 times the negative ones, like pos_weight=w1/w0")
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
