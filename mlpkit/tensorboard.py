@@ -81,6 +81,8 @@ def run_hparams(cfg: Any) -> dict[str, Any]:
         "depth": len(cfg.model.hidden_sizes),
         "dropout": float(cfg.model.dropout),
         "init": cfg.model.get("init", "default"),
+        "norm": cfg.model.get("norm", "none"),
+        "residual": bool(cfg.model.get("residual", False)),
         "head": cfg.head.name,
         "loss": cfg.loss.name,
         "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
