@@ -124,7 +124,13 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, layout
-    from mlpkit.model import build_model, check_fits_memory, count_parameters, model_summary
+    from mlpkit.model import (
+        build_model,
+        check_batch_norm_batches,
+        check_fits_memory,
+        count_parameters,
+        model_summary,
+    )
     from mlpkit.objective import build_objective
     from mlpkit.runs import check_same_data
     from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
@@ -166,6 +172,8 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
                           f"one of {', '.join(objective.metric_names)} for a {data.task} task")
 
     check_fits_memory(data.in_features, objective.out_features, list(cfg.model.hidden_sizes), device)
+    check_batch_norm_batches(cfg.model.get("norm", "none"), len(data.train), cfg.trainer.batch_size,
+                             drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs)
     seed_everything(cfg.trainer.seed)
     activation_params = {k: v for k, v in cfg.activation.items() if k != "name"}
     model = build_model(

@@ -172,6 +172,16 @@ def no_residual_layer(hidden_sizes: Sequence[int]) -> tuple[str, bool, str, str]
             "output widths match, so h + act(linear(h)) cannot be added")
 
 
+def check_batch_norm_batches(norm: str, train_rows: int, batch_size: int, drop_last: bool = False) -> None:
+    """ConfigError (key trainer.batch_size) when model.norm=batch would meet a training batch of one
+    row, which BatchNorm cannot normalise (torch stops mid-epoch with a traceback)."""
+    last = train_rows % batch_size
+    if norm == "batch" and (batch_size == 1 or (last == 1 and not drop_last)):
+        raise ConfigError("trainer.batch_size", batch_size, "a size that leaves no batch of one row with model.norm=batch, "
+                          f"e.g. {batch_size + 1}", f"{train_rows} training rows in batches of {batch_size} leave "
+                          "one row alone, and BatchNorm cannot normalise a single row")
+
+
 def initialize(model: MLP, init: str, nonlinearity: str, param: float | None) -> None:
     """Re-initialise the Linear weights (biases to zero) with a gain chosen for the activation.
 

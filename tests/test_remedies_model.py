@@ -201,3 +201,17 @@ def test_the_experiment_and_the_new_keys_are_listed_for_help():
     footer = (ROOT / "configs" / "hydra" / "default.yaml").read_text()
     assert "python train.py -m experiment=remedies" in footer
     assert "model.norm=batch" in footer
+
+
+def test_batch_norm_refuses_a_batch_of_one_row_before_training():
+    from mlpkit.model import check_batch_norm_batches
+
+    with pytest.raises(ConfigError) as error:
+        check_batch_norm_batches("batch", 129, 64)
+    assert str(error.value) == (
+        "trainer.batch_size=64 is not valid: expected a size that leaves no batch of one row with "
+        "model.norm=batch, e.g. 65. 129 training rows in batches of 64 leave one row alone, and BatchNorm "
+        "cannot normalise a single row")
+    check_batch_norm_batches("batch", 129, 64, drop_last=True)  # compiled runs drop the partial batch
+    check_batch_norm_batches("layer", 129, 64)  # LayerNorm normalises each row alone
+    check_batch_norm_batches("batch", 130, 64)
