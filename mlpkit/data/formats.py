@@ -81,7 +81,8 @@ class TableFile:
             elif self.kind == "feather":
                 schema = pa.ipc.open_file(self.file).schema
             else:
-                with self._csv_module().open_csv(self.file, **self._csv_options()) as reader:
+                with self._source() as source, \
+                        self._csv_module().open_csv(source, **self._csv_options()) as reader:
                     schema = reader.schema
         except (pa.ArrowException, OSError) as error:
             raise self._unreadable(error) from None
@@ -107,7 +108,8 @@ class TableFile:
                 convert = csv_module.ConvertOptions(
                     include_columns=list(columns), column_types=text_types or {}, null_values=NULLS,
                     strings_can_be_null=True, quoted_strings_can_be_null=True)
-                table = csv_module.read_csv(self.file, convert_options=convert, **self._csv_options())
+                with self._source() as source:
+                    table = csv_module.read_csv(source, convert_options=convert, **self._csv_options())
         except (pa.ArrowException, OSError) as error:
             if self.kind == "text" and text_types and "conversion error" in str(error):
                 # A column typed from the first block holds other cells further down: read it as text
@@ -117,6 +119,15 @@ class TableFile:
         if table.num_rows == 0:
             raise self.fail("has a header but no data rows" if self.kind == "text" else "holds no rows")
         return table
+
+    def _source(self) -> Any:
+        """The text file as a byte stream: pyarrow decompresses .gz and .bz2 itself (pyarrow wheels
+        have no xz codec: Python's lzma reads those)."""
+        import pyarrow as pa
+
+        if self.file.suffix.lower() == ".xz":
+            return lzma.open(self.file, "rb")
+        return pa.input_stream(self.file, compression="detect")
 
     def _csv_module(self) -> Any:
         import pyarrow.csv
