@@ -116,7 +116,7 @@ def test_cell_beyond_float32_is_refused_with_its_line_and_column(tmp_path, cell)
 def test_prediction_refuses_a_cell_beyond_float32(tmp_path):
     path = tmp_path / "new.csv"
     path.write_text("a,b\n1,2\n1e39,3\n")
-    with pytest.raises(DataError, match=r"line 3, column 'a': '1e39' is not a finite number"):
+    with pytest.raises(DataError, match=r"line 3, column 'a': '1e39' is beyond float32's range"):
         read_feature_rows(path, ["a", "b"])
 
 
