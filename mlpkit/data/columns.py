@@ -146,10 +146,13 @@ def encode_features(rows: Rows, names: Sequence[str], categorical: Any = "none",
     plan = plan_features(rows, names, categorical, categories)
     feature_names = [f"{name}={value}" if name in plan else name
                      for name in names for value in (plan.get(name) or [None])]
-    values = np.empty((len(rows), len(feature_names)), dtype=np.float32)
+    # Column-major, so filling column j touches only its own pages while the pyarrow column it
+    # came from is released: the load peaks near one copy of the data, not two.
+    values = np.empty((len(rows), len(feature_names)), dtype=np.float32, order="F")
     position = 0
     for name in names:
         columns = [table.column(name) for table in rows.tables]
+        rows.tables = [table.drop_columns([name]) for table in rows.tables]
         describe = functools.partial(cell_problem, what=hint(name))
         if name in plan:
             known = plan[name]
@@ -166,7 +169,7 @@ def encode_features(rows: Rows, names: Sequence[str], categorical: Any = "none",
             position += len(known)
             continue
         for offset, column in zip(rows.offsets, check_numbers(rows, name, columns, describe)):
-            start = int(offset)
+            start, part, chunk = int(offset), None, None
             for chunk in column.chunks:
                 part = chunk.to_numpy(zero_copy_only=False)
                 values[start:start + len(part), position] = part
@@ -174,6 +177,8 @@ def encode_features(rows: Rows, names: Sequence[str], categorical: Any = "none",
                     bad = int(np.flatnonzero(~np.isfinite(values[start:start + len(part), position]))[0])
                     raise rows.problem(start + bad, name, describe)
                 start += len(part)
+            del part, chunk
+        del column, columns  # the last references to this pyarrow column: its memory goes back
         position += 1
     return values, feature_names, plan
 

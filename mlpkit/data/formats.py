@@ -108,8 +108,11 @@ class TableFile:
                 convert = csv_module.ConvertOptions(
                     include_columns=list(columns), column_types=text_types or {}, null_values=NULLS,
                     strings_can_be_null=True, quoted_strings_can_be_null=True)
-                with self._source() as source:
-                    table = csv_module.read_csv(source, convert_options=convert, **self._csv_options())
+                # The streaming reader holds a few blocks of text at a time; read_csv parses the
+                # whole file at once and peaks at several times the table's size.
+                with self._source() as source, \
+                        csv_module.open_csv(source, convert_options=convert, **self._csv_options()) as reader:
+                    table = reader.read_all()
         except (pa.ArrowException, OSError) as error:
             if self.kind == "text" and text_types and "conversion error" in str(error):
                 # A column typed from the first block holds other cells further down: read it as text
