@@ -164,3 +164,32 @@ def test_prediction_applies_the_saved_encoding(tmp_path):
 def test_config_rejects_a_bad_categorical_value(tmp_path):
     with pytest.raises(ConfigError, match="data.categorical=some is not valid"):
         load(write(tmp_path / "t.csv", rows()), categorical="some")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=csv", "data.categorical=some"], "data.categorical=some is not valid: expected auto, none, or a list"),
+    (["data=mnist", "data.split=random"], "data.split=random is not valid: expected official"),
+    (["data=csv", "data.test_path=''"], "data.test_path= is not valid: expected a table file"),
+])
+def test_config_checks_the_data_keys_before_loading(overrides, message):
+    from mlpkit.config import validate
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(*overrides))
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_train_and_a_test_file(tmp_path):
+    from tests.conftest import run_cli
+
+    write(tmp_path / "train.csv", rows(30))
+    write(tmp_path / "test.parquet", rows(9, first=100))
+    result = run_cli(tmp_path / "run", "data=csv", "data.path=train.csv", "data.test_path=test.parquet",
+                     "data.target=species", "data.categorical=auto", "trainer.max_epochs=1",
+                     "trainer.progress=false", "trainer.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("data=csv: multiclass, train 25, val 5, test 9 (train from train.csv, test from test.parquet, "
+            "val carved from train.csv), 4 features, 3 classes") in result.stderr
+    record = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
+    assert record["categories"] == {"color": ["blue", "green", "red"]}

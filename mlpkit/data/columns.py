@@ -43,7 +43,7 @@ class Rows:
     def where(self, row: int) -> tuple[str, str, str]:
         """(key, file, "line N") of a stacked row, for messages outside this module."""
         table_file, local = self.locate(row)
-        column = self.tables[self.files.index(table_file)].column_names[0]
+        column = table_file.schema().names[0]  # the tables may be gone: read the file again
         return table_file.key, str(table_file.file), table_file.cell(local, column)[0]
 
     def problem(self, row: int, column: str, describe: Callable[[str], str]) -> DataError:
