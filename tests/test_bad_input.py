@@ -147,7 +147,7 @@ def test_path_that_is_not_a_regular_file_says_so():
     with pytest.raises(DataError) as error:
         load("/dev/zero")
     assert str(error.value) == ("data.path=/dev/zero: /dev/zero is not a regular file (a device, pipe or socket): "
-                                "expected a CSV file")
+                                "expected a table file")
 
 
 # --- a model too large for memory ---------------------------------------------------------------------
