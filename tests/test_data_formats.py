@@ -193,3 +193,22 @@ def test_cli_trains_on_a_train_and_a_test_file(tmp_path):
             "val carved from train.csv), 4 features, 3 classes") in result.stderr
     record = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
     assert record["categories"] == {"color": ["blue", "green", "red"]}
+
+
+def test_batch_path_gives_the_column_path_values(tmp_path, monkeypatch):
+    """Numeric tables are read batch by batch into blocks; tiny blocks here force many of both."""
+    from mlpkit.data import batches, table
+
+    generator = np.random.default_rng(0)
+    lines = ["a,b,c,label"] + [f"{a:.6g},{b:.6g},{int(c)},{'xy'[i % 2]}" for i, (a, b, c) in
+                                enumerate(generator.normal(size=(700, 3)) * 100)]
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    monkeypatch.setattr(batches, "BLOCK_BYTES", 4096)  # ~150 rows per CSV batch
+    monkeypatch.setattr(batches, "BLOCK_ROWS_BYTES", 1000)  # 83 rows per block
+    streamed = table.load_csv(str(tmp_path / "t.csv.gz"), target="label")
+    monkeypatch.setattr(table, "read_numeric", lambda *args: None)
+    column_wise = table.load_csv(str(tmp_path / "t.csv.gz"), target="label")
+    assert streamed.features.shape == (700, 3)
+    np.testing.assert_array_equal(streamed.features, column_wise.features)
+    np.testing.assert_array_equal(streamed.targets, column_wise.targets)
+    assert streamed.class_names == column_wise.class_names == ["x", "y"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpkit.data.batches import read_numeric
 from mlpkit.data.columns import Rows, encode_features, encode_target
 from mlpkit.data.dataset import RawData, launch_path
 from mlpkit.data.formats import SUFFIXES, TableFile, open_text
@@ -42,13 +43,13 @@ def load_csv(path: str | None = None, target: str | None = None,
     header = list(files[0].schema().names)
     target_column, feature_columns = pick_columns(files[0].file, header, target, features)
     names, target_name = [header[c] for c in feature_columns], header[target_column]
-    rows = Rows(files, [read_columns(table_file, [*names, target_name]) for table_file in files])
-
-    def hint(column: str) -> str:
-        return (f"feature columns must be numeric; choose them with data.features=[...], or one-hot "
-                f"encode this one with data.categorical=[{column}] (or data.categorical=auto)")
-
-    values, feature_names, categories = encode_features(rows, names, categorical, hint=hint)
+    streamed = read_numeric(files, names, target_name) if categorical in ("none", "auto", [], ()) else None
+    if streamed is not None:  # every feature numeric and clean: read batch by batch
+        values, target_tables = streamed
+        rows, feature_names, categories = Rows(files, target_tables), names, {}
+    else:  # the column-wise path: categories, and the exact cell behind any problem
+        rows = Rows(files, [read_columns(table_file, [*names, target_name]) for table_file in files])
+        values, feature_names, categories = encode_features(rows, names, categorical, hint=_hint)
     task, labels, class_names = encode_target(rows, target_name, task, str(files[0].file))
     splits, origin = given_splits(rows)
     rows.tables = []  # the pyarrow columns go: the float32 array holds the data now
@@ -56,6 +57,11 @@ def load_csv(path: str | None = None, target: str | None = None,
                    extra={"path": str(files[0].file), "target": target_name, "input_columns": names,
                           "categories": categories},
                    locate=rows.where, splits=splits, split_origin=origin)
+
+
+def _hint(column: str) -> str:
+    return (f"feature columns must be numeric; choose them with data.features=[...], or one-hot "
+            f"encode this one with data.categorical=[{column}] (or data.categorical=auto)")
 
 
 def given_splits(rows: Rows) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None, str]:
