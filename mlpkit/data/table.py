@@ -120,9 +120,6 @@ def table_path(path: str | None, key: str = "data.path") -> Path:
     return file
 
 
-csv_file = table_path  # the name earlier versions used
-
-
 def read_rows(file: Path, delimiter: str, key: str = "data.path",
               delimiter_key: str = "data.delimiter") -> tuple[list[str], list[Row]]:
     """The header and the data rows with their line numbers, read by Python's csv module: the
