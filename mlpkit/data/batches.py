@@ -103,6 +103,8 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
         targets.append(pa.table({target: pa.chunked_array(chunks)}))
     if blocks:
         blocks[-1] = blocks[-1][:used]
+    if len(blocks) == 1:  # one block holds it all: no copy (its untouched tail takes no memory)
+        return blocks[0], targets
     values = np.empty((sum(len(block) for block in blocks), len(names)), dtype=np.float32)
     start = 0
     blocks.reverse()
