@@ -212,6 +212,14 @@ def validate_data(cfg: DictConfig) -> None:
             "a sum below 1, leaving samples to train on")
     check_optional(cfg, "data.split_seed", is_seed, SEED)
     check_optional(cfg, "data.seed", is_seed, SEED)  # the generator of a synthetic set
+    check_optional(cfg, "data.split", lambda split: split in ("official", "pooled"),  # torchvision sets
+                   "official (the official test set) or pooled (train and test pooled, split by fractions)")
+    check_optional(cfg, "data.categorical", lambda value: value in ("auto", "none") or (
+        OmegaConf.is_list(value) and all(isinstance(name, str) for name in value)),
+        "auto, none, or a list of feature columns to one-hot encode, e.g. [color]")
+    for key in ("val_path", "test_path"):  # a table's given splits
+        check_optional(cfg, f"data.{key}", lambda path: path is None or (isinstance(path, str) and path.strip()),
+                       "a table file (.csv, .tsv, .parquet, .feather), or null to carve the split from data.path")
 
 
 def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: bool = True) -> None:

@@ -1,8 +1,8 @@
-"""New rows of a CSV file, predicted with a trained run.
+"""New rows of a table file (CSV/TSV, compressed or not, Parquet, Feather), predicted with a trained run.
 
 `python scripts/predict.py run=<run dir> input=new.csv output=pred.csv` (also `mlpkit-predict`);
 configs/predict.yaml holds its keys. The run is found and loaded through mlpkit.runs; the
-input's feature columns are standardised with the run's preprocessing.json. Torch is imported only
+input's feature columns are encoded and standardised with the run's preprocessing.json. Torch is imported only
 once the run directory has been checked, so a mistyped path costs a fraction of a second.
 """
 from __future__ import annotations
@@ -31,34 +31,40 @@ from mlpkit.runs import (
 )
 
 
-def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str = ",") -> np.ndarray:
-    """The named feature columns of a CSV file as float32 (N, F); other columns are ignored.
+def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str = ",",
+                      preprocessing: dict[str, Any] | None = None) -> np.ndarray:
+    """The run's input columns of a table file (CSV/TSV, compressed or not, Parquet, Feather: by
+    suffix) as float32 (N, F), one-hot encoded as the run's preprocessing.json says; other columns
+    are ignored.
 
-    The file is read like a training table (mlpkit.data.table.read_rows); a missing file or column,
-    or a cell that is not a finite number, is one DataError naming the file, line and column;
-    nothing is dropped or filled in.
+    A missing file or column, a cell that is not a finite number, or a category the training file
+    did not hold is one DataError naming the file, line (or row) and column; nothing is dropped or
+    filled in.
     """
-    from mlpkit.data.table import finite_number, read_rows
+    from mlpkit.data.columns import Rows, encode_features
+    from mlpkit.data.formats import TableFile
+    from mlpkit.data.table import check_delimiter
 
     if not path.is_file():
         raise DataError("input", path, f"{path.resolve()} {'is a directory' if path.is_dir() else 'does not exist'}")
-    header, rows = read_rows(path, delimiter, key="input", delimiter_key="delimiter")
-    missing = [name for name in feature_names if name not in header]
+    preprocessing = preprocessing or {}
+    columns = list(preprocessing.get("input_columns") or feature_names)
+    categories = dict(preprocessing.get("categories") or {})
+    table_file = TableFile(path, "input", check_delimiter(delimiter, "delimiter"), "delimiter")
+    header = list(table_file.schema().names)
+    missing = [name for name in columns if name not in header]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError("input", path, f"line 1: no column {shown}; the run was trained on "
-                        f"{len(feature_names)} feature columns: {', '.join(feature_names[:8])}"
-                        f"{', ...' if len(feature_names) > 8 else ''}")
-    columns = [header.index(name) for name in feature_names]
-    values = np.empty((len(rows), len(columns)), dtype=np.float32)
-    for index, (line, row) in enumerate(rows):
-        for position, column in enumerate(columns):
-            value = finite_number(row[column])
-            if value is None:
-                cell = row[column]
-                problem = "empty cell" if cell.strip() == "" else f"{cell!r} is not a finite number"
-                raise DataError("input", path, f"line {line}, column '{feature_names[position]}': {problem}")
-            values[index, position] = value
+        where = "line 1" if table_file.kind == "text" else "columns"
+        raise DataError("input", path, f"{where}: no column {shown}; the run was trained on "
+                        f"{len(columns)} feature columns: {', '.join(columns[:8])}"
+                        f"{', ...' if len(columns) > 8 else ''}")
+    import pyarrow as pa
+
+    types = {name: pa.string() if name in categories else pa.float32() for name in columns}
+    rows = Rows([table_file], [table_file.read(columns, types if table_file.kind == "text" else None)])
+    values, _names, _plan = encode_features(rows, columns, categories=categories,
+                                            hint=lambda column: "the run reads it as a number")
     return values
 
 
@@ -90,13 +96,12 @@ def predict_csv(run: Any, input: Any, output: Any = None, checkpoint: str = "aut
     preprocessing = read_preprocessing(run_dir)
     if input is None or str(input).strip() in ("", "???"):
         raise ConfigError("input", input, "a CSV file with the run's feature columns, e.g. input=new.csv")
-    delimiter = "\t" if delimiter == "\\t" else str(delimiter)
     if output is not None and str(output) != "-" and Path(str(output)).expanduser().resolve() == \
             Path(str(input)).expanduser().resolve():
         raise ConfigError("output", output, f"a file other than input={input}", "writing the predictions "
                           "there would overwrite the rows they were made from")
     names = list(preprocessing["feature_names"])
-    features = read_feature_rows(Path(str(input)).expanduser(), names, delimiter)
+    features = read_feature_rows(Path(str(input)).expanduser(), names, str(delimiter), preprocessing)
     features -= np.asarray(preprocessing["feature_mean"], dtype=np.float32)
     features /= np.asarray(preprocessing["feature_std"], dtype=np.float32)
 

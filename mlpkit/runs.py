@@ -56,7 +56,7 @@ def run_config(run_dir: Path) -> DictConfig:
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     launched_from = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
         if hydra_file.is_file() else None
-    for key in ("path", "root"):  # data.path (csv), data.root (torchvision sets)
+    for key in ("path", "val_path", "test_path", "root"):  # table files (csv), data.root (torchvision sets)
         value = OmegaConf.select(cfg, f"data.{key}")
         if launched_from and isinstance(value, str) and not Path(value).expanduser().is_absolute() \
                 and (Path(launched_from) / value).exists():

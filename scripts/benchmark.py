@@ -303,6 +303,88 @@ def print_result(result: dict, device: torch.device) -> None:
         print()
 
 
+# --- --data: loading a table ------------------------------------------------------------------
+DATA_CHILD = """
+import json, resource, sys, time
+import numpy as np, pyarrow.csv
+sys.path.insert(0, {root!r})
+from mlpkit.data.table import load_csv
+from mlpkit.data import build_data
+def rss():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+# A tiny table first: the libraries' one-time costs (lazy imports, thread pools) stay out of the figure.
+pyarrow.csv.read_csv({warmup!r}); load_csv({warmup!r}, target="y")
+before = rss()
+start = time.perf_counter()
+if {mode!r} == "pyarrow":
+    table = pyarrow.csv.read_csv({path!r})
+elif {mode!r} == "load":
+    raw = load_csv({path!r}, target="y")
+else:
+    data = build_data(dict(source="csv", path={path!r}, target="y", val_fraction=0.15, test_fraction=0.15))
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"seconds": seconds, "peak_bytes": peak - before}}))
+"""
+
+
+def data_benchmark(row_counts: list[int], rounds: int, columns: int = 50) -> dict:
+    """Seconds and peak memory of loading an N x ``columns`` CSV (float features, 10 integer
+    classes): pyarrow.csv.read_csv alone, mlpkit's table loader, and the whole build_data. Each
+    measurement is a fresh child process (pyarrow's allocator is invisible to tracemalloc), its
+    peak RSS above its RSS before the load; ways alternate round by round; medians are reported."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv
+
+    root = str(Path(__file__).resolve().parents[1])
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for count in row_counts:
+            path = str(Path(folder) / f"table_{count}.csv")
+            generator = np.random.default_rng(0)
+            arrays = {f"x{i}": generator.standard_normal(count).astype(np.float32) for i in range(columns - 1)}
+            table = pa.table({**arrays, "y": generator.integers(0, 10, count)})
+            pyarrow.csv.write_csv(table, path)
+            warmup = str(Path(folder) / "warmup.csv")
+            pyarrow.csv.write_csv(table.slice(0, 100), warmup)
+            del table, arrays
+            final_bytes = count * (columns - 1) * 4 + count * 8  # float32 features + int64 classes
+            measured: dict[str, list[dict]] = {"pyarrow": [], "load": [], "build_data": []}
+            ways = list(measured)
+            for round_index in range(rounds):
+                for way in ways[round_index % len(ways):] + ways[:round_index % len(ways)]:
+                    child = DATA_CHILD.format(root=root, mode=way, path=path, warmup=warmup)
+                    output = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                                            check=True).stdout
+                    measured[way].append(json.loads(output.strip().splitlines()[-1]))
+            median = {way: {key: statistics.median(m[key] for m in runs) for key in ("seconds", "peak_bytes")}
+                      for way, runs in measured.items()}
+            result = {"rows": count, "columns": columns, "file_mib": Path(path).stat().st_size / 2**20,
+                      "final_mib": final_bytes / 2**20, "rounds": rounds,
+                      **{f"{way}_seconds": m["seconds"] for way, m in median.items()},
+                      **{f"{way}_peak_mib": m["peak_bytes"] / 2**20 for way, m in median.items()},
+                      "pyarrow_memory_ratio": median["pyarrow"]["peak_bytes"] / final_bytes,
+                      "load_time_ratio": median["load"]["seconds"] / median["pyarrow"]["seconds"],
+                      "load_memory_ratio": median["load"]["peak_bytes"] / final_bytes,
+                      "build_data_memory_ratio": median["build_data"]["peak_bytes"] / final_bytes}
+            results.append(result)
+            print(f"{count:>9,} rows x {columns}: file {result['file_mib']:.0f} MiB, tensors "
+                  f"{result['final_mib']:.0f} MiB | pyarrow.csv.read_csv {result['pyarrow_seconds']:.2f} s, "
+                  f"load {result['load_seconds']:.2f} s ({result['load_time_ratio']:.2f}x), build_data "
+                  f"{result['build_data_seconds']:.2f} s | peak above start: read_csv {result['pyarrow_peak_mib']:.0f} "
+                  f"MiB, load "
+                  f"{result['load_peak_mib']:.0f} MiB ({result['load_memory_ratio']:.2f}x the tensors), "
+                  f"build_data {result['build_data_peak_mib']:.0f} MiB ({result['build_data_memory_ratio']:.2f}x)",
+                  flush=True)
+    return {"data": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["digits", "mnist"], choices=list(WORKLOADS))
@@ -312,7 +394,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true on the CPU")
     parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--data", action="store_true", help="time loading CSV tables instead (see data_benchmark)")
+    parser.add_argument("--data-rows", type=int, nargs="+", default=[200_000, 1_000_000, 2_000_000],
+                        help="table sizes for --data (rows; 50 columns)")
     args = parser.parse_args()
+    if args.data:
+        report = data_benchmark(args.data_rows, args.rounds if args.rounds != 5 else 3)
+        if args.output:
+            args.output.write_text(json.dumps(report, indent=2))
+        return
     for flag in ("rounds", "epochs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")

@@ -116,7 +116,7 @@ def test_cell_beyond_float32_is_refused_with_its_line_and_column(tmp_path, cell)
 def test_prediction_refuses_a_cell_beyond_float32(tmp_path):
     path = tmp_path / "new.csv"
     path.write_text("a,b\n1,2\n1e39,3\n")
-    with pytest.raises(DataError, match=r"line 3, column 'a': '1e39' is not a finite number"):
+    with pytest.raises(DataError, match=r"line 3, column 'a': '1e39' is beyond float32's range"):
         read_feature_rows(path, ["a", "b"])
 
 
@@ -147,7 +147,7 @@ def test_path_that_is_not_a_regular_file_says_so():
     with pytest.raises(DataError) as error:
         load("/dev/zero")
     assert str(error.value) == ("data.path=/dev/zero: /dev/zero is not a regular file (a device, pipe or socket): "
-                                "expected a CSV file")
+                                "expected a table file")
 
 
 # --- a model too large for memory ---------------------------------------------------------------------

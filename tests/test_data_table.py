@@ -169,7 +169,7 @@ def test_empty_or_malformed_files(tmp_path, text, expected):
 
 
 def test_path_and_target_are_required(tmp_path):
-    with pytest.raises(ConfigError, match="data.path=None is not valid: expected the CSV file"):
+    with pytest.raises(ConfigError, match="data.path=None is not valid: expected the table file to train on"):
         load(None)
     with pytest.raises(ConfigError,
                        match="data.target=None is not valid: expected the column to predict"):

@@ -25,7 +25,9 @@ from mlpkit.data import DataError, build_data
 from mlpkit.errors import ConfigError
 from tests.conftest import run_cli
 
-SPLITS = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
+# Pooled: 50 tiny images split 30/10/10 (the official split carves val from 30 images only, too few
+# for a stratified 20% of 10 classes; test_official_split_keeps_the_official_test_set covers it).
+SPLITS = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0, "split": "pooled"}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -74,6 +76,31 @@ def test_mnist_formats_load_flattened_and_scaled(tmp_path, source, folder, first
     assert sorted(image.tolist()) == list(range(50))
     assert torch.equal(y, torch.from_numpy(labels)[image])
     assert torch.all(x == x[:, :1])  # a constant image stays constant: pixels are not shuffled
+
+
+def test_official_split_keeps_the_official_test_set(tmp_path):
+    """The default: test is exactly the t10k file; val is carved from the training file only, and the
+    normalisation statistics come from the remaining training images."""
+    write_mnist(tmp_path)  # 30 training images, 20 test images
+    splits = {"val_fraction": 0.4, "test_fraction": 0.2, "split_seed": 0}  # data.split left at its default
+    # val: 12 of the 30 training images, at least one per class for the stratified carve
+    data = build_data({"source": "mnist", "root": str(tmp_path), "download": False, **splits,
+                       "standardize": False})
+    image = {name: sorted(torch.round(split.x[:, 0] * 255 / 5).long().tolist())
+             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    assert image["test"] == list(range(30, 50))  # the official test images, all of them
+    assert len(image["val"]) == 12 and len(image["train"]) == 18  # 40% of the 30 training images
+    assert sorted(image["train"] + image["val"]) == list(range(30))
+    assert "(test: the official test set, val carved from the official training set)" in data.describe()
+    standardized = build_data({"source": "mnist", "root": str(tmp_path), "download": False, **splits})
+    train_pixels = np.asarray(image["train"], dtype=np.float64) * 5 / 255
+    np.testing.assert_allclose(standardized.feature_mean[0], train_pixels.mean(), rtol=1e-5)
+
+
+def test_bad_split_choice_is_named(tmp_path):
+    write_mnist(tmp_path)
+    with pytest.raises(ConfigError, match="data.split=random is not valid: expected official"):
+        build_data({"source": "mnist", "root": str(tmp_path), "download": False, **SPLITS, "split": "random"})
 
 
 def test_mnist_is_normalised_with_training_statistics(tmp_path):

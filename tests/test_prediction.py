@@ -78,7 +78,7 @@ def test_predict_a_csv_regression_run_gives_values_in_the_target_units(runs, tmp
 
 BAD_INPUT = {
     "missing column": "input=new.csv: line 1: no column mean texture; the run was trained on 30 feature columns",
-    "not a number": "input=new.csv: line 3, column 'mean area': 'n/a' is not a finite number",
+    "not a number": "input=new.csv: line 3, column 'mean area': missing value 'n/a'; fill it in or remove the row",
 }
 
 

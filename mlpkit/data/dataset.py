@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpkit.data.splits import prepare_features, prepare_targets, split_indices
+from mlpkit.data.splits import carve_splits, prepare_features, prepare_targets, split_indices
 from mlpkit.errors import ConfigError
 
 # name -> "module:function"; modules are imported only when their source is chosen.
@@ -46,7 +46,10 @@ class RawData:
 
     ``feature_groups`` (F,) gives columns that share one standardisation (image channels); None
     standardises each column on its own. ``extra`` is carried to ``Data.extra`` (e.g. the target
-    column of a CSV file). ``lines`` (N,): each row's line in the source file, for messages.
+    column of a CSV file). ``lines`` (N,): each row's line in the source file, or ``locate``:
+    row -> (key, file, "line N"), for messages. ``splits``: the (train, val, test) rows a source
+    gives itself (a test file, an official test set); a None val is carved from train by
+    data.val_fraction. ``split_origin`` says where they came from, for the start line.
     """
 
     features: np.ndarray
@@ -57,6 +60,9 @@ class RawData:
     feature_groups: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     lines: np.ndarray | None = None
+    locate: Callable[[int], tuple[str, str, str]] | None = None
+    splits: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None
+    split_origin: str = ""
 
 
 @dataclass
@@ -112,6 +118,7 @@ class Data:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     placement: str = "device"
     device_free_bytes: int | None = None  # free device memory when the placement was chosen
+    split_origin: str = ""  # where given splits came from ("" : all drawn from one set by fractions)
 
     @property
     def in_features(self) -> int:
@@ -147,7 +154,8 @@ class Data:
             free = _size(self.device_free_bytes or 0)
             where = f"in pinned host memory ({free} free on {self.device}), copied batch by batch"
         features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
-        return (f"data={self.name}: {self.task}, {sizes}, {features}{classes}; "
+        origin = f" ({self.split_origin})" if self.split_origin else ""
+        return (f"data={self.name}: {self.task}, {sizes}{origin}, {features}{classes}; "
                 f"{_size(self.nbytes)} {where}")
 
 
@@ -202,8 +210,12 @@ def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Da
         device = torch.device("cuda", torch.cuda.current_device())
     params = {k: v for k, v in cfg.items() if k not in SPLIT_KEYS}
     raw = load_source(cfg["source"], params)
-    splits = split_indices(raw.targets, raw.task != "regression", cfg["val_fraction"],
-                           cfg["test_fraction"], cfg.get("split_seed", 0))
+    if raw.splits is not None:  # a test file or an official test set: only val may be carved
+        splits = carve_splits(raw.targets, raw.task != "regression", raw.splits, cfg["val_fraction"],
+                              cfg["test_fraction"], cfg.get("split_seed", 0))
+    else:
+        splits = split_indices(raw.targets, raw.task != "regression", cfg["val_fraction"],
+                               cfg["test_fraction"], cfg.get("split_seed", 0))
     features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True), cfg["source"])
     targets, target_mean, target_std = prepare_targets(raw, list(splits), cfg.get("standardize_target", True),
                                                        cfg["source"])
@@ -218,7 +230,8 @@ def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Da
 
     train, val, test = (to_split(x_rows, rows) for x_rows, rows in zip(features, splits))
     return Data(cfg["source"], raw.task, train, val, test, raw.feature_names, raw.class_names,
-                mean, std, target_mean, target_std, dict(raw.extra), device, placement, free)
+                mean, std, target_mean, target_std, dict(raw.extra), device, placement, free,
+                raw.split_origin)
 
 
 def save_label_mapping(data: Data, run_dir: str | Path) -> Path | None:
@@ -242,9 +255,12 @@ def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
     values, so a trained run can predict on new data without the training set.
 
     Format: {"dataset", "task", "feature_names", "feature_mean", "feature_std", "target",
-    "target_mean", "target_std", "class_names", "fingerprint"}; inputs are (raw - feature_mean) /
-    feature_std, regression outputs are output * target_std + target_mean; ``fingerprint`` tells
-    whether the data a later evaluation or resume loads is the data the run trained on.
+    "target_mean", "target_std", "class_names", "fingerprint", "input_columns", "categories"};
+    inputs are (raw - feature_mean) / feature_std, regression outputs are output * target_std +
+    target_mean; ``fingerprint`` tells whether the data a later evaluation or resume loads is the
+    data the run trained on. For a table, ``input_columns`` are the file's columns the run reads and
+    ``categories`` maps each one-hot encoded column to its categories (feature ``color=red`` is 1
+    where the cell is "red"); both are absent for other sources.
     """
     path = Path(run_dir) / "preprocessing.json"
     record = {
@@ -255,5 +271,8 @@ def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
         "target_std": float(data.target_std), "class_names": list(data.class_names),
         "fingerprint": data.fingerprint(),
     }
+    if "input_columns" in data.extra:
+        record |= {"input_columns": list(data.extra["input_columns"]),
+                   "categories": dict(data.extra.get("categories") or {})}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

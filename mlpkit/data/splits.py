@@ -42,6 +42,30 @@ def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test
     return train, val, test
 
 
+def carve_splits(targets: np.ndarray, classify: bool,
+                 given: tuple[np.ndarray, np.ndarray | None, np.ndarray | None], val_fraction: float,
+                 test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (train, val, test) rows a source gave; a missing test, then a missing val, is carved from
+    train by its fraction (stratified, seeded). Statistics are then fitted on train alone."""
+    from sklearn.model_selection import train_test_split
+
+    train, val, test = given
+    carved = {}
+    for key, part, fraction in (("test", test, test_fraction), ("val", val, val_fraction)):
+        if part is not None:
+            carved[key] = part
+            continue
+        try:
+            train, carved[key] = train_test_split(
+                train, test_size=math.ceil(fraction * len(train) - 1e-9), random_state=seed,
+                stratify=targets[train] if classify else None)
+        except ValueError as error:
+            raise ConfigError(f"data.{key}_fraction", fraction, "a fraction that leaves every split at "
+                              "least one sample" + (" of each class" if classify else ""),
+                              f"{len(train)} training samples cannot be split that way: {error}") from None
+    return np.asarray(train), np.asarray(carved["val"]), np.asarray(carved["test"])
+
+
 def standardization(values: np.ndarray, groups: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per column (or shared by each group of columns); a constant gets std 1, and a
@@ -115,6 +139,10 @@ def check_standardized(raw: RawData, source: str, values: np.ndarray, names: lis
     row, column, consequence = _overflowing_value(values, splits, parts, mean, std)
     if row is None:
         return
+    if raw.locate is not None:
+        key, file, where = raw.locate(row)
+        raise DataError(key, file, f"{where}, column '{names[column]}': {float(values[row, column]):g} "
+                        f"{consequence}; rescale the column, e.g. to other units")
     where = f"line {raw.lines[row]}, " if raw.lines is not None else f"row {row}, "
     problem = (f"{where}column '{names[column]}': {float(values[row, column]):g} {consequence}; "
                "rescale the column, e.g. to other units")

@@ -1,78 +1,136 @@
-"""The user's own CSV table: numeric feature columns and a named target column.
+"""The user's own table: CSV/TSV (plain or compressed), Parquet or Feather, chosen by suffix.
 
-Every problem in the file stops the run with one line naming the file, the line and the column;
-no row or cell is dropped or filled in silently.
+Numeric feature columns (and, with data.categorical, one-hot encoded text columns) and a named target
+column; data.val_path and data.test_path give the validation and test rows in files of their own.
+Every problem in a file stops the run with one line naming the file, the line (or row) and the
+column; no row or cell is dropped or filled in silently.
 """
 from __future__ import annotations
 
 import csv
-import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mlpkit.data.batches import read_numeric
+from mlpkit.data.columns import Rows, encode_features, encode_target
 from mlpkit.data.dataset import RawData, launch_path
+from mlpkit.data.formats import SUFFIXES, TableFile, open_text
 from mlpkit.errors import ConfigError, DataError, show_value
 
-log = logging.getLogger(__name__)
 TASKS = ("auto", "binary", "multiclass", "regression")
-MISSING = {"", "na", "n/a", "nan", "null"}  # cells that mean "no value" (compared lower-case)
-MAX_AUTO_CLASSES = 20  # task=auto reads an integer target with at most this many values as classes
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: features and targets are float32 tensors
-
+CATEGORICAL = "auto (one-hot encode every text feature column), none, or a list of columns, e.g. [color]"
 Row = tuple[int, list[str]]  # (line number in the file, cells)
 
 
 def load_csv(path: str | None = None, target: str | None = None,
              features: Sequence[str] | str | None = None, task: str = "auto",
-             delimiter: str = ",") -> RawData:
-    """Numeric feature columns (``features``, default all but ``target``) and the target column."""
+             delimiter: str = ",", test_path: str | None = None, val_path: str | None = None,
+             categorical: Any = "none") -> RawData:
+    """Feature columns (``features``, default all but ``target``) and the target column of
+    ``path``; with ``val_path``/``test_path``, those files hold the validation/test rows."""
     if task not in TASKS:
         raise ConfigError("data.task", task, f"one of {', '.join(TASKS)}")
+    delimiter = check_delimiter(delimiter)
+    if not (categorical in ("auto", "none") or isinstance(categorical, (list, tuple))):
+        raise ConfigError("data.categorical", categorical, CATEGORICAL)
+    files = [TableFile(table_path(path, "data.path"), "data.path", delimiter)]
+    for key, value in (("val", val_path), ("test", test_path)):
+        if value is not None and str(value).strip() != "":
+            files.append(TableFile(table_path(value, f"data.{key}_path"), f"data.{key}_path", delimiter))
+    header = list(files[0].schema().names)
+    target_column, feature_columns = pick_columns(files[0].file, header, target, features)
+    names, target_name = [header[c] for c in feature_columns], header[target_column]
+    streamed = read_numeric(files, names, target_name) if categorical in ("none", "auto", [], ()) else None
+    if streamed is not None:  # every feature numeric and clean: read batch by batch
+        values, target_tables = streamed
+        rows, feature_names, categories = Rows(files, target_tables), names, {}
+    else:  # the column-wise path: categories, and the exact cell behind any problem
+        rows = Rows(files, [read_columns(table_file, [*names, target_name]) for table_file in files])
+        values, feature_names, categories = encode_features(rows, names, categorical, hint=_hint)
+    task, labels, class_names = encode_target(rows, target_name, task, str(files[0].file))
+    splits, origin = given_splits(rows)
+    rows.tables = []  # the pyarrow columns go: the float32 array holds the data now
+    return RawData(values, labels, task, feature_names, class_names,
+                   extra={"path": str(files[0].file), "target": target_name, "input_columns": names,
+                          "categories": categories},
+                   locate=rows.where, splits=splits, split_origin=origin)
+
+
+def _hint(column: str) -> str:
+    return (f"feature columns must be numeric; choose them with data.features=[...], or one-hot "
+            f"encode this one with data.categorical=[{column}] (or data.categorical=auto)")
+
+
+def given_splits(rows: Rows) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None, str]:
+    """The row ranges data.val_path/test_path gave (None where a split is carved from data.path)."""
+    if len(rows.files) == 1:
+        return None, ""
+    ranges = {f.key: np.arange(rows.offsets[i], rows.offsets[i + 1]) for i, f in enumerate(rows.files)}
+    val, test = ranges.get("data.val_path"), ranges.get("data.test_path")
+    origin = ", ".join(f"{split} from {Path(f.file).name}" for split, f in
+                       zip(("train", *(s for s in ("val", "test") if f"data.{s}_path" in ranges)), rows.files))
+    origin += "".join(f", {split} carved from {Path(rows.files[0].file).name}"
+                      for split, part in (("test", test), ("val", val)) if part is None)
+    return (ranges["data.path"], val, test), origin
+
+
+def check_delimiter(delimiter: Any, key: str = "data.delimiter") -> str:
     if delimiter == "\\t":  # data.delimiter='\t' on the command line arrives as two characters
         delimiter = "\t"
     if not isinstance(delimiter, str) or len(delimiter) != 1:
-        raise ConfigError("data.delimiter", delimiter, 'one character, e.g. "," or ";"')
-    file = csv_file(path)
-    header, rows = read_rows(file, delimiter)
-    target_column, feature_columns = pick_columns(file, header, target, features)
-    values = parse_features(file, header, rows, feature_columns)
-    target_cells = [row[target_column] for _, row in rows]
-    task, labels, class_names = parse_target(file, header[target_column], target_cells,
-                                             [line for line, _ in rows], task)
-    return RawData(values, labels, task, [header[c] for c in feature_columns], class_names,
-                   extra={"path": str(file), "target": header[target_column]},
-                   lines=np.asarray([line for line, _ in rows]))
+        raise ConfigError(key, delimiter, 'one character, e.g. "," or ";"')
+    return delimiter
 
 
-def csv_file(path: str | None) -> Path:
+def read_columns(table_file: TableFile, columns: list[str]) -> Any:
+    """The named columns of a file; a text file's numeric columns (judged on its first block) are
+    parsed straight into float32, the target's into float64, the others as text."""
+    import pyarrow as pa
+
+    schema = table_file.schema()
+    missing = [name for name in columns if name not in schema.names]
+    if missing:
+        raise table_file.fail(f"has no column '{missing[0]}'; its columns are: {', '.join(schema.names)}")
+    if table_file.kind != "text":
+        return table_file.read(columns)
+    types = {}
+    for position, name in enumerate(columns):
+        kind = schema.field(name).type
+        number = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
+        types[name] = (pa.float64() if position == len(columns) - 1 else pa.float32()) if number \
+            else pa.string()
+    return table_file.read(columns, types)
+
+
+def table_path(path: str | None, key: str = "data.path") -> Path:
     if path is None or str(path).strip() == "":
-        raise ConfigError("data.path", path, "the CSV file to train on, e.g. data.path=my.csv")
+        raise ConfigError(key, path, f"the table file to train on, e.g. {key}=my.csv ({SUFFIXES})")
     file = launch_path(path)
     if file.is_dir():
-        raise DataError("data.path", path, f"{file} is a directory: expected a CSV file")
+        raise DataError(key, path, f"{file} is a directory: expected a table file ({SUFFIXES})")
     if file.exists() and not file.is_file():
-        raise DataError("data.path", path, f"{file} is not a regular file (a device, pipe or socket): "
-                        "expected a CSV file")
+        raise DataError(key, path, f"{file} is not a regular file (a device, pipe or socket): "
+                        "expected a table file")
     if not file.exists():
-        raise DataError("data.path", path, f"{file} does not exist; relative paths are read from the "
+        raise DataError(key, path, f"{file} does not exist; relative paths are read from the "
                         f"directory you launched from")
     return file
 
 
 def read_rows(file: Path, delimiter: str, key: str = "data.path",
               delimiter_key: str = "data.delimiter") -> tuple[list[str], list[Row]]:
-    """The header (stripped column names) and the data rows with their line numbers.
+    """The header and the data rows with their line numbers, read by Python's csv module: the
+    slow reader that explains a text file pyarrow refuses (bad encoding, a row's field count).
 
     ``key`` and ``delimiter_key`` are the settings named in the errors (for training, data.path and
     data.delimiter; for prediction, input and delimiter).
     """
     rows: list[Row] = []
     try:
-        with open(file, newline="", encoding="utf-8-sig") as handle:
+        with open_text(file) as handle:
             reader = csv.reader(handle, delimiter=delimiter)
             header = [name.strip() for name in next(reader, [])]
             rows = [(reader.line_num, row) for row in reader if row]  # blank lines hold no data
@@ -81,18 +139,9 @@ def read_rows(file: Path, delimiter: str, key: str = "data.path",
                         f"{error.start})") from None
     except csv.Error as error:
         raise DataError(key, file, f"line {reader.line_num}: {error}") from None
-    if not header:
-        raise DataError(key, file, "is empty: expected a header line naming the columns")
-    other = next((sep for sep in (",", ";", "\t", "|") if sep in header[0]), None)
-    if len(header) == 1 and other is not None:
-        shown = "'\\t'" if other == "\t" else repr(other)
-        raise DataError(delimiter_key, repr(delimiter), f"{file} line 1 reads as one column "
-                        f"{header[0]!r}; set {delimiter_key}={shown} to split it")
-    for position, name in enumerate(header, start=1):
-        if not name:
-            raise DataError(key, file, f"line 1: column {position} has no name")
-        if header.index(name) != position - 1:
-            raise DataError(key, file, f"line 1: column '{name}' appears twice")
+    except (OSError, EOFError) as error:  # a truncated or mislabelled .gz/.bz2/.xz
+        raise DataError(key, file, f"cannot be read: {error}") from None
+    check_header(file, header, delimiter, key, delimiter_key)
     if not rows:
         raise DataError(key, file, "has a header but no data rows")
     for line, row in rows:
@@ -100,6 +149,23 @@ def read_rows(file: Path, delimiter: str, key: str = "data.path",
             raise DataError(key, file, f"line {line} has {len(row)} fields, the header has "
                             f"{len(header)}")
     return header, rows
+
+
+def check_header(file: Path, header: list[str], delimiter: str, key: str = "data.path",
+                 delimiter_key: str = "data.delimiter") -> None:
+    """Every column named once, and a header that does not read as one column by mistake."""
+    if not header:
+        raise DataError(key, file, "is empty: expected a header line naming the columns")
+    other = next((sep for sep in (",", ";", "\t", "|") if sep in header[0] and sep != delimiter), None)
+    if len(header) == 1 and other is not None:
+        shown = "'\\t'" if other == "\t" else repr(other)
+        raise DataError(delimiter_key, repr(delimiter), f"{file} line 1 reads as one column "
+                        f"{header[0]!r}; set {delimiter_key}={shown} to split it")
+    for position, name in enumerate(header, start=1):
+        if not str(name).strip():
+            raise DataError(key, file, f"line 1: column {position} has no name")
+        if header.index(name) != position - 1:
+            raise DataError(key, file, f"line 1: column '{name}' appears twice")
 
 
 def pick_columns(file: Path, header: list[str], target: str | None,
@@ -131,108 +197,3 @@ def pick_columns(file: Path, header: list[str], target: str | None,
     return target_column, feature_columns
 
 
-def _cell_problem(cell: str, what: str) -> str:
-    if cell.strip() == "":
-        return "empty cell; fill it in or remove the row (nothing is dropped silently)"
-    if cell.strip().lower() in MISSING:
-        return f"missing value {cell!r}; fill it in or remove the row (nothing is dropped silently)"
-    if cell.strip().lower().lstrip("+-") in ("inf", "infinity"):
-        return f"{cell!r} is not a finite number"
-    if _beyond_float32(cell):
-        return f"{cell!r} is beyond float32's range (magnitude at most {FLOAT32_MAX:.4g}); rescale the column"
-    return f"{cell!r} is not a number; {what}"
-
-
-def finite_number(cell: str) -> float | None:
-    """The cell as a float that float32 holds finite (the tensors are float32), or None."""
-    try:
-        value = float(cell)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else None
-
-
-def _beyond_float32(cell: str) -> bool:
-    """A number (infinite or finite) that float32 cannot hold: 1e39, 1e308, inf."""
-    try:
-        return abs(float(cell)) > FLOAT32_MAX
-    except ValueError:
-        return False
-
-
-def parse_features(file: Path, header: list[str], rows: list[Row], columns: list[int]
-                   ) -> np.ndarray:
-    values = np.empty((len(rows), len(columns)), dtype=np.float32)
-    for index, (line, row) in enumerate(rows):
-        for position, column in enumerate(columns):
-            value = finite_number(row[column])
-            if value is None:
-                problem = _cell_problem(row[column], "feature columns must be numeric; choose them "
-                                        "with data.features=[...]")
-                raise DataError("data.path", file,
-                                f"line {line}, column '{header[column]}': {problem}")
-            values[index, position] = value
-    return values
-
-
-def parse_target(file: Path, name: str, cells: list[str], lines: list[int], task: str
-                 ) -> tuple[str, np.ndarray, list[str]]:
-    """The task, the targets (class indices or values) and the class names, from the cells."""
-    numbers = [finite_number(cell) for cell in cells]
-    for line, cell, number in zip(lines, cells, numbers):
-        if cell.strip().lower() in MISSING or (number is None and _beyond_float32(cell)):
-            raise DataError("data.path", file, f"line {line}, column '{name}': "
-                            f"{_cell_problem(cell, '')}")
-    numeric = all(number is not None for number in numbers)
-    if task == "auto":
-        task = _guess_task(name, numbers, numeric)
-    if task == "regression":
-        if not numeric:
-            line, cell = next((ln, c) for ln, c, n in zip(lines, cells, numbers) if n is None)
-            raise DataError("data.path", file, f"line {line}, column '{name}': {cell!r} is not a "
-                            "number; data.task=regression needs a numeric target (data.task=auto "
-                            "reads it as class labels)")
-        if len(set(numbers)) == 1:
-            raise DataError("data.target", name, f"column '{name}' of {file}: all {len(numbers)} values "
-                            f"are {_label(numbers[0])}: nothing to learn")
-        return task, np.asarray(numbers, dtype=np.float32), []
-    return _classes(file, name, cells, numbers if numeric else None, task)
-
-
-def _guess_task(name: str, numbers: list[float | None], numeric: bool) -> str:
-    if not numeric:
-        return "classification"
-    if not all(float(n).is_integer() for n in numbers):
-        return "regression"
-    distinct = len(set(numbers))
-    task = "classification" if distinct <= MAX_AUTO_CLASSES else "regression"
-    other = "regression" if task == "classification" else "multiclass"
-    log.info("data.task=auto: column '%s' holds %d distinct integers, read as %s; set data.task=%s "
-             "to override", name, distinct, "class labels" if task == "classification" else
-             "a numeric target (regression)", other)
-    return task
-
-
-def _classes(file: Path, name: str, cells: list[str], numbers: list[Any] | None, task: str
-             ) -> tuple[str, np.ndarray, list[str]]:
-    """Labels -> class indices in sorted order (numeric order for numbers, text order otherwise)."""
-    keys: list[Any] = numbers if numbers is not None else [cell.strip() for cell in cells]
-    values = sorted(set(keys))
-    index = {value: position for position, value in enumerate(values)}
-    class_names = [_label(value) for value in values]
-    shown = ", ".join(class_names[:5]) + (", ..." if len(values) > 5 else "")
-    if len(values) < 2:
-        raise DataError("data.target", name, f"column '{name}' of {file} holds a single class "
-                        f"({shown}) in all {len(cells)} rows; classification needs at least 2")
-    if task == "binary" and len(values) != 2:
-        raise DataError("data.task", task, f"column '{name}' holds {len(values)} classes "
-                        f"({shown}); use data.task=multiclass or auto")
-    if task == "classification":
-        task = "binary" if len(values) == 2 else "multiclass"
-    return task, np.asarray([index[key] for key in keys], dtype=np.int64), class_names
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return str(value)

@@ -1,8 +1,10 @@
 """torchvision image sets, flattened to vectors for the MLP and scaled to [0, 1].
 
-build_data then normalises each colour channel with the mean and std of the training split. The
-official train and test files are pooled and split by data.val_fraction/test_fraction like every
-other set, stratified and seeded.
+build_data then normalises each colour channel with the mean and std of the training split. With
+data.split=official (the default) the test split is the official test set and the validation split
+is carved from the official training set (data.val_fraction, stratified, seeded); with
+data.split=pooled the official files are pooled and split by data.val_fraction/test_fraction like
+every other set.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from mlpkit.data.dataset import RawData, launch_path
-from mlpkit.errors import DataError
+from mlpkit.errors import ConfigError, DataError
+
+SPLITS = ("official", "pooled")
 
 
 class ImageSet(NamedTuple):
@@ -31,19 +35,19 @@ IMAGE_SETS = {
 UNREADABLE = (AssertionError, ValueError, TypeError, EOFError, KeyError, pickle.UnpicklingError)
 
 
-def mnist(root: str = "data", download: bool = False) -> RawData:
+def mnist(root: str = "data", download: bool = False, split: str = "official") -> RawData:
     """70,000 handwritten digits, 28x28 gray: 784 features, 10 classes."""
-    return load_image_set("mnist", root, download)
+    return load_image_set("mnist", root, download, split)
 
 
-def fashion_mnist(root: str = "data", download: bool = False) -> RawData:
+def fashion_mnist(root: str = "data", download: bool = False, split: str = "official") -> RawData:
     """70,000 Zalando clothing images, 28x28 gray: 784 features, 10 classes."""
-    return load_image_set("fashion_mnist", root, download)
+    return load_image_set("fashion_mnist", root, download, split)
 
 
-def cifar10(root: str = "data", download: bool = False) -> RawData:
+def cifar10(root: str = "data", download: bool = False, split: str = "official") -> RawData:
     """60,000 32x32 colour images: 3072 features, 10 classes."""
-    return load_image_set("cifar10", root, download)
+    return load_image_set("cifar10", root, download, split)
 
 
 def _one_line(error: BaseException) -> str:
@@ -77,7 +81,10 @@ def open_torchvision(name: str, root: Path, download: bool) -> tuple:
     return train, test
 
 
-def load_image_set(name: str, root: str, download: bool) -> RawData:
+def load_image_set(name: str, root: str, download: bool, split: str = "official") -> RawData:
+    if split not in SPLITS:
+        raise ConfigError("data.split", split, "official (the official test set; val carved from the "
+                          "official training set) or pooled (train and test files pooled, split by fractions)")
     train, test = open_torchvision(name, launch_path(root), download)
     # .data holds every image as uint8: (N, H, W) tensors for MNIST, (N, H, W, C) arrays for CIFAR.
     images = np.concatenate([np.asarray(train.data), np.asarray(test.data)])
@@ -94,5 +101,10 @@ def load_image_set(name: str, root: str, download: bool) -> RawData:
     feature_names = [f"{p}pixel_{r}_{c}" for p in prefix
                      for r in range(height) for c in range(width)]
     groups = np.repeat(np.arange(channels), height * width)
+    official = split == "official"
+    n_train = len(train.targets)
     return RawData(features, labels, "multiclass", feature_names, [str(c) for c in train.classes],
-                   feature_groups=groups)
+                   feature_groups=groups,
+                   splits=(np.arange(n_train), None, np.arange(n_train, count)) if official else None,
+                   split_origin="test: the official test set, val carved from the official training set"
+                   if official else "official train and test files pooled, split by fractions")

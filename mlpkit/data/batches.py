@@ -1,0 +1,116 @@
+"""The common case at scale, read batch by batch: every feature column numeric, no categories.
+
+Each file is streamed (pyarrow's CSV stream reader, Parquet row groups, Feather record batches);
+each batch's feature columns go into a float32 block of their own and the pyarrow batch is dropped,
+so the whole table never sits in memory twice. The blocks are then copied into the final array,
+each freed as soon as it is copied. Anything unusual (a text column, a null, a value float32 cannot
+hold, a cell that breaks the first block's types) returns None: the column-wise path
+(mlpkit.data.columns) reads the files again and names the cell.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlpkit.data.formats import TableFile
+
+BLOCK_BYTES = 1 << 20  # text read per CSV batch (pyarrow's default)
+BLOCK_ROWS_BYTES = 64 << 20  # float32 features gathered per block before the final copy
+
+
+def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) -> Iterator[Any] | None:
+    """Record batches holding ``names`` (all numeric) and ``target``; None if a column is not numeric."""
+    import pyarrow as pa
+
+    schema = table_file.schema()
+    if any(name not in schema.names for name in [*names, target]):
+        return None
+    kinds = [schema.field(name).type for name in names]
+    if not all(pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds):
+        return None
+    columns = [*names, target]
+    if table_file.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(table_file.file).iter_batches(columns=columns)
+    if table_file.kind == "feather":
+        reader = pa.ipc.open_file(table_file.file)
+        return (reader.get_batch(i).select(columns) for i in range(reader.num_record_batches))
+    csv_module = table_file._csv_module()
+    target_kind = schema.field(target).type
+    types = {**{name: pa.float32() for name in names},
+             target: pa.float64() if pa.types.is_integer(target_kind) or pa.types.is_floating(target_kind)
+             else pa.string()}
+    convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
+                                        null_values=table_file_nulls(), strings_can_be_null=True)
+    options = table_file._csv_options()
+    options["read_options"] = csv_module.ReadOptions(block_size=BLOCK_BYTES)
+    source = table_file._source()
+    return csv_module.open_csv(source, convert_options=convert, **options)
+
+
+def table_file_nulls() -> list[str]:
+    from mlpkit.data.formats import NULLS
+
+    return NULLS
+
+
+def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
+                 ) -> tuple[np.ndarray, list[Any]] | None:
+    """(N, F) float32 features of every file, stacked, and each file's target column (pyarrow), or
+    None when the column-wise path must take over."""
+    import pyarrow as pa
+
+    # Blocks of 64 MiB: above glibc's largest mmap threshold (32 MiB), so each one is returned to
+    # the system when freed, and the final array's pages replace them rather than add to them.
+    capacity = max(1, BLOCK_ROWS_BYTES // (4 * max(1, len(names))))
+    blocks: list[np.ndarray] = []
+    targets: list[Any] = []
+    used = capacity
+    for table_file in files:
+        batches = numeric_batches(table_file, names, target)
+        if batches is None:
+            return None
+        chunks = []
+        try:
+            for batch in batches:
+                for start in range(0, batch.num_rows, capacity):
+                    piece = batch.slice(start, capacity)
+                    if used + piece.num_rows > capacity:
+                        if blocks:
+                            blocks[-1] = blocks[-1][:used]
+                        blocks.append(np.empty((capacity, len(names)), dtype=np.float32))
+                        used = 0
+                    rows = slice(used, used + piece.num_rows)
+                    for position in range(len(names)):
+                        column = piece.column(position)
+                        if column.null_count:
+                            return None
+                        blocks[-1][rows, position] = column.to_numpy(zero_copy_only=False)
+                    if not np.isfinite(blocks[-1][rows]).all():
+                        return None
+                    used += piece.num_rows
+                chunks.append(batch.column(len(names)))
+        except (pa.ArrowException, OSError):
+            return None  # e.g. a text cell below the first block: the column-wise path names it
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+        if not chunks:
+            return None
+        targets.append(pa.table({target: pa.chunked_array(chunks)}))
+    if blocks:
+        blocks[-1] = blocks[-1][:used]
+    if len(blocks) == 1:  # one block holds it all: no copy (its untouched tail takes no memory)
+        return blocks[0], targets
+    values = np.empty((sum(len(block) for block in blocks), len(names)), dtype=np.float32)
+    start = 0
+    blocks.reverse()
+    while blocks:  # copy, then free, block by block: the final array grows as the blocks go
+        block = blocks.pop()
+        values[start:start + len(block)] = block
+        start += len(block)
+        del block
+    return values, targets

@@ -1,0 +1,177 @@
+"""Table files chosen by suffix and read through pyarrow: CSV and TSV (plain or .gz/.bz2/.xz),
+Parquet, Feather. pyarrow is imported inside the functions, so runs on bundled data never load it.
+
+A file is read column-wise and multi-threaded; the slow Python reader (mlpkit.data.table.read_rows)
+runs only to explain a file pyarrow refuses, and ``TableFile.cell`` finds a row's line and text only
+for an error message.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import lzma
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from mlpkit.errors import DataError
+
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+PARQUET = (".parquet", ".pq")
+FEATHER = (".feather", ".arrow", ".ipc")
+SUFFIXES = ".csv, .tsv (plain or .gz/.bz2/.xz), .parquet, .feather"
+# Cells that mean "no value" (pyarrow compares them case-sensitively; the messages lower-case them).
+NULLS = ["", "na", "NA", "Na", "n/a", "N/A", "nan", "NaN", "NAN", "Nan", "null", "NULL", "Null"]
+
+
+def table_kind(file: Path) -> str:
+    """"text", "parquet" or "feather", from the file's suffix (anything else is read as text)."""
+    suffixes = [s.lower() for s in file.suffixes]
+    if suffixes and suffixes[-1] in PARQUET:
+        return "parquet"
+    if suffixes and suffixes[-1] in FEATHER:
+        return "feather"
+    return "text"
+
+
+def default_delimiter(file: Path, delimiter: str) -> str:
+    """A .tsv file (compressed or not) is tab-separated unless another delimiter than "," is set."""
+    suffixes = [s.lower() for s in file.suffixes if s.lower() not in COMPRESSIONS]
+    return "\t" if suffixes and suffixes[-1] == ".tsv" and delimiter == "," else delimiter
+
+
+def open_text(file: Path) -> IO[str]:
+    """The file as text, decompressed by suffix (a UTF-8 byte-order mark is skipped)."""
+    opener = COMPRESSIONS.get(file.suffix.lower(), open)
+    return opener(file, "rt", newline="", encoding="utf-8-sig")
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@dataclass
+class TableFile:
+    """One table file and the keys its messages name (data.path, data.test_path, input ...)."""
+
+    file: Path
+    key: str = "data.path"
+    delimiter: str = ","
+    delimiter_key: str = "data.delimiter"
+
+    def __post_init__(self) -> None:
+        self.kind = table_kind(self.file)
+        self.delimiter = default_delimiter(self.file, self.delimiter)
+
+    def fail(self, problem: str) -> DataError:
+        return DataError(self.key, self.file, problem)
+
+    # --- reading ----------------------------------------------------------------------------
+    def schema(self) -> Any:
+        """The column names and types (for text, inferred from the first block), header checked."""
+        import pyarrow as pa  # pyarrow: only table files need it
+
+        try:
+            if self.kind == "parquet":
+                import pyarrow.parquet as pq
+
+                schema = pq.read_schema(self.file)
+            elif self.kind == "feather":
+                schema = pa.ipc.open_file(self.file).schema
+            else:
+                with self._source() as source, \
+                        self._csv_module().open_csv(source, **self._csv_options()) as reader:
+                    schema = reader.schema
+        except (pa.ArrowException, OSError) as error:
+            raise self._unreadable(error) from None
+        self.check_header(list(schema.names))
+        return schema
+
+    def read(self, columns: Sequence[str], text_types: dict[str, Any] | None = None) -> Any:
+        """The named columns as a pyarrow Table; ``text_types`` forces the types of a text file's
+        columns (float32 for numbers: parsed straight into the width the tensors hold)."""
+        import pyarrow as pa
+
+        try:
+            if self.kind == "parquet":
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(self.file, columns=list(columns))
+            elif self.kind == "feather":
+                import pyarrow.feather as feather
+
+                table = feather.read_table(self.file, columns=list(columns))
+            else:
+                csv_module = self._csv_module()
+                convert = csv_module.ConvertOptions(
+                    include_columns=list(columns), column_types=text_types or {}, null_values=NULLS,
+                    strings_can_be_null=True, quoted_strings_can_be_null=True)
+                # The streaming reader holds a few blocks of text at a time; read_csv parses the
+                # whole file at once and peaks at several times the table's size.
+                with self._source() as source, \
+                        csv_module.open_csv(source, convert_options=convert, **self._csv_options()) as reader:
+                    table = reader.read_all()
+        except (pa.ArrowException, OSError) as error:
+            if self.kind == "text" and text_types and "conversion error" in str(error):
+                # A column typed from the first block holds other cells further down: read it as text
+                # and let the caller name the cell.
+                return self.read(columns, {name: pa.string() for name in columns})
+            raise self._unreadable(error) from None
+        if table.num_rows == 0:
+            raise self.fail("has a header but no data rows" if self.kind == "text" else "holds no rows")
+        return table
+
+    def _source(self) -> Any:
+        """The text file as a byte stream: pyarrow decompresses .gz and .bz2 itself (pyarrow wheels
+        have no xz codec: Python's lzma reads those)."""
+        import pyarrow as pa
+
+        if self.file.suffix.lower() == ".xz":
+            return lzma.open(self.file, "rb")
+        return pa.input_stream(self.file, compression="detect")
+
+    def _csv_module(self) -> Any:
+        import pyarrow.csv
+
+        return pyarrow.csv
+
+    def _csv_options(self) -> dict[str, Any]:
+        csv_module = self._csv_module()
+        return {"parse_options": csv_module.ParseOptions(delimiter=self.delimiter)}
+
+    def _unreadable(self, error: BaseException) -> DataError:
+        """The file's first problem in one line: for text, the Python reader finds it by line."""
+        if self.kind == "text":
+            from mlpkit.data.table import read_rows
+
+            read_rows(self.file, self.delimiter, self.key, self.delimiter_key)  # raises the exact line
+            return self.fail(f"cannot be read as delimited text: {first_line(error)}")
+        return self.fail(f"cannot be read as {self.kind.capitalize()} ({first_line(error)}); "
+                         f"table files are chosen by suffix: {SUFFIXES}")
+
+    def check_header(self, header: list[str]) -> None:
+        from mlpkit.data.table import check_header
+
+        check_header(self.file, header, self.delimiter, self.key, self.delimiter_key)
+
+    # --- messages ---------------------------------------------------------------------------
+    def cell(self, row: int, column: str) -> tuple[str, str]:
+        """Where data row ``row`` (0-based) is ("line 4" for text, "row 3" otherwise) and the cell's
+        text in ``column``; read again from the file, for an error message only."""
+        if self.kind != "text":
+            value = self.read([column]).column(column)[row].as_py()
+            return f"row {row + 1}", "" if value is None else str(value)
+        for index, (line, header, cells) in enumerate(self._rows()):
+            if index == row:
+                return f"line {line}", cells[header.index(column)]
+        return f"row {row + 1}", ""
+
+    def _rows(self) -> Iterator[tuple[int, list[str], list[str]]]:
+        with open_text(self.file) as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter)
+            header = [name.strip() for name in next(reader, [])]
+            for cells in reader:
+                if cells:  # blank lines hold no data (pyarrow skips them too)
+                    yield reader.line_num, header, cells

@@ -1,0 +1,214 @@
+"""Table files as users have them: compressed CSV, TSV, Parquet, Feather, given test and validation
+files, and categorical columns; all read through pyarrow, with one line per bad cell."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpkit.data import DataError, build_data, save_preprocessing
+from mlpkit.errors import ConfigError
+from mlpkit.prediction import read_feature_rows
+
+COLORS = ["red", "green", "blue"]
+
+
+def rows(n: int = 30, first: int = 0) -> list[tuple]:
+    """x is the row number; color cycles; the class is the color's position."""
+    return [(float(i), COLORS[i % 3], ["a", "b", "c"][i % 3]) for i in range(first, first + n)]
+
+
+def csv_text(table: list[tuple], delimiter: str = ",") -> str:
+    return "\n".join([delimiter.join(["x", "color", "species"]),
+                      *(delimiter.join(str(cell) for cell in row) for row in table)]) + "\n"
+
+
+def write(path: Path, table: list[tuple]) -> Path:
+    """The table in the format the suffix names."""
+    import pyarrow as pa
+
+    name = path.name
+    if name.endswith((".parquet", ".feather")):
+        arrow = pa.table({"x": [r[0] for r in table], "color": [r[1] for r in table],
+                          "species": [r[2] for r in table]})
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(arrow, path)
+        else:
+            import pyarrow.feather as feather
+
+            feather.write_feather(arrow, path)
+        return path
+    text = csv_text(table, "\t" if ".tsv" in name else ",").encode()
+    opener = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}.get(path.suffix, bytes)
+    path.write_bytes(opener(text))
+    return path
+
+
+def load(path: Path, **keys):
+    return build_data({"source": "csv", "path": str(path), "target": "species", "features": None,
+                       "task": "auto", "delimiter": ",", "val_fraction": 0.2, "test_fraction": 0.2,
+                       "split_seed": 0, "categorical": "auto", **keys})
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.csv.bz2", "t.csv.xz", "t.tsv", "t.tsv.gz",
+                                  "t.parquet", "t.feather"])
+def test_every_format_reads_the_same_table(tmp_path, name):
+    data = load(write(tmp_path / name, rows()), standardize=False)
+    assert data.feature_names == ["x", "color=blue", "color=green", "color=red"]
+    assert data.class_names == ["a", "b", "c"]
+    x = np.concatenate([s.x.numpy() for s in (data.train, data.val, data.test)])
+    y = np.concatenate([s.y.numpy() for s in (data.train, data.val, data.test)])
+    order = np.argsort(x[:, 0])
+    assert x[order, 0].tolist() == list(range(30))
+    # one-hot: red (class a) -> column color=red, green (b) -> color=green, blue (c) -> color=blue
+    assert (x[order, 1:].argmax(axis=1) == np.asarray([2, 1, 0] * 10)).all()
+    assert (x[order, 1:].sum(axis=1) == 1).all()
+    assert y[order].tolist() == [0, 1, 2] * 10
+
+
+def test_categorical_none_refuses_text_and_names_the_key(tmp_path):
+    with pytest.raises(DataError) as error:
+        load(write(tmp_path / "t.csv", rows()), categorical="none")
+    assert (f"data.path={tmp_path / 't.csv'}: line 2, column 'color': 'red' is not a number; feature "
+            "columns must be numeric") in str(error.value)
+    assert "data.categorical=[color]" in str(error.value)
+
+
+def test_categorical_list_encodes_a_numeric_looking_column(tmp_path):
+    data = load(write(tmp_path / "t.csv", [(i % 2, "red", "ab"[i % 2]) for i in range(20)]),
+                categorical=["x"], features=["x"])
+    assert data.feature_names == ["x=0", "x=1"]
+
+
+def test_bad_cell_in_parquet_names_the_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1.0, None, 3.0, 4.0], "species": ["a", "b", "a", "b"]}), tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"t.parquet: row 2, column 'x': empty cell"):
+        load(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"x": [1.0, 2.0, np.nan, 4.0], "species": ["a", "b", "a", "b"]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n.parquet: row 3, column 'x': missing value 'nan'"):
+        load(tmp_path / "n.parquet")
+
+
+def test_bad_cell_in_a_compressed_csv_names_the_line(tmp_path):
+    table = rows(12)
+    table[4] = (1.0, "red", "")
+    with pytest.raises(DataError, match=r"t.csv.gz: line 6, column 'species': empty cell"):
+        load(write(tmp_path / "t.csv.gz", table))
+
+
+def test_not_parquet_is_one_line(tmp_path):
+    (tmp_path / "t.parquet").write_text("x,species\n1,a\n")
+    with pytest.raises(DataError, match=r"t.parquet: cannot be read as Parquet"):
+        load(tmp_path / "t.parquet")
+
+
+def test_given_test_file_is_the_test_split_and_val_is_carved_from_train(tmp_path):
+    train = write(tmp_path / "train.csv", rows(30))
+    test = write(tmp_path / "test.parquet", rows(9, first=100))
+    data = load(train, test_path=str(test), standardize=False)
+    assert sorted(data.test.x[:, 0].tolist()) == list(range(100, 109))
+    assert (len(data.train), len(data.val)) == (24, 6)
+    assert max(data.train.x[:, 0].max(), data.val.x[:, 0].max()) < 30
+    assert "(train from train.csv, test from test.parquet, val carved from train.csv)" in data.describe()
+
+
+def test_given_val_and_test_files_and_training_only_statistics(tmp_path):
+    train = write(tmp_path / "train.csv", rows(30))
+    val = write(tmp_path / "val.csv", rows(6, first=200))
+    test = write(tmp_path / "test.csv", rows(6, first=100))
+    data = load(train, val_path=str(val), test_path=str(test))
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 6, 6)
+    assert data.feature_mean[0] == pytest.approx(14.5)  # the mean of x over train.csv alone
+    raw_val = data.val.x[:, 0].numpy() * data.feature_std[0] + data.feature_mean[0]
+    assert sorted(np.round(raw_val).tolist()) == list(range(200, 206))
+
+
+def test_unseen_category_in_the_test_file_is_named(tmp_path):
+    train = write(tmp_path / "train.csv", rows(30))
+    test = write(tmp_path / "test.csv", [(1.0, "purple", "a"), (2.0, "red", "b")])
+    with pytest.raises(DataError, match=r"data.test_path=.*test.csv: line 2, column 'color': category "
+                       r"'purple' is not one the training file holds \(blue, green, red\)"):
+        load(train, test_path=str(test))
+
+
+def test_test_file_without_a_column(tmp_path):
+    train = write(tmp_path / "train.csv", rows(30))
+    (tmp_path / "test.csv").write_text("x,species\n1,a\n")
+    with pytest.raises(DataError, match=r"data.test_path=.*test.csv: has no column 'color'"):
+        load(train, test_path=str(tmp_path / "test.csv"))
+
+
+def test_prediction_applies_the_saved_encoding(tmp_path):
+    data = load(write(tmp_path / "train.csv", rows(30)))
+    record = json.loads(save_preprocessing(data, tmp_path).read_text())
+    assert record["input_columns"] == ["x", "color"]
+    assert record["categories"] == {"color": ["blue", "green", "red"]}
+    new = write(tmp_path / "new.parquet", [(5.0, "green", "?"), (6.0, "blue", "?")])
+    values = read_feature_rows(new, record["feature_names"], ",", record)
+    assert values.tolist() == [[5, 0, 1, 0], [6, 1, 0, 0]]
+    unseen = write(tmp_path / "unseen.csv", [(5.0, "green", "?"), (6.0, "pink", "?")])
+    with pytest.raises(DataError, match=r"input=.*unseen.csv: line 3, column 'color': category 'pink'"):
+        read_feature_rows(unseen, record["feature_names"], ",", record)
+
+
+def test_config_rejects_a_bad_categorical_value(tmp_path):
+    with pytest.raises(ConfigError, match="data.categorical=some is not valid"):
+        load(write(tmp_path / "t.csv", rows()), categorical="some")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=csv", "data.categorical=some"], "data.categorical=some is not valid: expected auto, none, or a list"),
+    (["data=mnist", "data.split=random"], "data.split=random is not valid: expected official"),
+    (["data=csv", "data.test_path=''"], "data.test_path= is not valid: expected a table file"),
+])
+def test_config_checks_the_data_keys_before_loading(overrides, message):
+    from mlpkit.config import validate
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(*overrides))
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_train_and_a_test_file(tmp_path):
+    from tests.conftest import run_cli
+
+    write(tmp_path / "train.csv", rows(30))
+    write(tmp_path / "test.parquet", rows(9, first=100))
+    result = run_cli(tmp_path / "run", "data=csv", "data.path=train.csv", "data.test_path=test.parquet",
+                     "data.target=species", "data.categorical=auto", "trainer.max_epochs=1",
+                     "trainer.progress=false", "trainer.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("data=csv: multiclass, train 25, val 5, test 9 (train from train.csv, test from test.parquet, "
+            "val carved from train.csv), 4 features, 3 classes") in result.stderr
+    record = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
+    assert record["categories"] == {"color": ["blue", "green", "red"]}
+
+
+def test_batch_path_gives_the_column_path_values(tmp_path, monkeypatch):
+    """Numeric tables are read batch by batch into blocks; tiny blocks here force many of both."""
+    from mlpkit.data import batches, table
+
+    generator = np.random.default_rng(0)
+    lines = ["a,b,c,label"] + [f"{a:.6g},{b:.6g},{int(c)},{'xy'[i % 2]}" for i, (a, b, c) in
+                                enumerate(generator.normal(size=(700, 3)) * 100)]
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    monkeypatch.setattr(batches, "BLOCK_BYTES", 4096)  # ~150 rows per CSV batch
+    monkeypatch.setattr(batches, "BLOCK_ROWS_BYTES", 1000)  # 83 rows per block
+    streamed = table.load_csv(str(tmp_path / "t.csv.gz"), target="label")
+    monkeypatch.setattr(table, "read_numeric", lambda *args: None)
+    column_wise = table.load_csv(str(tmp_path / "t.csv.gz"), target="label")
+    assert streamed.features.shape == (700, 3)
+    np.testing.assert_array_equal(streamed.features, column_wise.features)
+    np.testing.assert_array_equal(streamed.targets, column_wise.targets)
+    assert streamed.class_names == column_wise.class_names == ["x", "y"]
