@@ -183,12 +183,14 @@ def features(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     names = list(preprocessing["feature_names"])
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # a pandas DataFrame: its columns by name
-        missing = [name for name in names if name not in x.columns]
+        columns = list(preprocessing.get("input_columns") or names)  # before one-hot encoding
+        missing = [name for name in columns if name not in x.columns]
         if missing:
             raise DataError("x", "a DataFrame", f"no column {', '.join(map(str, missing[:5]))}"
-                            f"{' and more' if len(missing) > 5 else ''}; the run was trained on {len(names)} "
-                            f"feature columns: {shown}")
-        values = x[names].to_numpy(dtype=np.float32)
+                            f"{' and more' if len(missing) > 5 else ''}; the run was trained on {len(columns)} "
+                            f"columns: {', '.join(map(str, columns[:6]))}{', ...' if len(columns) > 6 else ''}")
+        values = x[names].to_numpy(dtype=np.float32) if not preprocessing.get("categories") else \
+            one_hot_frame(x, preprocessing)
     else:
         if hasattr(x, "detach"):  # a torch tensor, wherever it lives
             x = x.detach().cpu().numpy()
@@ -204,3 +206,23 @@ def features(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     mean = np.asarray(preprocessing["feature_mean"], dtype=np.float32)
     std = np.asarray(preprocessing["feature_std"], dtype=np.float32)
     return (values - mean) / std
+
+
+def one_hot_frame(frame: Any, preprocessing: dict[str, Any]) -> np.ndarray:
+    """A DataFrame's input columns as the run's features: its categorical columns one-hot encoded
+    with the training file's categories (preprocessing.json), in the training order."""
+    categories = preprocessing["categories"]
+    parts = []
+    for name in preprocessing["input_columns"]:
+        column = frame[name]
+        if name not in categories:
+            parts.append(column.to_numpy(dtype=np.float32)[:, None])
+            continue
+        cells = column.astype(str).to_numpy()
+        unknown = ~np.isin(cells, categories[name])
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise DataError("x", "a DataFrame", f"row {row}, column '{name}': category {cells[row]!r} was not in "
+                            f"the training file (known: {', '.join(categories[name][:10])})")
+        parts.append((cells[:, None] == np.asarray(categories[name])[None, :]).astype(np.float32))
+    return np.concatenate(parts, axis=1)

@@ -212,3 +212,23 @@ def test_batch_path_gives_the_column_path_values(tmp_path, monkeypatch):
     np.testing.assert_array_equal(streamed.features, column_wise.features)
     np.testing.assert_array_equal(streamed.targets, column_wise.targets)
     assert streamed.class_names == column_wise.class_names == ["x", "y"]
+
+
+@pytest.mark.slow
+def test_the_api_predicts_a_dataframe_with_categorical_columns_as_predict_does_the_file(tmp_path):
+    import pandas as pd
+
+    import mlpkit
+    from mlpkit.prediction import predict_csv
+
+    run = mlpkit.train(["data=csv", f"data.path={write(tmp_path / 'train.csv', rows(60))}", "data.target=species",
+                        "data.categorical=auto", "trainer.max_epochs=1", "model.hidden_sizes=[8]"],
+                       run_dir=tmp_path / "run")
+    new_rows = rows(6, first=100)
+    predict_csv(tmp_path / "run", write(tmp_path / "new.csv", new_rows), tmp_path / "predicted.csv")
+    from_file = pd.read_csv(tmp_path / "predicted.csv").filter(like="probability_").to_numpy()
+    frame = pd.DataFrame(new_rows, columns=["x", "color", "species"]).drop(columns="species")
+    assert np.allclose(run.predict_proba(frame), from_file, atol=1e-5)
+    frame.loc[2, "color"] = "purple"
+    with pytest.raises(DataError, match="row 2, column 'color': category 'purple' was not in the training file"):
+        run.predict(frame)
