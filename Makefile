@@ -1,27 +1,44 @@
 # Two commands on a fresh machine: `make train` and `make test`.
-# Both create .venv when it is missing and install the project into it.
+# Both create .venv when it is missing. `make train` installs only what a run needs (the lean
+# dependencies of pyproject.toml); `make test` adds the extras the suite tests (Optuna, the joblib,
+# SLURM and Ray launchers, Lightning, the notebook tools). Each install has its own stamp, so the
+# second command installs only what the first did not.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+TEST_EXTRAS := dev,sweep,slurm,ray,bench,notebook
 
-.PHONY: setup train test lint clean
+.PHONY: setup setup-test train test test-fast lint clean
 
-setup: $(STAMP)
+setup: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+setup-test: $(TEST_STAMP)
+
+$(RUN_STAMP): pyproject.toml
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PYTHON) -m pip install --quiet -e '.[dev,sweep,slurm,ray,bench,notebook]'
-	touch $(STAMP)
+	$(VENV_PYTHON) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# The extras install the project too: a run's stamp is then up to date as well.
+$(TEST_STAMP): pyproject.toml
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet -e '.[$(TEST_EXTRAS)]'
+	touch $(TEST_STAMP) $(RUN_STAMP)
 
 # Extra overrides: make train ARGS="activation=tanh trainer.max_epochs=5"
-train: $(STAMP)
+train: $(RUN_STAMP)
 	$(VENV_PYTHON) train.py $(ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+# The unit tests: no test that trains a real run or starts a process (those are marked slow).
+test-fast: $(TEST_STAMP)
+	$(VENV_PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(TEST_STAMP)
 	$(VENV_PYTHON) -m ruff check mlpkit scripts tests train.py
 
 clean:

@@ -1,6 +1,6 @@
 """Shared helpers: compose configs like the CLI does (and report its mistakes as the CLI would), and run
 the real CLI, a script or a fresh interpreter in a temporary directory. Tests that start a process or
-train for seconds are marked ``slow``: ``make test PYTEST_ARGS='-m "not slow"'`` leaves them out."""
+train a real run are marked ``slow``: ``make test-fast`` leaves them out."""
 from __future__ import annotations
 
 import os

@@ -59,12 +59,14 @@ def test_compile_refuses_a_batch_larger_than_the_training_split(tmp_path):
         digits_trainer(tmp_path, batch_size=5000, compile_step=True)
 
 
+@pytest.mark.slow
 def test_optimizer_fused_true_reaches_the_optimizer_and_its_checkpoint(tmp_path):
     run(compose_config(*FAST, "optimizer.fused=true", "trainer.device=cpu"), tmp_path)
     groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert all(group["fused"] is True for group in groups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("setting", "fused"), [("auto", True), ("false", False), ("null", None)])
 def test_optimizer_fused_auto_means_fused_on_cpu_and_can_be_turned_off(tmp_path, setting, fused):
     run(compose_config(*FAST, "trainer.device=cpu", f"optimizer.fused={setting}"), tmp_path)

@@ -56,6 +56,7 @@ def test_the_api_and_the_command_line_write_the_same_run(tmp_path):
     assert "view it: tensorboard --logdir" in (run.dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_train_returns_the_run_it_wrote(digits_run):
     run = digits_run
     metrics = json.loads((run.dir / "metrics.json").read_text())
@@ -70,6 +71,7 @@ def test_train_returns_the_run_it_wrote(digits_run):
     assert run.evaluate("val")["samples"] == 270
 
 
+@pytest.mark.slow
 def test_predict_takes_arrays_tensors_and_data_frames_and_answers_in_class_names(digits_run):
     frame = digits_frame()
     names = [c for c in frame.columns if c.startswith("pixel_")]
@@ -105,6 +107,7 @@ def test_load_run_reads_command_line_runs_and_predicts_like_the_predict_command(
         mlpkit.load_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_default_run_directory_is_new_and_the_working_directory_stays(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first, second = mlpkit.train(TINY), mlpkit.train(TINY)
@@ -127,15 +130,10 @@ def test_config_mistakes_raise_config_error_with_the_command_line_message(tmp_pa
     assert not (tmp_path / "c" / "metrics.json").exists()
 
 
+# The command line says the same line as mlpkit.train raises: test_config.py's exit-code tests.
+
+
 @pytest.mark.slow
-def test_the_command_line_says_the_same_line(tmp_path):
-    result = run_cli(tmp_path / "run", "activation=nope")
-    with pytest.raises(mlpkit.ConfigError) as error:
-        mlpkit.train(["activation=nope"], run_dir=tmp_path / "api")
-    assert result.returncode == 2
-    assert f"Config error: {error.value}" in result.stderr.splitlines()
-
-
 def test_train_twice_and_in_a_thread_adds_no_handler_and_logs_each_line_once(tmp_path):
     logger = logging.getLogger("mlpkit")
     mlpkit.train(TINY, run_dir=tmp_path / "first")
@@ -164,6 +162,7 @@ def test_the_console_shows_the_lines_when_logging_is_not_configured(tmp_path):
         [f"run directory: {tmp_path}/a", f"run directory: {tmp_path}/b"]
 
 
+@pytest.mark.slow
 def test_resume_follows_the_command_line_rule(tmp_path):
     run = mlpkit.train(TINY, run_dir=tmp_path / "run")
     config = (run.dir / ".hydra" / "config.yaml").read_text()
@@ -178,23 +177,8 @@ def test_resume_follows_the_command_line_rule(tmp_path):
         mlpkit.train(TINY, run_dir=run.dir)
 
 
+# mlpkit.sweep over a grid, its runs, table and report: test_sweep_repeats.py (seeds crossed with a key)
 @pytest.mark.slow
-def test_sweep_runs_a_grid_into_one_directory_with_the_sweep_report(tmp_path):
-    result = mlpkit.sweep({"activation": ["relu", "tanh"], "trainer.seed": [0, 1]}, overrides=TINY,
-                          sweep_dir=tmp_path / "sweep")
-    assert [run.dir.name for run in result.runs] == [  # as `python train.py -m` names its jobs
-        f"{number}_activation={activation},model.hidden_sizes=[16],trainer.max_epochs=1,trainer.seed={seed}"
-        for number, (activation, seed) in enumerate([("relu", 0), ("relu", 1), ("tanh", 0), ("tanh", 1)])]
-    assert all(run.metrics["status"] == "completed" for run in result.runs) and not result.failed
-    assert result.runs[2].config.activation.name == "tanh" and result.runs[1].config.trainer.seed == 1
-    table = result.table
-    assert len(table) == 4 and list(table["rank"]) == [1, 2, 3, 4]
-    assert set(table["overrides"]) == {f"activation={a},trainer.seed={s}" for a in ("relu", "tanh") for s in (0, 1)}
-    assert (tmp_path / "sweep" / "sweep_report.md").read_text() == result.report
-    assert "Per configuration: mean ± std over its seeds" in result.report  # the seeds pooled
-    assert json.loads((result.runs[0].dir / "job_status.json").read_text())["status"] == "completed"
-
-
 def test_sweep_of_override_lists_reports_a_failed_job_and_goes_on(tmp_path):
     result = mlpkit.sweep([["activation=tanh"], ["trainer.batch_size=0"]], overrides=TINY,
                           sweep_dir=tmp_path / "sweep")
@@ -241,6 +225,7 @@ def test_stop_on_signals_is_a_no_op_off_the_main_thread():
     assert errors == []
 
 
+@pytest.mark.slow
 def test_the_notebook_summary_says_data_model_metrics_verdicts_and_where(digits_run, monkeypatch):
     summary = digits_run._repr_html_()
     for text in ("digits (multiclass)", "hidden_sizes=[16]", "accuracy", "judged=True", "healthy=True",
@@ -253,12 +238,14 @@ def test_the_notebook_summary_says_data_model_metrics_verdicts_and_where(digits_
     assert "vanishing gradients: linear1" in digits_run._repr_html_()
 
 
+@pytest.mark.slow
 def test_history_frame_without_pandas_says_what_to_install(digits_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"Run.history_frame\(\) needs pandas: pip install pandas"):
         digits_run.history_frame()
 
 
+@pytest.mark.slow
 def test_import_mlpkit_loads_no_torch_and_the_sweep_callback_stays_hydras():
     code = ("import sys, mlpkit\n"
             "assert 'torch' not in sys.modules\n"

@@ -6,6 +6,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
+import mlpkit
 from mlpkit.cli import run
 from mlpkit.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import CONFIG_DIR, FAST, compose_config, read_scalars, run_cli
@@ -13,11 +14,7 @@ from tests.conftest import CONFIG_DIR, FAST, compose_config, read_scalars, run_c
 DATASETS = {"digits": "accuracy", "breast_cancer": "accuracy", "diabetes": "rmse"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
-def test_train_writes_tensorboard_metrics_and_summary(run_dir, dataset):
-    result = run_cli(run_dir, f"data={dataset}", *FAST, "model.hidden_sizes=[16,8]")
-    assert result.returncode == 0, result.stderr
+def check_metrics_and_scalars(run_dir, dataset: str) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["steps"] > 0 and metrics["samples_per_second"] > 0
     for split in ("train", "val", "test"):
@@ -28,16 +25,31 @@ def test_train_writes_tensorboard_metrics_and_summary(run_dir, dataset):
                 "grad_norm/linear1", "grad_norm/linear2", "grad_norm/linear3"}
     assert expected <= set(scalars)
     assert all(math.isfinite(v) for tag in expected for _, v in scalars[tag])
+
+
+@pytest.mark.slow
+def test_train_writes_tensorboard_metrics_and_summary(run_dir):
+    result = run_cli(run_dir, "data=digits", *FAST, "model.hidden_sizes=[16,8]")  # the real command
+    assert result.returncode == 0, result.stderr
+    check_metrics_and_scalars(run_dir, "digits")
     assert f"tensorboard --logdir {run_dir}" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
-def test_grad_norms_are_logged_every_n_steps(run_dir):
+@pytest.mark.parametrize("dataset", sorted(set(DATASETS) - {"digits"}))
+def test_every_task_writes_its_metrics_and_tensorboard_scalars(tmp_path, dataset):
+    run = mlpkit.train([f"data={dataset}", *FAST, "model.hidden_sizes=[16,8]"], run_dir=tmp_path / "run")
+    check_metrics_and_scalars(run.dir, dataset)
+    log = (run.dir / "train.log").read_text()  # what the command line prints
+    assert f"tensorboard --logdir {run.dir}" in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_grad_norms_are_logged_every_n_steps(tmp_path):
     # digits: 1257 training samples, batch 100 -> 13 steps; logged at steps 0, 5, 10.
-    result = run_cli(run_dir, *FAST, "trainer.batch_size=100", "trainer.log_every_n_steps=5")
-    assert result.returncode == 0, result.stderr
-    scalars = read_scalars(run_dir)
+    run = mlpkit.train([*FAST, "trainer.batch_size=100", "trainer.log_every_n_steps=5"], run_dir=tmp_path / "run")
+    scalars = read_scalars(run.dir)
     assert [step for step, _ in scalars["grad_norm/linear1"]] == [0, 5, 10]
     assert [step for step, _ in scalars["loss/val"]] == [13]
 
@@ -95,6 +107,7 @@ def test_training_learns_digits(tmp_path):
     assert objective == metrics["val"]["loss"]
 
 
+@pytest.mark.slow
 def test_objective_metric_and_mode_choose_what_main_returns(tmp_path):
     cfg = compose_config("trainer.max_epochs=1", "trainer.progress=false",
                          "objective.metric=accuracy", "objective.mode=max")
@@ -113,6 +126,7 @@ def test_every_config_choice_composes(group):
         assert OmegaConf.to_container(cfg, resolve=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_every_optimizer_trains(tmp_path, optimizer):
     cfg = compose_config(f"optimizer={optimizer}", "trainer.max_epochs=1", "trainer.progress=false",
@@ -121,12 +135,11 @@ def test_every_optimizer_trains(tmp_path, optimizer):
 
 
 @pytest.mark.slow
-def test_run_logs_graph_activation_figure_and_decision_boundary(run_dir):
+def test_run_logs_graph_activation_figure_and_decision_boundary(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = run_cli(run_dir, "data=moons", "activation=tanh", *FAST, "model.hidden_sizes=[8]")
-    assert result.returncode == 0, result.stderr
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    run = mlpkit.train(["data=moons", "activation=tanh", *FAST, "model.hidden_sizes=[8]"], run_dir=tmp_path / "run")
+    accumulator = EventAccumulator(str(run.dir), size_guidance={"images": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
     assert {"activation/tanh", "decision_boundary/train", "gradient_flow"} <= set(tags["images"])

@@ -2,9 +2,11 @@
 
 The messages are checked in-process, where each is made: Hydra's composition errors (unknown key,
 unknown choice, bad override syntax) by describe_hydra_error, the values by validate. Two real runs
-of `python train.py`, one per family, show the command line turning each into one line and exit 2."""
+of `python train.py`, one per family, show the command line turning each into one line and exit 2,
+the same line that mlpkit.train raises."""
 import pytest
 
+import mlpkit
 from mlpkit.config import validate
 from mlpkit.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import compose_config, hydra_error, run_cli
@@ -50,9 +52,9 @@ def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(overrides, m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], VALUE_CASES[1]],
+@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], (["trainer.seed=-1"], "trainer.seed=-1")],
                          ids=["composition", "value"])
-def test_config_mistake_is_one_line_with_exit_code_2(run_dir, overrides, message):
+def test_config_mistake_is_one_line_with_exit_code_2(run_dir, tmp_path, overrides, message):
     result = run_cli(run_dir, *overrides)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -61,6 +63,12 @@ def test_config_mistake_is_one_line_with_exit_code_2(run_dir, overrides, message
     assert "Traceback" not in result.stderr
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "checkpoints").exists()
+    # mlpkit.train raises the line the command line says
+    with pytest.raises(ConfigError) as error:
+        mlpkit.train(overrides, run_dir=tmp_path / "api")
+    assert f"Config error: {error.value}" in result.stderr.splitlines()
+    if overrides == ["trainer.seed=-1"]:  # a value mistake: that line and nothing else
+        assert lines == ["Config error: trainer.seed=-1 is not valid: expected an integer in [0, 4294967295]"]
 
 
 @pytest.mark.slow

@@ -241,6 +241,7 @@ def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
     assert scalars["update_ratio/linear1"][0][0] == 0  # from the first logged step
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_verdicts_and_counts_on(digits, tmp_path):
     from mlpkit.checkpoint import load_checkpoint
     from mlpkit.trainer import Trainer

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import mlpkit
 from mlpkit.checkpoint import load_checkpoint
+from mlpkit.errors import ConfigError
 from tests.conftest import ROOT, compose_config, ctrl_c_reaches_it, read_scalars, run_cli
 
 # digits, batch 16: 79 steps an epoch; a mid-epoch checkpoint every 30 steps.
@@ -90,7 +92,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 @pytest.mark.slow
 def test_resume_into_another_architecture_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_cli(run_dir, "trainer.max_epochs=1", "trainer.progress=false").returncode == 0
+    mlpkit.train(["trainer.max_epochs=1", "trainer.progress=false"], run_dir=run_dir)  # only the resume is under test
     other = run_cli(tmp_path / "other", "trainer.max_epochs=2", "model.hidden_sizes=[32]",
                     f"resume={run_dir}")
     assert other.returncode == 2
@@ -108,17 +110,19 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"format": "mlpkit-checkpoint", "payload": Exploit()}, evil)
-    result = run_cli(tmp_path / "run", "trainer.max_epochs=1", f"resume={evil}")
-    assert result.returncode == 2
-    assert f"checkpoint {evil} was refused" in result.stderr
+    with pytest.raises(ConfigError) as refused:  # the run function in-process: the command line's exit 2 is above
+        mlpkit.train(["trainer.max_epochs=1", f"resume={evil}"], run_dir=tmp_path / "run")
+    assert refused.value.exit_code == 2
+    assert f"checkpoint {evil} was refused" in str(refused.value)
     assert not marker.exists()
 
 
 @pytest.mark.slow
 def test_missing_resume_target_names_it(tmp_path):
-    result = run_cli(tmp_path / "run", f"resume={tmp_path}/nowhere")
-    assert result.returncode == 2
-    assert f"resume={tmp_path}/nowhere is not valid" in result.stderr
+    with pytest.raises(ConfigError) as refused:
+        mlpkit.train([f"resume={tmp_path}/nowhere"], run_dir=tmp_path / "run")
+    assert refused.value.exit_code == 2
+    assert f"resume={tmp_path}/nowhere is not valid" in str(refused.value)
 
 
 def _trainer(tmp_path, *overrides):

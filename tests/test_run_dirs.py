@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import mlpkit
+from mlpkit.errors import ConfigError
+from mlpkit.evaluation import evaluate_run
 from mlpkit.rundir import unique_dir
 from tests.conftest import IRIS, ROOT, read_scalars, run_cli, script
 
@@ -38,6 +41,8 @@ def run_dir(finished_run, tmp_path) -> Path:
     return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
+# The command line's refusals (exit code 2, one line) are tested on the real command in test_resume.py
+# and test_cli.py; here the run directory is what is under test, so the run function is called in-process.
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (("activation=relu",), "activation=relu is not valid: expected the run's own activation={name:tanh}"),
@@ -46,16 +51,16 @@ def run_dir(finished_run, tmp_path) -> Path:
 ])
 def test_a_refused_resume_changes_nothing_in_the_run(run_dir, overrides, message):
     before = fingerprints(run_dir)
-    result = run_cli(run_dir, f"resume={run_dir}", *overrides)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(ConfigError) as refused:
+        mlpkit.train([f"resume={run_dir}", *overrides])
+    assert refused.value.exit_code == 2
+    assert message in str(refused.value) and "\n" not in str(refused.value)
     assert fingerprints(run_dir) == before
 
 
 @pytest.mark.slow
 def test_a_resume_continues_with_the_saved_config_and_records_what_it_changed(run_dir):
-    result = run_cli(run_dir, f"resume={run_dir}", "trainer.max_epochs=3")  # no other override given
-    assert result.returncode == 0, result.stderr
+    mlpkit.train([f"resume={run_dir}", "trainer.max_epochs=3"])  # no other override given
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["activation"] == "tanh" and metrics["epochs"] == 3 and len(metrics["history"]) == 3
     assert metrics["resumes"][0]["changes"] == {"trainer.max_epochs": 3} and metrics["resumes"][0]["epoch"] == 2
@@ -70,17 +75,18 @@ def test_a_resume_continues_with_the_saved_config_and_records_what_it_changed(ru
 
 @pytest.mark.slow
 def test_the_same_command_again_with_resume_is_accepted(run_dir):
-    result = run_cli(run_dir, *TWO_EPOCHS, f"resume={run_dir}")
-    assert result.returncode == 0, result.stderr
+    mlpkit.train([*TWO_EPOCHS, f"resume={run_dir}"])
     assert json.loads((run_dir / "resumes.json").read_text())[0]["changes"] == {}
 
 
 @pytest.mark.slow
 def test_a_new_run_refuses_a_directory_that_holds_a_run(run_dir):
     before = fingerprints(run_dir)
-    result = run_cli(run_dir, "trainer.max_epochs=1")
-    assert result.returncode == 2
-    assert "expected a directory that holds no other run" in result.stderr and f"resume={run_dir}" in result.stderr
+    with pytest.raises(ConfigError) as refused:
+        mlpkit.train(["trainer.max_epochs=1"], run_dir=run_dir)
+    assert refused.value.exit_code == 2
+    assert "expected a directory that holds no other run" in str(refused.value)
+    assert f"resume={run_dir}" in str(refused.value)
     assert fingerprints(run_dir) == before
 
 
@@ -112,10 +118,9 @@ def test_evaluate_refuses_changed_data_unless_told_to_go_on(tmp_path):
     table = tmp_path / "iris.csv"
     shutil.copy(IRIS, table)
     run_dir = tmp_path / "run"
-    trained = run_cli(run_dir, "data=csv", f"data.path={table}", "data.target=species", "trainer.max_epochs=1",
-                      "trainer.progress=false", "model.hidden_sizes=[8]")
-    assert trained.returncode == 0, trained.stderr
-    assert script("evaluate", f"run={run_dir}", cwd=tmp_path).returncode == 0
+    mlpkit.train(["data=csv", f"data.path={table}", "data.target=species", "trainer.max_epochs=1",
+                  "trainer.progress=false", "model.hidden_sizes=[8]"], run_dir=run_dir)
+    evaluate_run(run_dir)  # the same data: no complaint
     header, *rows = table.read_text().splitlines()
     table.write_text("\n".join([header, *reversed(rows)]) + "\n")  # the same rows, in another order
     refused = script("evaluate", f"run={run_dir}", cwd=tmp_path)
@@ -127,7 +132,6 @@ def test_evaluate_refuses_changed_data_unless_told_to_go_on(tmp_path):
 
 
 def test_predict_refuses_to_write_over_its_input(runs, tmp_path):
-    from mlpkit.errors import ConfigError
     from mlpkit.prediction import predict_csv
 
     table = tmp_path / "rows.csv"
@@ -138,6 +142,7 @@ def test_predict_refuses_to_write_over_its_input(runs, tmp_path):
     assert table.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_file(tmp_path, monkeypatch):
     import errno
 
@@ -182,7 +187,6 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
 
 
 def test_predict_refuses_a_directory_as_output(runs, tmp_path):
-    from mlpkit.errors import ConfigError
     from mlpkit.prediction import predict_csv
 
     with pytest.raises(ConfigError, match=r"output=.* is not valid: expected a file to write the predictions to\. "

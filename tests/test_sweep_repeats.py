@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_ind
 
+import mlpkit
 from mlpkit.sweeps import write_report
 from tests.test_sweep import (
     gradient_health,
@@ -58,6 +59,14 @@ def hparams_of(job_dir: Path) -> dict:
     raise AssertionError(f"no HParams in {job_dir}")
 
 
+def scalar_tags(job_dir: Path) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(job_dir))
+    accumulator.Reload()
+    return accumulator.Tags()["scalars"]
+
+
 def val_losses(jobs: list[Path], activation: str) -> list[float]:
     return [json.loads((job / "metrics.json").read_text())["val"]["loss"] for job in jobs
             if f"activation={activation}" in job.name]
@@ -71,8 +80,11 @@ def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = assert_one_directory_and_one_tensorboard_run_per_job(sweep_dir, 3)
     assert sorted(job.name.split("trainer.seed=")[1] for job in jobs) == ["0", "1", "2"]
-    # the seed is a column of TensorBoard's HParams table
+    # every job has its HParams row, the seed a column of TensorBoard's HParams table, and its final scalars
     assert sorted(hparams_of(job)["seed"].number_value for job in jobs) == [0, 1, 2]
+    assert all("final/val_loss" in scalar_tags(job) for job in jobs)
+    assert "| rank | overrides | val_loss |" in result.stdout  # the table went to the terminal
+    assert all(row["status"] == "completed" for row in read_report(sweep_dir))
 
     assert len(read_report(sweep_dir)) == 3  # the per-job table keeps one row per job
     (pooled,) = read_grouped(sweep_dir).values()
@@ -86,10 +98,25 @@ def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(tmp
 
 @pytest.mark.slow
 def test_seeds_crossed_with_another_key_are_compared_with_welchs_t_test(tmp_path):
+    # mlpkit.sweep: the same jobs and report as `python train.py -m activation=relu,tanh trainer.seed=0,1`
+    # (the real multiruns above and in test_sweep.py), in this process
     sweep_dir = tmp_path / "sweep"
-    result = multirun(sweep_dir, "activation=relu,tanh", "trainer.seed=0,1", *SMALL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tiny = ["trainer.max_epochs=1", "model.hidden_sizes=[16]", "trainer.device=cpu", "trainer.progress=false"]
+    result = mlpkit.sweep({"activation": ["relu", "tanh"], "trainer.seed": [0, 1]}, overrides=tiny,
+                          sweep_dir=sweep_dir)
     jobs = assert_one_directory_and_one_tensorboard_run_per_job(sweep_dir, 4)
+    # the Python API's sweep: its runs named as `python train.py -m` names its jobs, its table and report
+    assert [run.dir.name for run in result.runs] == [
+        f"{number}_activation={activation},model.hidden_sizes=[16],trainer.max_epochs=1,trainer.seed={seed}"
+        for number, (activation, seed) in enumerate([("relu", 0), ("relu", 1), ("tanh", 0), ("tanh", 1)])]
+    assert all(run.metrics["status"] == "completed" for run in result.runs) and not result.failed
+    assert result.runs[2].config.activation.name == "tanh" and result.runs[1].config.trainer.seed == 1
+    table = result.table
+    assert len(table) == 4 and list(table["rank"]) == [1, 2, 3, 4]
+    assert set(table["overrides"]) == {f"activation={a},trainer.seed={s}" for a in ("relu", "tanh") for s in (0, 1)}
+    assert (sweep_dir / "sweep_report.md").read_text() == result.report
+    assert "Per configuration: mean ± std over its seeds" in result.report  # the seeds pooled
+    assert json.loads((result.runs[0].dir / "job_status.json").read_text())["status"] == "completed"
 
     grouped = read_grouped(sweep_dir)
     assert set(grouped) == {"activation=relu", "activation=tanh"}
