@@ -188,7 +188,7 @@ def features(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
         if missing:
             raise DataError("x", "a DataFrame", f"no column {', '.join(map(str, missing[:5]))}"
                             f"{' and more' if len(missing) > 5 else ''}; the run was trained on {len(columns)} "
-                            f"columns: {', '.join(map(str, columns[:6]))}{', ...' if len(columns) > 6 else ''}")
+                            f"feature columns: {', '.join(map(str, columns[:6]))}{', ...' if len(columns) > 6 else ''}")
         values = x[names].to_numpy(dtype=np.float32) if not preprocessing.get("categories") else \
             one_hot_frame(x, preprocessing)
     else:
