@@ -91,6 +91,7 @@ def validate(cfg: DictConfig) -> None:
     validate_loss(cfg)
     validate_optimizer(cfg)
     validate_trainer(cfg)
+    validate_remedies(cfg)
     validate_data(cfg)
     check(cfg, "objective.metric", lambda metric: isinstance(metric, str) and metric != "",
           "a validation metric: loss, accuracy, rmse, mae or r2")
@@ -186,6 +187,25 @@ def validate_trainer(cfg: DictConfig) -> None:
     for key in ("compile", "cuda_graphs", "tf32"):
         check(cfg, f"trainer.{key}", lambda flag: isinstance(flag, bool), "true or false")
     check(cfg, "trainer.precision", lambda precision: str(precision) in PRECISIONS, " or ".join(PRECISIONS))
+
+
+def validate_remedies(cfg: DictConfig) -> None:
+    """Clipping, early stopping, the sanity checks and the scheduler group (optional keys: a checkpoint
+    written before they existed resumes without them)."""
+    from mlpkit.schedules import CLIP_ALGORITHMS, check_schedule
+
+    check_optional(cfg, "trainer.gradient_clip_val", at_least(0), "a number >= 0 (0 = off)")
+    check_optional(cfg, "trainer.gradient_clip_algorithm", lambda a: a in CLIP_ALGORITHMS,
+                   " or ".join(CLIP_ALGORITHMS))
+    check_optional(cfg, "trainer.early_stopping.patience", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "trainer.early_stopping.min_delta", at_least(0), "a number >= 0")
+    check_optional(cfg, "trainer.overfit_batches", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "trainer.fast_dev_run", lambda flag: isinstance(flag, bool), "true or false")
+    if cfg.trainer.get("fast_dev_run") and cfg.trainer.get("overfit_batches"):
+        raise ConfigError("trainer.overfit_batches", cfg.trainer.overfit_batches,
+                          "0 with trainer.fast_dev_run=true (a dev run takes one batch of each split)")
+    if OmegaConf.select(cfg, "scheduler", default=None) is not None:
+        check_schedule(OmegaConf.to_container(cfg.scheduler, resolve=True))
 
 
 def validate_data(cfg: DictConfig) -> None:

@@ -37,6 +37,7 @@ class Measurement:
     layers: dict[str, dict[str, float]]
     verdict_lines: list[str] = field(default_factory=list)
     histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, list[float]] = field(default_factory=dict)  # the trainer's own values, fetched alongside
 
     @property
     def finite(self) -> bool:
@@ -117,8 +118,9 @@ class GradientMonitor:
             hook.remove()
         self.hooks.clear()
 
-    def measure(self, step: int, loss: torch.Tensor) -> Measurement:
-        """After backward: measure on the device, fetch once, judge. Keeps the weights for ``after_update``."""
+    def measure(self, step: int, loss: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> Measurement:
+        """After backward: measure on the device, fetch once (with the trainer's ``extra`` device values),
+        judge. Keeps the weights for ``after_update``."""
         self.remove_hooks()
         captured, self.captured = self.captured, {}
         weights = [layer.weight.detach() for layer in self.layers.values()]
@@ -132,8 +134,11 @@ class GradientMonitor:
         packed.add("weight_norm", torch.stack(torch._foreach_norm(weights)))
         if captured:
             packed.add("activations", self.activation_stats(captured))
+        for name, value in (extra or {}).items():
+            packed.add(name, value)
         values = packed.fetch()
-        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)))
+        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)),
+                                  extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
         if measurement.finite:
