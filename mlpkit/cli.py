@@ -289,12 +289,12 @@ def report(result: dict, run_dir: Path) -> None:
     for split in ("train", "val", "test"):
         log.info("  %-5s %s", split, line(split))
     if result.get("test_best") is not None:
-        log.info("  %-5s %s   (checkpoints/best.pt, epoch %d; the lines above are the last epoch's)", "test",
-                 line("test_best"), result["best"]["epoch"])
+        log.info("  test with checkpoints/best.pt (epoch %d): %s", result["best"]["epoch"], line("test_best"))
     overfit = result.get("overfit_batches")
     if overfit:
         verdict = ("went near zero: the net can learn them" if overfit["reached"] else
-                   "did not go near zero: train longer (trainer.max_epochs), raise optimizer.lr, or look for a bug")
+                   "did not go near zero: train longer (trainer.max_epochs), change optimizer.lr, "
+                   "or read the gradient verdict below")
         log.info("overfit_batches=%d (%d rows): their loss %.4g %s %g, %s", overfit["batches"], overfit["rows"],
                  overfit["loss"], "<" if overfit["reached"] else ">=", overfit["threshold"], verdict)
     if result.get("gradient_health"):

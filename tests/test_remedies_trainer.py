@@ -131,7 +131,8 @@ def test_early_stopping_stops_reports_the_epoch_and_the_best_checkpoints_test_me
     text = caplog.text
     assert f"stopped early after epoch {stopped['epoch']}: loss/val did not improve by more than 0 for 2 " \
            f"epochs (best epoch {stopped['best_epoch']})" in text
-    assert f"(checkpoints/best.pt, epoch {stopped['best_epoch']}" in text
+    best = metrics["test_best"]
+    assert f"test with checkpoints/best.pt (epoch {stopped['best_epoch']}): loss {best['loss']:.4g}" in text
 
 
 def test_early_stopping_counts_only_improvements_larger_than_min_delta(tmp_path):
