@@ -13,11 +13,6 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from mlpkit.errors import ConfigError
-
-SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")  # configs/scheduler/<name>.yaml
-CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm
-
 
 class Schedule:
     """What the trainer calls: ``after_step()`` after every optimizer step, ``after_epoch(value)``
@@ -99,37 +94,6 @@ def build_schedule(optimizer: torch.optim.Optimizer, settings: Mapping[str, Any]
     else:
         per_step = main
     return Schedule(name, per_step, length, plateau, warmup)
-
-
-def check_schedule(settings: Mapping[str, Any]) -> None:
-    """The scheduler group's values; ConfigError naming the first that cannot work."""
-    from mlpkit.config import at_least, is_finite  # config imports nothing of this module
-
-    name = settings.get("name")
-    if name not in SCHEDULERS:
-        raise ConfigError("scheduler.name", name, f"one of {', '.join(SCHEDULERS)}")
-
-    def need(key: str, ok, allowed: str) -> None:
-        if key in settings and not ok(settings[key]):
-            raise ConfigError(f"scheduler.{key}", settings[key], allowed)
-
-    need("warmup_steps", at_least(0, integer=True), "an integer >= 0 (0 = no warmup)")
-    need("step_size", at_least(1, integer=True), "an integer >= 1 (epochs between decays)")
-    need("gamma", lambda g: is_finite(g) and 0 < g <= 1, "a number in (0, 1]")
-    need("eta_min", at_least(0), "a number >= 0")
-    need("t_max", lambda t: t is None or at_least(1, integer=True)(t), "null (the run's steps) or an integer >= 1")
-    need("max_lr", lambda lr: lr is None or (is_finite(lr) and lr > 0), "null (optimizer.lr) or a positive number")
-    need("pct_start", lambda p: is_finite(p) and 0 < p < 1, "a fraction in (0, 1)")
-    need("div_factor", lambda d: is_finite(d) and d >= 1, "a number >= 1")
-    need("final_div_factor", lambda d: is_finite(d) and d >= 1, "a number >= 1")
-    need("anneal_strategy", lambda s: s in ("cos", "linear"), "cos or linear")
-    need("factor", lambda f: is_finite(f) and 0 < f < 1, "a number in (0, 1)")
-    need("patience", at_least(0, integer=True), "an integer >= 0 (epochs without improvement)")
-    need("threshold", at_least(0), "a number >= 0")
-    need("min_lr", at_least(0), "a number >= 0")
-    if name == "onecycle" and settings.get("warmup_steps", 0):
-        raise ConfigError("scheduler.warmup_steps", settings["warmup_steps"], "0 with scheduler=onecycle",
-                          "onecycle warms up itself: set scheduler.pct_start")
 
 
 # --- gradient clipping -------------------------------------------------------------------------------
