@@ -120,7 +120,9 @@ class GradientClipper:
         if self.algorithm == "norm":
             acts = self.total_norm > self.clip_val
         else:
-            acts = torch.stack(torch._foreach_norm(grads, float("inf"))).max() > self.clip_val
+            # the largest |element|: one aminmax pass a tensor (torch._foreach_norm with ord=inf is
+            # fifteen times slower on CPU)
+            acts = torch.stack([torch.stack(torch.aminmax(grad)) for grad in grads]).abs().max() > self.clip_val
         self.acted += acts
         self.steps += 1
 
