@@ -124,7 +124,13 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, layout
-    from mlpkit.model import build_model, check_fits_memory, count_parameters, model_summary
+    from mlpkit.model import (
+        build_model,
+        check_batch_norm_batches,
+        check_fits_memory,
+        count_parameters,
+        model_summary,
+    )
     from mlpkit.objective import build_objective
     from mlpkit.runs import check_same_data
     from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
@@ -156,18 +162,25 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
         target_mean=data.target_mean, target_std=data.target_std,
+        class_weights=cfg.loss.get("class_weights"), train_targets=data.train.y,
     )
+    if objective.class_weights is not None:
+        log.info("loss.class_weights=%s: %s", cfg.loss.class_weights, ", ".join(
+            f"{name} {weight:.3g}" for name, weight in zip(data.class_names, objective.class_weights)))
     if cfg.objective.metric not in objective.metric_names:
         raise ConfigError("objective.metric", cfg.objective.metric,
                           f"one of {', '.join(objective.metric_names)} for a {data.task} task")
 
     check_fits_memory(data.in_features, objective.out_features, list(cfg.model.hidden_sizes), device)
+    check_batch_norm_batches(cfg.model.get("norm", "none"), len(data.train), cfg.trainer.batch_size,
+                             drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs)
     seed_everything(cfg.trainer.seed)
     activation_params = {k: v for k, v in cfg.activation.items() if k != "name"}
     model = build_model(
         data.in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
         activation_params, objective.head, dropout=cfg.model.dropout, init=cfg.model.init,
-        bias=cfg.model.get("bias", True),
+        bias=cfg.model.get("bias", True), norm=cfg.model.get("norm", "none"),
+        residual=cfg.model.get("residual", False),
     ).to(device)
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))

@@ -25,6 +25,7 @@ from mlpkit.errors import (
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
+NORMS = ("none", "batch", "layer")  # model.norm (mlpkit.model.NORMS builds them)
 HEADS = ("auto", "softmax", "sigmoid", "identity")
 LOSSES = ("auto", "ce", "bce", "mse")
 OBJECTIVE_MODES = ("min", "max")
@@ -131,6 +132,13 @@ def validate_model(cfg: DictConfig) -> None:
           "a list of positive integers, e.g. [128,64] ([] for a linear model)")
     check(cfg, "model.dropout", lambda p: is_number(p) and 0 <= p < 1, "a number in [0, 1)")
     check(cfg, "model.init", lambda init: init in INITS, f"one of {', '.join(INITS)}")
+    check_optional(cfg, "model.norm", lambda norm: norm in NORMS, f"one of {', '.join(NORMS)}")
+    check_optional(cfg, "model.residual", lambda flag: isinstance(flag, bool), "true or false")
+    if cfg.model.get("residual", False):
+        from mlpkit.model import no_residual_layer, residual_layers
+
+        if not residual_layers(list(cfg.model.hidden_sizes)):
+            raise ConfigError(*no_residual_layer(list(cfg.model.hidden_sizes)))
 
 
 def validate_activation(cfg: DictConfig) -> None:
@@ -146,6 +154,15 @@ def validate_loss(cfg: DictConfig) -> None:
     check_optional(cfg, "loss.label_smoothing", lambda p: is_number(p) and 0 <= p <= 1, "a number in [0, 1]")
     check_optional(cfg, "loss.pos_weight", lambda w: w is None or (is_finite(w) and w > 0),
                    "a positive number or null")
+    check_optional(cfg, "loss.class_weights",
+                   lambda w: w is None or w in ("none", "balanced") or (
+                       isinstance(w, (ListConfig, list)) and len(w) > 0 and all(is_finite(x) and x > 0 for x in w)),
+                   "none, balanced or a list of positive weights, one per class, e.g. [1,3]")
+    class_weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
+    if class_weights not in (None, "none") and OmegaConf.select(cfg, "loss.pos_weight", default=None) is not None:
+        raise ConfigError("loss.class_weights", class_weights, "none when loss.pos_weight is set",
+                          "both weight the classes of a binary loss: class_weights=[w0,w1] weighs the positive "
+                          "samples w1/w0 times the negative ones, like pos_weight=w1/w0")
 
 
 def validate_optimizer(cfg: DictConfig) -> None:

@@ -11,7 +11,6 @@ trainer writes what ``measure`` returns to its loggers.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +95,9 @@ class GradientMonitor:
         self.captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.before_update: tuple[int, list[float]] | None = None  # the measured step and its weight norms
         self.snapshot: list[torch.Tensor] | None = None  # the weights before that step's update
-        self.active_units: dict[str, deque[torch.Tensor]] = {}  # per hidden layer: units active per measured batch
+        self.active_window: torch.Tensor | None = None  # (patience, hidden units): active on each recent measured batch
+        self.window_batches = 0  # measured batches written into active_window
+        self.averaging: torch.Tensor | None = None  # (hidden units, hidden layers): see layer_means
         self.figure_steps: dict[int, Measurement] = {}  # the measurements the gradient-flow images show
         self.last: Measurement | None = None
 
@@ -125,18 +126,20 @@ class GradientMonitor:
         captured, self.captured = self.captured, {}
         weights = [layer.weight.detach() for layer in self.layers.values()]
         grads = [_grad(layer.weight) for layer in self.layers.values()]
+        bias_grads = [_grad(layer.bias) for layer in self.layers.values()] if self.has_bias else []
+        norms = torch.stack(torch._foreach_norm(grads + weights + bias_grads))  # one call for all three
+        count = len(self.names)
         packed = Packed()
         packed.add("loss", loss)
-        packed.add("grad_norm", torch.stack(torch._foreach_norm(grads)))
-        if self.has_bias:
-            bias_grads = [_grad(layer.bias) for layer in self.layers.values()]
-            packed.add("grad_norm_bias", torch.stack(torch._foreach_norm(bias_grads)))
-        packed.add("weight_norm", torch.stack(torch._foreach_norm(weights)))
+        packed.add("norms", norms)
         if captured:
             packed.add("activations", self.activation_stats(captured))
         for name, value in (extra or {}).items():
             packed.add(name, value)
         values = packed.fetch()
+        norms_fetched = values.pop("norms")
+        values.update(grad_norm=norms_fetched[:count], weight_norm=norms_fetched[count:2 * count],
+                      grad_norm_bias=norms_fetched[2 * count:])
         measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)),
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
@@ -171,24 +174,45 @@ class GradientMonitor:
     # --- on the device ----------------------------------------------------------------------------
     def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """(hidden layers, 5): mean, root mean square, dead share, saturated share, mean derivative
-        share; a few single-pass reductions a layer (torch.std_mean is ten times slower on CPU). A unit
-        is dead when it output 0 for every sample of the last ``patience`` measured batches (one batch
-        alone leaves a healthy but selective unit at 0 too often)."""
-        rows = []
-        for name, (pre, out) in captured.items():
-            out = out.float().reshape(-1, out.shape[-1])
-            zero = torch.zeros((), device=out.device)
-            dead = saturated = derivative = zero
-            if self.activation.family == "relu":
-                window = self.active_units.setdefault(name, deque(maxlen=self.verdicts.thresholds.patience))
-                window.append((out.amax(0) > 0) | (out.amin(0) < 0))  # not 0 for some sample
-                dead = (~torch.stack(list(window)).any(0)).float().mean()
-            if self.activation.saturates:
-                share = self.activation.spec.derivative_share(self.activations[name], pre.float(), out)
-                saturated, derivative = (share < SATURATED_BELOW).float().mean(), share.mean()
-            rms = torch.linalg.vector_norm(out) / math.sqrt(out.numel())
-            rows.append(torch.stack([out.mean(), rms, dead, saturated, derivative]))
-        return torch.stack(rows)
+        share. Every hidden layer's output goes side by side into one (rows, units) tensor, so a
+        handful of column reductions and one small matmul serve all layers (a few reductions per
+        layer cost a kernel launch each: most of a measured step on small nets). A unit is dead when
+        it output 0 for every sample of the last ``patience`` measured batches (one batch alone
+        leaves a healthy but selective unit at 0 too often)."""
+        outputs = [out.float().reshape(-1, out.shape[-1]) for _, out in captured.values()]
+        units = torch.cat(outputs, 1)
+        per_unit = [units.mean(0), (units * units).mean(0)]
+        zero = torch.zeros_like(per_unit[0])
+        if self.activation.family == "relu":
+            per_unit.append(self.dead_units((units.amax(0) > 0) | (units.amin(0) < 0)))
+        else:
+            per_unit.append(zero)
+        if self.activation.saturates:
+            share = torch.cat([self.activation.spec.derivative_share(self.activations[name], pre.float(), out)
+                               .reshape(-1, out.shape[-1]) for (name, (pre, _)), out in zip(captured.items(), outputs)], 1)
+            per_unit += [(share < SATURATED_BELOW).float().mean(0), share.mean(0)]
+        else:
+            per_unit += [zero, zero]
+        per_layer = torch.stack(per_unit) @ self.layer_means([out.shape[-1] for out in outputs], units)
+        per_layer[1] = per_layer[1].sqrt()  # root of the mean square
+        return per_layer.T
+
+    def dead_units(self, active: torch.Tensor) -> torch.Tensor:
+        """1.0 for each unit inactive on every one of the last ``patience`` measured batches, else 0.0."""
+        patience = self.verdicts.thresholds.patience
+        if self.active_window is None or self.active_window.shape[1] != active.numel():
+            self.active_window, self.window_batches = active.new_zeros((patience, active.numel())), 0
+        self.active_window[self.window_batches % patience] = active
+        self.window_batches += 1
+        return (~self.active_window[:min(self.window_batches, patience)].any(0)).float()
+
+    def layer_means(self, widths: list[int], like: torch.Tensor) -> torch.Tensor:
+        """(units, layers): column j averages layer j's units (built once for the run)."""
+        if self.averaging is None or self.averaging.shape != (sum(widths), len(widths)):
+            self.averaging = torch.block_diag(*[torch.full((width, 1), 1.0 / width) for width in widths])
+        if self.averaging.device != like.device:
+            self.averaging = self.averaging.to(like.device)
+        return self.averaging
 
     # --- on the host ------------------------------------------------------------------------------
     def name_layers(self, values: dict[str, list[float]], hidden: list[str]) -> dict[str, dict[str, float]]:

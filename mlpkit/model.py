@@ -1,4 +1,4 @@
-"""build_model and the MLP module: linear1, act1, ..., linearN, head."""
+"""build_model and the MLP module: linear1, (norm1,) act1, ..., linearN, head; optional skip connections."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,26 @@ import torch
 from torch import nn
 
 from mlpkit.activations import Activation, resolve_activation
-from mlpkit.errors import ConfigError
+from mlpkit.errors import ConfigError, show_value
 
 HEAD_MODULES = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}  # model.norm: between Linear and activation
+
+
+def residual_layers(hidden_sizes: Sequence[int]) -> list[int]:
+    """The hidden layers (1-based, as in ``linear<i>``) that get a skip connection with
+    model.residual=true: those after the first whose input and output widths match. The first
+    maps the data's features into the network (its width depends on the data set), so it has none."""
+    return [index for index in range(2, len(hidden_sizes) + 1) if hidden_sizes[index - 2] == hidden_sizes[index - 1]]
+
+
+def describe_residual(hidden_sizes: Sequence[int], norm: str = "none") -> str:
+    """``residual: h + act(linear(h)) around linear2, linear3 (64->64)``: where the skip connections are."""
+    layers = residual_layers(hidden_sizes)
+    widths = sorted({hidden_sizes[index - 1] for index in layers})
+    branch = "act(linear(h))" if NORMS[norm] is None else "act(norm(linear(h)))"
+    return (f"residual: h + {branch} around {', '.join(f'linear{i}' for i in layers)} "
+            f"({', '.join(f'{w}->{w}' for w in widths)})")
 
 
 class MLP(nn.Module):
@@ -22,19 +39,30 @@ class MLP(nn.Module):
     too, so calling the model gives predictions: probabilities, or values for regression.
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], head: nn.Module, activation: Activation | None = None):
+    def __init__(self, layers: OrderedDict[str, nn.Module], head: nn.Module, activation: Activation | None = None,
+                 residual: Sequence[int] = (), residual_note: str = ""):
         super().__init__()
         for name, module in layers.items():
             self.add_module(name, module)
         self.head = head
         self.body_names = tuple(layers)
         self.activation = activation  # the resolved hidden activation: diagnostics read its rules here
+        # The body as blocks: each hidden layer's modules (linear, norm, act, dropout) and whether a
+        # skip connection adds the block's input to its output; the output layer is a block alone.
+        self.blocks = _blocks(self.body_names, set(residual))
+        self.residual_note = residual_note
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         modules = self._modules
-        for name in self.body_names:
-            x = modules[name](x)
+        for names, skip in self.blocks:
+            h = x
+            for name in names:
+                h = modules[name](h)
+            x = x + h if skip else h
         return x
+
+    def extra_repr(self) -> str:
+        return self.residual_note  # printed above the layers: where the skip connections are
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.logits(x))
@@ -53,6 +81,15 @@ class MLP(nn.Module):
             elif name.startswith("act") and current is not None:
                 pairs[current] = module
         return pairs
+
+
+def _blocks(names: Sequence[str], residual: set[int]) -> tuple[tuple[tuple[str, ...], bool], ...]:
+    blocks: list[tuple[list[str], bool]] = []
+    for name in names:
+        if name.startswith("linear"):
+            blocks.append(([], int(name[len("linear"):]) in residual))
+        blocks[-1][0].append(name)
+    return tuple((tuple(block), skip) for block, skip in blocks)
 
 
 # Bytes per parameter while training: float32 weights, their gradients and Adam's two moments.
@@ -97,21 +134,52 @@ def build_model(
     dropout: float = 0.0,
     init: str = "default",
     bias: bool = True,
+    norm: str = "none",
+    residual: bool = False,
 ) -> MLP:
-    """An MLP from plain values; input and output sizes come from the data."""
+    """An MLP from plain values; input and output sizes come from the data.
+
+    ``norm`` (none, batch, layer) puts a normalisation layer between each hidden Linear and its
+    activation; ``residual`` adds skip connections, h + act(norm(linear(h))), around the hidden
+    layers ``residual_layers`` names (ConfigError when there is none)."""
     act = resolve_activation(activation, activation_params)
+    if norm not in NORMS:
+        raise ConfigError("model.norm", norm, f"one of {', '.join(NORMS)}")
+    skips = residual_layers(hidden_sizes) if residual else []
+    if residual and not skips:
+        raise ConfigError(*no_residual_layer(hidden_sizes))
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     widths = [in_features, *hidden_sizes]
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]), start=1):
         layers[f"linear{index}"] = nn.Linear(fan_in, fan_out, bias=bias)
+        if NORMS[norm] is not None:
+            layers[f"norm{index}"] = NORMS[norm](fan_out)
         layers[f"act{index}"] = act.module(fan_out)
         if dropout > 0:
             layers[f"dropout{index}"] = nn.Dropout(dropout)
     layers[f"linear{len(widths)}"] = nn.Linear(widths[-1], out_features, bias=bias)
-    model = MLP(layers, HEAD_MODULES[head](), act)
+    model = MLP(layers, HEAD_MODULES[head](), act, skips, describe_residual(hidden_sizes, norm) if skips else "")
     if init != "default":
         initialize(model, init, *act.init_gain_args())
     return model
+
+
+def no_residual_layer(hidden_sizes: Sequence[int]) -> tuple[str, bool, str, str]:
+    """ConfigError's arguments for model.residual=true on hidden sizes that leave no skip connection."""
+    return ("model.residual", "true", "false, or model.hidden_sizes with two equal widths in a row, e.g. "
+            "[64,64,64] (skips around linear2 and linear3)",
+            f"model.hidden_sizes={show_value(list(hidden_sizes))} has no hidden layer after the first whose input and "
+            "output widths match, so h + act(linear(h)) cannot be added")
+
+
+def check_batch_norm_batches(norm: str, train_rows: int, batch_size: int, drop_last: bool = False) -> None:
+    """ConfigError (key trainer.batch_size) when model.norm=batch would meet a training batch of one
+    row, which BatchNorm cannot normalise (torch stops mid-epoch with a traceback)."""
+    last = train_rows % batch_size
+    if norm == "batch" and (batch_size == 1 or (last == 1 and not drop_last)):
+        raise ConfigError("trainer.batch_size", batch_size, "a size that leaves no batch of one row with model.norm=batch, "
+                          f"e.g. {batch_size + 1}", f"{train_rows} training rows in batches of {batch_size} leave "
+                          "one row alone, and BatchNorm cannot normalise a single row")
 
 
 def initialize(model: MLP, init: str, nonlinearity: str, param: float | None) -> None:
@@ -150,5 +218,7 @@ def model_summary(model: nn.Module) -> str:
         rows.append((name, type(module).__name__, str(width), f"{count_parameters(module):,}"))
     rows.append(("total", "", "", f"{count_parameters(model):,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
-                     for r in rows)
+    table = "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+                      for r in rows)
+    note = getattr(model, "residual_note", "")
+    return f"{table}\n{note}" if note else table

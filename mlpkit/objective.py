@@ -1,13 +1,15 @@
 """Head + loss pairing for a task: the loss in logits space, predictions through the head, metrics."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlpkit.errors import ConfigError
+from mlpkit.errors import ConfigError, show_value
 
 TASKS = ("binary", "multiclass", "regression")
 NATURAL_PAIR = {"multiclass": ("softmax", "ce"), "binary": ("sigmoid", "bce"), "regression": ("identity", "mse")}
@@ -15,9 +17,17 @@ HEAD_FOR_LOSS = {"ce": "softmax", "bce": "sigmoid"}
 LOSS_FOR_HEAD = {"softmax": "ce", "sigmoid": "bce", "identity": "mse"}
 
 
+CLASS_WEIGHTS = "loss.class_weights"  # none | balanced | [w1,w2,...]; for ce and bce
+
+
 @dataclass
 class Objective:
-    """What the trainer optimises and reports. ``loss`` takes logits; ``predict`` applies the head."""
+    """What the trainer optimises and reports. ``loss`` takes logits; ``predict`` applies the head.
+
+    ``loss`` is the loss the optimizer minimises, with ``loss.class_weights`` or ``loss.pos_weight``;
+    ``plain_loss`` (when weights are set) is the same loss unweighted, which ``metrics`` reports, so
+    that runs with different weights compare on one scale (as Keras treats ``class_weight``).
+    """
 
     head: str
     loss_name: str
@@ -26,6 +36,8 @@ class Objective:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     target_mean: float = 0.0
     target_std: float = 1.0
+    plain_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    class_weights: list[float] | None = None  # resolved per class, for the run's printout
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -50,7 +62,7 @@ class Objective:
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics as 0-d tensors on the device (the caller decides when to pull them to the host)."""
-        values = {"loss": self.loss(logits, targets).detach()}
+        values = {"loss": (self.plain_loss or self.loss)(logits, targets).detach()}
         if self.is_classification:
             values["accuracy"] = (self.predict_class(logits) == targets).float().mean()
             return values
@@ -103,8 +115,12 @@ def build_objective(
     head: str, loss: str, task: str, dataset: str, n_classes: int = 0, n_targets: int = 1,
     label_smoothing: float = 0.0, pos_weight: float | None = None,
     target_mean: float = 0.0, target_std: float = 1.0,
+    class_weights: Any = None, train_targets: torch.Tensor | None = None,
 ) -> Objective:
-    """The head/loss pair for the task, checked, with the output size the model needs."""
+    """The head/loss pair for the task, checked, with the output size the model needs.
+
+    ``class_weights`` (``loss.class_weights``: none, balanced or one weight per class) weight the
+    training loss; ``balanced`` is computed from ``train_targets``, the training split's labels."""
     if task not in TASKS:
         raise ConfigError("data.task", task, f"one of {', '.join(TASKS)}")
     head, loss = resolve_pair(head, loss, task)
@@ -113,20 +129,59 @@ def build_objective(
         out_features = n_targets
     else:
         out_features = 1 if head == "sigmoid" else n_classes
-    return Objective(head, loss, task, out_features,
-                     _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight),
-                     target_mean, target_std)
+    weights = resolve_class_weights(class_weights, loss, dataset, n_classes, train_targets)
+    weighted = _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight, weights)
+    plain = None
+    if weights is not None or (loss == "bce" and pos_weight is not None):
+        plain = _loss_function(head, loss, task, n_classes, label_smoothing, None, None)
+    return Objective(head, loss, task, out_features, weighted, target_mean, target_std, plain, weights)
 
 
-def _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight):
+def resolve_class_weights(setting: Any, loss: str, dataset: str, n_classes: int,
+                          train_targets: torch.Tensor | None) -> list[float] | None:
+    """One weight per class from ``loss.class_weights``, or None: ``balanced`` is sklearn's
+    n_samples / (n_classes * count of the class), counted on the training split only."""
+    if setting is None or setting == "none":
+        return None
+    if loss not in ("ce", "bce"):
+        raise ConfigError(CLASS_WEIGHTS, setting, f"none with loss={loss}: class weights apply to ce and bce")
+    if setting == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight  # only a balanced run needs sklearn here
+
+        if train_targets is None:
+            raise ConfigError(CLASS_WEIGHTS, setting, "a list of weights when no training split is given")
+        labels = train_targets.cpu().numpy().astype(int)
+        counts = torch.bincount(torch.as_tensor(labels), minlength=n_classes).tolist()
+        if min(counts) == 0:
+            raise ConfigError(CLASS_WEIGHTS, setting, "none or a list of weights",
+                              f"class {counts.index(0)} of data={dataset} has no sample in the training "
+                              "split, so its balanced weight would be infinite")
+        return compute_class_weight("balanced", classes=np.arange(n_classes), y=labels).tolist()
+    weights = list(setting)
+    if len(weights) != n_classes:
+        raise ConfigError(CLASS_WEIGHTS, show_value(weights), f"a list of {n_classes} weights, one per class of "
+                          f"data={dataset} ({len(weights)} given), or none or balanced")
+    return [float(w) for w in weights]
+
+
+def _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight, class_weights: Sequence[float] | None):
+    weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     if loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if weights is None:
+            return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        return lambda logits, y: F.cross_entropy(logits, y, weight=weights.to(logits.device, logits.dtype),
+                                                 label_smoothing=label_smoothing)
     if loss == "bce":
-        weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+        positive = None if pos_weight is None else torch.tensor(float(pos_weight))
 
         def bce(logits, y):
-            w = None if weight is None else weight.to(logits.device)
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), pos_weight=w)
+            w = None if positive is None else positive.to(logits.device)
+            if weights is None:
+                return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), pos_weight=w)
+            # each sample weighted by its class's weight, normalised as cross_entropy's weighted mean
+            sample = weights.to(logits.device, logits.dtype)[y.long()]
+            each = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), reduction="none")
+            return (each * sample).sum() / sample.sum()
 
         return bce
     if task == "regression":

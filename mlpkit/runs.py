@@ -100,7 +100,8 @@ def load_trained(run_dir: Path, cfg: DictConfig, checkpoint: Path, task: str, cl
         pos_weight=cfg.loss.get("pos_weight"), target_mean=target_mean, target_std=target_std)
     params = {k: v for k, v in OmegaConf.to_container(cfg.activation, resolve=True).items() if k != "name"}
     model = build_model(in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
-                        params, objective.head, dropout=cfg.model.dropout, bias=cfg.model.get("bias", True))
+                        params, objective.head, dropout=cfg.model.dropout, bias=cfg.model.get("bias", True),
+                        norm=cfg.model.get("norm", "none"), residual=cfg.model.get("residual", False))
     check_model_fits(state, model)
     model.load_state_dict(state["model"])
     return TrainedRun(run_dir, checkpoint, int(state["epoch"]), int(state["step"]), model.to(device).eval(),

@@ -33,9 +33,12 @@ class TensorBoardLogger:
         """The model graph (TensorBoard's Graphs tab), traced once on a couple of input rows."""
         import warnings
 
+        was_training = model.training
+        model.eval()  # tracing runs a forward pass: in train mode it would move BatchNorm's running statistics
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns about things that do not apply to an MLP
             self.writer.add_graph(model, example_input)
+        model.train(was_training)
 
     def log_layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
         """Custom-scalars layout: {category: {chart title: [tag regexes drawn as lines of one chart]}}."""
@@ -78,6 +81,8 @@ def run_hparams(cfg: Any) -> dict[str, Any]:
         "depth": len(cfg.model.hidden_sizes),
         "dropout": float(cfg.model.dropout),
         "init": cfg.model.get("init", "default"),
+        "norm": cfg.model.get("norm", "none"),
+        "residual": bool(cfg.model.get("residual", False)),
         "head": cfg.head.name,
         "loss": cfg.loss.name,
         "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
