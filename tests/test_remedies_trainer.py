@@ -98,6 +98,7 @@ def test_clipping_logs_the_norm_before_clipping_and_how_often_it_acted(tmp_path,
     assert layers[0] == pytest.approx(norms[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_clipping_by_norm_bounds_how_far_sgd_moves_the_weights(tmp_path):
     """20 SGD steps of lr 0.1 with the gradient's norm clipped to 1e-3 move the weights by at most 2e-3."""
     start = _initial_weights()
@@ -120,6 +121,7 @@ def _initial_weights():
     return build_model(64, 10, [16], "relu", {}, "softmax").state_dict()
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_reports_the_epoch_and_the_best_checkpoints_test_metrics(tmp_path, caplog):
     # a learning rate this high makes the validation loss worse after the first epochs
     metrics, _ = train(tmp_path, "trainer.max_epochs=30", "optimizer.lr=0.05", "trainer.early_stopping.patience=2")
@@ -148,6 +150,7 @@ def test_without_early_stopping_the_run_goes_to_max_epochs(tmp_path):
     assert "test_best" in metrics
 
 
+@pytest.mark.slow
 def test_overfit_batches_drives_their_loss_near_zero_and_says_so(tmp_path, caplog):
     metrics, _ = train(tmp_path, "trainer.max_epochs=60", "trainer.overfit_batches=1", "optimizer.lr=0.01",
                        "trainer.log_every_n_steps=10")
@@ -207,6 +210,7 @@ RESUMABLE_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", list(RESUMABLE_RUNS.values()), ids=list(RESUMABLE_RUNS))
 def test_an_interrupted_and_resumed_run_ends_with_the_same_lr_and_weights(tmp_path, monkeypatch, settings):
     overrides = [*SMALL, "trainer.max_epochs=6", "trainer.checkpoint_every_n_steps=25", "model.dropout=0.2",
@@ -230,6 +234,7 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_lr_and_weights(tmp_pa
     assert dict(read_scalars(tmp_path / "resumed")["lr/group0"]) == dict(read_scalars(tmp_path / "reference")["lr/group0"])
 
 
+@pytest.mark.slow
 def test_a_resume_of_an_early_stopped_run_stays_stopped(tmp_path):
     overrides = [*SMALL, "trainer.max_epochs=30", "optimizer.lr=0.05", "trainer.early_stopping.patience=1"]
     first = mlpkit.train(overrides, run_dir=tmp_path / "run")
