@@ -43,7 +43,7 @@ def checkpoint_state(
     config: Mapping[str, Any] | None,
     best: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-    scheduler: Any = None,  # the trainer has no schedule yet (issue 18); the format already carries one
+    scheduler: Any = None,  # anything with state_dict(): the trainer passes its mlpkit.schedules.Schedule
 ) -> dict[str, Any]:
     """The checkpoint dict; ``epoch`` counts the epochs completed (the next one to run).
 

@@ -203,7 +203,10 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         config=OmegaConf.to_container(cfg, resolve=True), metric=cfg.objective.metric,
         mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
         precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,
+        **remedy_settings(cfg),
     )
+    if trainer.fast_dev_run:
+        log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
     if resumed is not None:
         trainer.resume_from(resumed)
         resumes = record_resume(run_dir, resume_path, resumed, changes)
@@ -249,6 +252,23 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     return result["val"][cfg.objective.metric]
 
 
+def remedy_settings(cfg: DictConfig) -> dict:
+    """The Trainer's scheduler, clipping, early-stopping and sanity-check arguments (a run saved
+    before they existed resumes with them off)."""
+    trainer = cfg.trainer
+    early = trainer.get("early_stopping") or {}
+    scheduler = cfg.get("scheduler")
+    return {
+        "scheduler": OmegaConf.to_container(scheduler, resolve=True) if scheduler is not None else None,
+        "gradient_clip_val": float(trainer.get("gradient_clip_val", 0.0)),
+        "gradient_clip_algorithm": str(trainer.get("gradient_clip_algorithm", "norm")),
+        "early_stopping_patience": int(early.get("patience", 0)),
+        "early_stopping_min_delta": float(early.get("min_delta", 0.0)),
+        "overfit_batches": int(trainer.get("overfit_batches", 0)),
+        "fast_dev_run": bool(trainer.get("fast_dev_run", False)),
+    }
+
+
 def purge_step(resumed: dict | None) -> int | None:
     """TensorBoard's purge step for a resumed run: events the run wrote after its checkpoint (before
     it was killed) are hidden. An end-of-epoch checkpoint comes after that epoch's own events at its
@@ -273,8 +293,23 @@ def report(result: dict, run_dir: Path) -> None:
 
     log.info("done in %.1fs (%.0f samples/s): %d epochs, %d steps",
              result["wall_seconds"], result["samples_per_second"], result["epochs"], result["steps"])
+    if result.get("fast_dev_run"):
+        log.info("this was a dev run (trainer.fast_dev_run=true): one batch of each split, not a result")
+    stopped = result.get("stopped_early")
+    if stopped:
+        log.info("stopped early after epoch %d: %s/val did not improve by more than %g for %d epochs (best epoch %d)",
+                 stopped["epoch"], stopped["metric"], stopped["min_delta"], stopped["patience"], stopped["best_epoch"])
     for split in ("train", "val", "test"):
         log.info("  %-5s %s", split, line(split))
+    if result.get("test_best") is not None:
+        log.info("  test with checkpoints/best.pt (epoch %d): %s", result["best"]["epoch"], line("test_best"))
+    overfit = result.get("overfit_batches")
+    if overfit:
+        verdict = ("went near zero: the net can learn them" if overfit["reached"] else
+                   "did not go near zero: train longer (trainer.max_epochs), change optimizer.lr, "
+                   "or read the gradient verdict below")
+        log.info("overfit_batches=%d (%d rows): their loss %.4g %s %g, %s", overfit["batches"], overfit["rows"],
+                 overfit["loss"], "<" if overfit["reached"] else ">=", overfit["threshold"], verdict)
     if result.get("gradient_health"):
         log.info(verdict_summary(result["gradient_health"]))
     log.info("run directory: %s", run_dir)

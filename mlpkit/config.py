@@ -30,6 +30,8 @@ HEADS = ("auto", "softmax", "sigmoid", "identity")
 LOSSES = ("auto", "ce", "bce", "mse")
 OBJECTIVE_MODES = ("min", "max")
 PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")  # configs/scheduler/<name>.yaml
+CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm
 
 
 SWEEP_FAILED = 1  # exit code of a multirun in which a job failed, as Hydra's own
@@ -92,6 +94,8 @@ def validate(cfg: DictConfig) -> None:
     validate_loss(cfg)
     validate_optimizer(cfg)
     validate_trainer(cfg)
+    validate_remedies(cfg)
+    validate_scheduler(cfg)
     validate_data(cfg)
     check(cfg, "objective.metric", lambda metric: isinstance(metric, str) and metric != "",
           "a validation metric: loss, accuracy, rmse, mae or r2")
@@ -203,6 +207,49 @@ def validate_trainer(cfg: DictConfig) -> None:
     for key in ("compile", "cuda_graphs", "tf32"):
         check(cfg, f"trainer.{key}", lambda flag: isinstance(flag, bool), "true or false")
     check(cfg, "trainer.precision", lambda precision: str(precision) in PRECISIONS, " or ".join(PRECISIONS))
+
+
+def validate_remedies(cfg: DictConfig) -> None:
+    """Clipping, early stopping and the sanity checks (optional keys: a checkpoint written before
+    they existed resumes without them)."""
+    check_optional(cfg, "trainer.gradient_clip_val", at_least(0), "a number >= 0 (0 = off)")
+    check_optional(cfg, "trainer.gradient_clip_algorithm", lambda a: a in CLIP_ALGORITHMS,
+                   " or ".join(CLIP_ALGORITHMS))
+    check_optional(cfg, "trainer.early_stopping.patience", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "trainer.early_stopping.min_delta", at_least(0), "a number >= 0")
+    check_optional(cfg, "trainer.overfit_batches", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "trainer.fast_dev_run", lambda flag: isinstance(flag, bool), "true or false")
+    if cfg.trainer.get("fast_dev_run") and cfg.trainer.get("overfit_batches"):
+        raise ConfigError("trainer.overfit_batches", cfg.trainer.overfit_batches,
+                          "0 with trainer.fast_dev_run=true (a dev run takes one batch of each split)")
+
+
+def validate_scheduler(cfg: DictConfig) -> None:
+    """The scheduler group (absent from a checkpoint written before it existed: no schedule)."""
+    if OmegaConf.select(cfg, "scheduler", default=None) is None:
+        return
+    check(cfg, "scheduler.name", lambda name: name in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}")
+    checks = {
+        "warmup_steps": (at_least(0, integer=True), "an integer >= 0 (0 = no warmup)"),
+        "step_size": (at_least(1, integer=True), "an integer >= 1 (epochs between decays)"),
+        "gamma": (lambda g: is_finite(g) and 0 < g <= 1, "a number in (0, 1]"),
+        "eta_min": (at_least(0), "a number >= 0"),
+        "t_max": (lambda t: t is None or at_least(1, integer=True)(t), "null (the run's steps) or an integer >= 1"),
+        "max_lr": (lambda lr: lr is None or (is_finite(lr) and lr > 0), "null (optimizer.lr) or a positive number"),
+        "pct_start": (lambda p: is_finite(p) and 0 < p < 1, "a fraction in (0, 1)"),
+        "div_factor": (lambda d: is_finite(d) and d >= 1, "a number >= 1"),
+        "final_div_factor": (lambda d: is_finite(d) and d >= 1, "a number >= 1"),
+        "anneal_strategy": (lambda s: s in ("cos", "linear"), "cos or linear"),
+        "factor": (lambda f: is_finite(f) and 0 < f < 1, "a number in (0, 1)"),
+        "patience": (at_least(0, integer=True), "an integer >= 0 (epochs without improvement)"),
+        "threshold": (at_least(0), "a number >= 0"),
+        "min_lr": (at_least(0), "a number >= 0"),
+    }
+    for key, (ok, allowed) in checks.items():
+        check_optional(cfg, f"scheduler.{key}", ok, allowed)
+    if cfg.scheduler.name == "onecycle" and cfg.scheduler.get("warmup_steps", 0):
+        raise ConfigError("scheduler.warmup_steps", cfg.scheduler.warmup_steps, "0 with scheduler=onecycle",
+                          "onecycle warms up itself: set scheduler.pct_start")
 
 
 def validate_data(cfg: DictConfig) -> None:

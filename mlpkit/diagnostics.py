@@ -36,6 +36,7 @@ class Measurement:
     layers: dict[str, dict[str, float]]
     verdict_lines: list[str] = field(default_factory=list)
     histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, list[float]] = field(default_factory=dict)  # the trainer's own values, fetched alongside
 
     @property
     def finite(self) -> bool:
@@ -118,8 +119,9 @@ class GradientMonitor:
             hook.remove()
         self.hooks.clear()
 
-    def measure(self, step: int, loss: torch.Tensor) -> Measurement:
-        """After backward: measure on the device, fetch once, judge. Keeps the weights for ``after_update``."""
+    def measure(self, step: int, loss: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> Measurement:
+        """After backward: measure on the device, fetch once (with the trainer's ``extra`` device values),
+        judge. Keeps the weights for ``after_update``."""
         self.remove_hooks()
         captured, self.captured = self.captured, {}
         weights = [layer.weight.detach() for layer in self.layers.values()]
@@ -132,11 +134,14 @@ class GradientMonitor:
         packed.add("norms", norms)
         if captured:
             packed.add("activations", self.activation_stats(captured))
+        for name, value in (extra or {}).items():
+            packed.add(name, value)
         values = packed.fetch()
         norms_fetched = values.pop("norms")
         values.update(grad_norm=norms_fetched[:count], weight_norm=norms_fetched[count:2 * count],
                       grad_norm_bias=norms_fetched[2 * count:])
-        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)))
+        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)),
+                                  extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
         if measurement.finite:

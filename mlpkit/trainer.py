@@ -17,13 +17,15 @@ from mlpkit.checkpoint import (
     atomic_save,
     checkpoint_state,
     is_better,
+    load_checkpoint,
     restore,
 )
 from mlpkit.data import Data, Split
-from mlpkit.diagnostics import GradientMonitor, Measurement
+from mlpkit.diagnostics import GradientMonitor, Measurement, Packed
 from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped, environment_fault
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
+from mlpkit.schedules import GradientClipper, build_schedule
 from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
@@ -35,6 +37,7 @@ class ScalarLogger(Protocol):
 
 
 POINTS_PER_RUN = 50  # trainer.log_every_n_steps=auto: at least this many logged steps on every curve
+OVERFIT_LOSS = 0.05  # trainer.overfit_batches: the loss on those batches a net that can learn them goes below
 
 
 def log_interval(setting: int | str, total_steps: int) -> int:
@@ -58,6 +61,11 @@ class Trainer:
     ``cuda_graphs``) trains through a torch.compile'd forward and loss with static shapes: the last
     partial batch of each epoch is dropped, and measured steps run eagerly (their forward hooks
     would otherwise recompile the step).
+
+    Remedies: ``scheduler`` (the ``scheduler`` config group as a dict, see ``mlpkit.schedules``),
+    ``gradient_clip_val``/``gradient_clip_algorithm``, ``early_stopping_patience``/``min_delta`` on
+    ``metric``/``mode``. Sanity checks: ``overfit_batches`` (the same first N batches every epoch,
+    unshuffled) and ``fast_dev_run`` (one epoch of one batch, validation and test on one batch).
     """
 
     def __init__(
@@ -83,6 +91,13 @@ class Trainer:
         precision: str = "32",
         compile_step: bool = False,
         cuda_graphs: bool = False,
+        scheduler: dict | None = None,
+        gradient_clip_val: float = 0.0,
+        gradient_clip_algorithm: str = "norm",
+        early_stopping_patience: int = 0,
+        early_stopping_min_delta: float = 0.0,
+        overfit_batches: int = 0,
+        fast_dev_run: bool = False,
     ):
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
         self.max_epochs, self.batch_size = max_epochs, batch_size
@@ -110,8 +125,22 @@ class Trainer:
         if self.drop_last and len(data.train) < batch_size:
             raise ConfigError("trainer.batch_size", batch_size, f"at most {len(data.train)} (the training "
                               "rows) when trainer.compile or trainer.cuda_graphs drops partial batches")
-        self.log_every_n_steps = log_interval(log_every_n_steps, max_epochs * self.batches_per_epoch())
+        # sanity checks: fewer batches (and, for overfit_batches, always the same ones)
+        self.overfit_batches, self.fast_dev_run = overfit_batches, fast_dev_run
+        self.limit_batches = 1 if fast_dev_run else (overfit_batches or None)
+        if fast_dev_run:
+            self.max_epochs = 1
+        total_steps = self.max_epochs * self.batches_per_epoch()
+        self.log_every_n_steps = log_interval(log_every_n_steps, total_steps)
         self.step_loss = compile_loss(self.forward_loss, cuda_graphs) if self.drop_last else self.forward_loss
+        # remedies: the learning-rate schedule, gradient clipping, early stopping
+        self.schedule = build_schedule(optimizer, scheduler, total_steps=total_steps,
+                                       steps_per_epoch=self.batches_per_epoch(), mode=mode)
+        self.clipper = (GradientClipper(model.parameters(), gradient_clip_val, gradient_clip_algorithm, self.device)
+                        if gradient_clip_val > 0 else None)
+        self.patience, self.min_delta = early_stopping_patience, early_stopping_min_delta
+        self.early_stopping: dict[str, Any] = {"best": None, "wait": 0}  # epochs since the last improvement
+        self.stopped_early: dict[str, Any] | None = None
 
     # --- one step ------------------------------------------------------------------------------
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,22 +162,48 @@ class Trainer:
             loss = self.step_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clipper is not None:
+            self.clipper.inspect()  # the total norm before clipping, and whether clipping acts (on the device)
         measurement = None
-        if measuring:
-            measurement = self.monitor.measure(self.step, loss)  # the interval's one host transfer
+        if measuring:  # the interval's one host transfer
+            measurement = self.monitor.measure(self.step, loss, extra=self.device_scalars())
             if not measurement.finite:  # caught before optimizer.step(): the weights are still finite
                 self.log_measurement(measurement, {})
                 if self.on_nonfinite == "skip":
                     return self.skip_step(loss)
                 self.stop_on_nonfinite(measurement.layers)
         elif self.logger is not None and self.is_log_step():
-            self.logger.log_scalars({"loss/train": loss.item()}, self.step)
+            self.log_loss(loss)
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.skip_step(loss)
+        if self.clipper is not None:
+            self.clipper.clip()
         self.optimizer.step()
         if measurement is not None:
             self.log_measurement(measurement, self.monitor.after_update(self.step))
+        if self.schedule is not None:
+            self.schedule.after_step()  # after logging: lr/group0 is the lr this step trained with
         return loss.detach()
+
+    def device_scalars(self) -> dict[str, torch.Tensor]:
+        """Device values a logged step fetches with its loss, in the same transfer."""
+        return self.clipper.pending() if self.clipper is not None and self.is_log_step() else {}
+
+    def host_scalars(self, fetched: dict[str, list[float]]) -> dict[str, float]:
+        """``lr/group<i>`` (a Python float already) and the clipping figures, for a logged step."""
+        scalars = {f"lr/group{index}": float(group["lr"]) for index, group in enumerate(self.optimizer.param_groups)}
+        if self.clipper is not None:
+            scalars.update(self.clipper.scalars(fetched))
+        return scalars
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        """A logged step without the monitor: loss/train and the step's other figures, one transfer."""
+        packed = Packed()
+        packed.add("loss", loss)
+        for name, value in self.device_scalars().items():
+            packed.add(name, value)
+        fetched = packed.fetch()
+        self.logger.log_scalars({"loss/train": fetched["loss"][0], **self.host_scalars(fetched)}, self.step)
 
     def log_measurement(self, measurement: Measurement, update_ratios: dict[str, float]) -> None:
         """loss/train, every per-layer figure and the update it led to (one event), histograms, and
@@ -158,8 +213,8 @@ class Trainer:
         if self.logger is None:
             return
         if self.is_log_step():
-            self.logger.log_scalars({"loss/train": measurement.loss, **measurement.scalars(), **update_ratios},
-                                    self.step)
+            self.logger.log_scalars({"loss/train": measurement.loss, **measurement.scalars(), **update_ratios,
+                                     **self.host_scalars(measurement.extra)}, self.step)
         for tag, values in measurement.histograms.items():
             self.logger.log_histogram(tag, values, self.step)
         for line in measurement.verdict_lines:
@@ -202,17 +257,26 @@ class Trainer:
 
     def batches_per_epoch(self) -> int:
         rows = len(self.data.train)
-        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+        batches = rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+        return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def rows_per_epoch(self) -> int:
-        """Training rows one epoch steps on: all of them, or whole batches only when compiled."""
-        return self.batches_per_epoch() * self.batch_size if self.drop_last else len(self.data.train)
+        """Training rows one epoch steps on: all of them, or whole batches only when compiled (or
+        the sanity checks' few batches)."""
+        rows = self.batches_per_epoch() * self.batch_size
+        return rows if self.drop_last else min(rows, len(self.data.train))
+
+    def new_epoch_order(self, split: Split) -> torch.Tensor:
+        """A fresh shuffle; ``overfit_batches`` takes the first rows in their order every epoch."""
+        if self.overfit_batches:
+            return torch.arange(self.rows_per_epoch(), device=split.x.device)
+        return torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
 
     def train_epoch(self) -> float:
         split = self.data.train
         self.model.train()
         if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
-            self.epoch_order = torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
+            self.epoch_order = self.new_epoch_order(split)
             self.next_batch = 0
             self.epoch_losses = []
         order, losses, size = self.epoch_order, self.epoch_losses, self.batch_size
@@ -240,7 +304,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
-        """Every metric of the objective on a whole split (one host transfer)."""
+        """Every metric of the objective on a whole split (one host transfer); one batch of it in a
+        ``fast_dev_run``."""
+        if self.fast_dev_run:
+            split = Split(split.x[:self.batch_size], split.y[:self.batch_size])
         was_training = self.model.training
         self.model.eval()
         with autocast(self.device, self.precision):
@@ -265,10 +332,11 @@ class Trainer:
                  "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
                  "next_batch": self.next_batch if mid_epoch else 0,
                  "epoch_losses": done.cpu() if done is not None else None,
-                 "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None}
+                 "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None,
+                 "early_stopping": dict(self.early_stopping), "stopped_early": self.stopped_early}
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
-                                 config=self.config, best=self.best, extra=extra)
+                                 config=self.config, best=self.best, extra=extra, scheduler=self.schedule)
         for name in names:
             try:
                 atomic_save(state, self.checkpoint_dir / name)
@@ -278,10 +346,13 @@ class Trainer:
     def resume_from(self, state: dict) -> None:
         """Weights, optimizer, RNG states, counters, history and a half-done epoch's place, from a
         loaded checkpoint (``checkpoint.load_checkpoint``)."""
-        restore(state, model=self.model, optimizer=self.optimizer, batch_generator=self.batch_generator)
+        restore(state, model=self.model, optimizer=self.optimizer, batch_generator=self.batch_generator,
+                scheduler=self.schedule)
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         extra = state["extra"]
         self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
+        self.early_stopping = extra.get("early_stopping") or self.early_stopping
+        self.stopped_early = extra.get("stopped_early")
         if self.monitor is not None and extra.get("verdicts") is not None:
             self.monitor.verdicts.load(extra["verdicts"])
         if extra.get("epoch_order") is not None:
@@ -294,7 +365,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train up to ``max_epochs`` and return final metrics, timing and per-epoch history."""
         start_epoch = self.epoch
-        bar = tqdm(range(start_epoch, self.max_epochs), desc="epochs", unit="epoch", initial=start_epoch,
+        last_epoch = self.max_epochs if self.stopped_early is None else start_epoch  # a resume of a stopped run
+        bar = tqdm(range(start_epoch, last_epoch), desc="epochs", unit="epoch", initial=start_epoch,
                    total=self.max_epochs, disable=not self.progress, dynamic_ncols=True)
         train_seconds = 0.0
         try:
@@ -305,22 +377,28 @@ class Trainer:
                 val = self.evaluate(self.data.val)
                 self.record_epoch(train_loss, val, bar)
                 self.epoch += 1  # epochs completed, as checkpoints count them
-                if is_better(val[self.metric], self.best["value"], self.best["mode"]):
+                improved = is_better(val[self.metric], self.best["value"], self.best["mode"])
+                if improved:
                     self.best.update(value=val[self.metric], epoch=self.epoch)
-                    self.save(LAST, BEST)
-                else:
-                    self.save(LAST)
+                self.after_validation(val[self.metric])  # the plateau schedule and early stopping
+                self.save(*((LAST, BEST) if improved else (LAST,)))
+                if self.stopped_early is not None:
+                    break
         finally:
             bar.close()
-        self.epoch = self.max_epochs
-        samples = self.rows_per_epoch() * (self.max_epochs - start_epoch)
+        samples = self.rows_per_epoch() * (self.epoch - start_epoch)
         final = {name: self.evaluate(split) for name, split in
                  (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
+        final.update(self.evaluate_best())
         self.refuse_nonfinite(final)
+        checks = {"overfit_batches": self.overfit_check()} if self.overfit_batches else {}
         return {
             **final,
             "best": self.best,
-            "epochs": self.max_epochs,
+            "stopped_early": self.stopped_early,
+            **checks,
+            **({"fast_dev_run": True} if self.fast_dev_run else {}),
+            "epochs": self.epoch,
             "steps": self.step,
             "skipped_steps": self.skipped_steps,
             "train_seconds": train_seconds,
@@ -328,6 +406,46 @@ class Trainer:
             "history": self.history,
             "gradient_health": self.gradient_health(),
         }
+
+    def after_validation(self, value: float) -> None:
+        """Per epoch, on the validation objective: the plateau schedule's step, and early stopping
+        (``stopped_early`` is set once the metric has not beaten its best by more than ``min_delta``
+        for ``patience`` epochs)."""
+        if self.schedule is not None:
+            self.schedule.after_epoch(value)
+        if not self.patience:
+            return
+        best, mode = self.early_stopping["best"], self.best["mode"]
+        target = None if best is None else (best - self.min_delta if mode == "min" else best + self.min_delta)
+        if is_better(value, target, mode):
+            self.early_stopping.update(best=value, wait=0)
+        else:
+            self.early_stopping["wait"] += 1
+        if self.early_stopping["wait"] >= self.patience and self.epoch < self.max_epochs:
+            self.stopped_early = {"epoch": self.epoch, "best_epoch": self.best["epoch"], "metric": self.metric,
+                                  "patience": self.patience, "min_delta": self.min_delta}
+
+    def evaluate_best(self) -> dict[str, dict[str, float]]:
+        """``test_best``: the test metrics of checkpoints/best.pt (users quote the best model, not
+        the last); the model keeps its last weights."""
+        if self.checkpoint_dir is None or self.best["epoch"] is None or not (self.checkpoint_dir / BEST).is_file():
+            return {}
+        if self.best["epoch"] == self.epoch:  # the last weights are the best
+            return {"test_best": self.evaluate(self.data.test)}
+        last = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / BEST, map_location=self.device)["model"])
+        try:
+            return {"test_best": self.evaluate(self.data.test)}
+        finally:
+            self.model.load_state_dict(last)
+
+    def overfit_check(self) -> dict[str, Any]:
+        """Whether the net drove the loss of its ``overfit_batches`` below OVERFIT_LOSS (evaluated
+        after training, dropout off)."""
+        rows = self.rows_per_epoch()
+        loss = self.evaluate(Split(self.data.train.x[:rows], self.data.train.y[:rows]))["loss"]
+        return {"batches": self.batches_per_epoch(), "rows": rows, "loss": loss, "threshold": OVERFIT_LOSS,
+                "reached": loss < OVERFIT_LOSS}
 
     def refuse_nonfinite(self, final: dict[str, dict[str, float]]) -> None:
         """A run whose final metrics are not finite failed, whatever it skipped on the way."""
