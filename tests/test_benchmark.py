@@ -120,7 +120,7 @@ def test_the_plain_script_does_the_default_runs_job(tmp_path):
 
     benchmark = load_benchmark_module()
     commands = benchmark.end_to_end_commands(tmp_path)
-    result = subprocess.run(commands["plain_script"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(commands["plain_script"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "epoch 20/20" in result.stdout
     events = EventAccumulator(str(tmp_path / "plain_events"))
