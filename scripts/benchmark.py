@@ -369,15 +369,18 @@ def end_to_end_commands(directory: Path) -> dict[str, list[str]]:
 def end_to_end(rounds: int) -> dict:
     """Wall seconds of whole commands, each a fresh process started from an empty directory.
 
-    Paired rounds: every round times every command once, each round starting one command later, and
-    each figure is the median over rounds of that round's command against the same round's baseline,
-    so a slow spell of a shared machine, which slows a whole round, cancels out."""
+    Paired rounds: every round times every command once, each command right next to its baseline
+    (which of the two goes first alternates by round, and each round starts one pair later), and
+    each figure is the median over rounds of a command against its baseline of the same round, so a
+    slow spell of a shared machine, which slows both of a pair, cancels out."""
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as directory:
         commands = end_to_end_commands(Path(directory))
-        names = list(commands)
+        pairs = [[timed, baseline] for timed, baseline, _ in END_TO_END_PAIRS] + [["python", "import_hydra"]]
         for round_index in range(rounds + 1):  # round 0 warms the file cache and is not counted
-            for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            shift = round_index % len(pairs)
+            order = [name for pair in pairs[shift:] + pairs[:shift] for name in pair[::1 - 2 * (round_index % 2)]]
+            for name in order:
                 started = time.perf_counter()
                 result = subprocess.run(commands[name], cwd=directory, capture_output=True, text=True)
                 seconds = time.perf_counter() - started
