@@ -129,3 +129,18 @@ def test_the_plain_script_does_the_default_runs_job(tmp_path):
     assert {"grad_norm/0.weight", "grad_norm/2.weight", "grad_norm/4.weight"} <= set(events.Tags()["scalars"])
     accuracy = events.Scalars("accuracy/val")
     assert len(accuracy) == 20 and accuracy[-1].value > 0.9
+
+
+def test_end_to_end_times_every_command_once_a_round_after_a_warm_up_round(monkeypatch, tmp_path):
+    benchmark = load_benchmark_module()
+    names = ["train", "plain_script", "train_zero_epochs", "torch_model_optimizer", "train_help", "hydra_app_help",
+             "train_cfg_job", "hydra_app_cfg_job", "python", "import_hydra"]
+    log = tmp_path / "ran.txt"
+    monkeypatch.setattr(benchmark, "end_to_end_commands", lambda directory: {
+        name: [sys.executable, "-c", f"open({str(log)!r}, 'a').write({name!r} + ' ')"] for name in names})
+    report = benchmark.end_to_end(rounds=2)
+    ran = log.read_text().split()
+    assert len(ran) == 3 * len(names) and set(ran) == set(names)  # the warm-up round is run, not counted
+    assert ran.index("plain_script") == ran.index("train") + 1  # a command right next to its baseline
+    assert all(len(seconds) == 2 for seconds in report["seconds"].values())
+    assert set(report["comparisons"]) == {f"{t}_vs_{b}" for t, b, _ in benchmark.END_TO_END_PAIRS}
