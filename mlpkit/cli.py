@@ -1,4 +1,9 @@
-"""The Hydra entry point: compose, validate, wire data -> model -> trainer -> loggers, report."""
+"""The Hydra entry point: compose, validate, wire data -> model -> trainer -> loggers, report.
+
+Torch, numpy and every module that imports them load inside the functions that train, not here:
+``python train.py --help`` and ``--cfg job`` import this module and need none of them (torch alone
+takes over a second to import).
+"""
 from __future__ import annotations
 
 import logging
@@ -12,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped
 from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config, write_json
-from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
 
@@ -76,6 +78,8 @@ def stop_on_signals(trainer):
 
 def limit_threads(setting: int | str) -> None:
     """Jobs x threads <= cores when a launcher runs jobs side by side."""
+    import torch  # here, not at the top: see the module docstring
+
     from mlpkit.acceleration import torch_threads
 
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
@@ -85,6 +89,9 @@ def limit_threads(setting: int | str) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np  # here, not at the top: see the module docstring
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -288,6 +295,8 @@ def write_metrics(run_dir: Path, result: dict) -> None:
 
 
 def report(result: dict, run_dir: Path) -> None:
+    from mlpkit.verdicts import summary as verdict_summary  # imports torch (through mlpkit.activations)
+
     def line(split: str) -> str:
         return ", ".join(f"{name} {value:.4g}" for name, value in result[split].items())
 

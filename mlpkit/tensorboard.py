@@ -37,7 +37,7 @@ class TensorBoardLogger:
         model.eval()  # tracing runs a forward pass: in train mode it would move BatchNorm's running statistics
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns about things that do not apply to an MLP
-            self.writer.add_graph(model, example_input)
+            self.writer._get_file_writer().add_graph(model_graph(model, example_input))
         model.train(was_training)
 
     def log_layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
@@ -70,6 +70,29 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def model_graph(model: Any, example_input: Any) -> tuple[Any, Any]:
+    """What ``SummaryWriter.add_graph`` logs (a GraphDef and its run metadata), traced without
+    ``torch.jit.trace``'s check_trace: that check runs the traced model again and compares the two
+    with ``torch.testing.assert_close``, whose first call imports ``torch.distributed.tensor`` (about
+    a second on 2 cores, the largest single cost of a short run's start-up); a trace of an MLP has
+    no data-dependent control flow for it to find. Falls back to add_graph's own function where
+    torch's private helpers have moved."""
+    import torch
+    from torch.utils.tensorboard import _pytorch_graph as pytorch_graph
+
+    needed = ("_set_model_to_eval", "parse", "GraphDef", "VersionDef", "RunMetadata", "StepStats", "DeviceStepStats")
+    if not all(hasattr(pytorch_graph, name) for name in needed):
+        return pytorch_graph.graph(model, example_input)
+    with pytorch_graph._set_model_to_eval(model):
+        trace = torch.jit.trace(model, example_input, check_trace=False)  # strict, as add_graph's default
+        graph = trace.graph
+        torch._C._jit_pass_inline(graph)
+    nodes = pytorch_graph.parse(graph, trace, example_input)
+    run_metadata = pytorch_graph.RunMetadata(step_stats=pytorch_graph.StepStats(
+        dev_stats=[pytorch_graph.DeviceStepStats(device="/device:CPU:0")]))  # add_graph's own constant
+    return pytorch_graph.GraphDef(node=nodes, versions=pytorch_graph.VersionDef(producer=22)), run_metadata
 
 
 def run_hparams(cfg: Any) -> dict[str, Any]:

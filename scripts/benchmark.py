@@ -3,16 +3,19 @@
     python scripts/benchmark.py                          # digits and mnist on the CPU
     python scripts/benchmark.py --workloads mnist wide --device cuda --rounds 5 --output bench.json
     python scripts/benchmark.py --startup                # also: start-up time of a zero-epoch run
+    python scripts/benchmark.py --end-to-end --rounds 7  # whole commands: `python train.py` against a plain script
 
 Each workload trains the same model on the same tensors several ways, alternating them round by
 round (each round starting one way later) so that a noisy machine slows every way alike:
 
-  plain               a hand-written loop: batches by index, zero_grad(set_to_none=True), no logging,
-                      torch.optim.Adam with torch's default kernel
+  plain               a hand-written loop at its best settings: batches by index,
+                      zero_grad(set_to_none=True), no logging, and the Adam kernel a run's default
+                      optimizer.fused=auto picks (torch's fused kernel on CPU and CUDA): like for like
+  plain_unfused       the same loop with torch's default Adam kernel (the plain loop's defaults)
   mlpkit              mlpkit's Trainer as a run uses it: TensorBoard logging and gradient diagnostics
                       at the default interval, checkpoints and validation every epoch, and the default
                       optimizer.fused=auto (torch's fused Adam kernel on CPU and CUDA)
-  mlpkit_unfused      the same, with the plain loop's Adam kernel: the framework's own cost
+  mlpkit_unfused      the same, with torch's default Adam kernel (compare it with plain_unfused)
   mlpkit_nodiag       mlpkit_unfused without the gradient monitor (loss and metrics only)
   mlpkit_compiled     trainer.compile=true (with --compile on the CPU; always on CUDA)
   mlpkit_cuda_graphs  trainer.cuda_graphs=true (CUDA only)
@@ -105,8 +108,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(data: Data, workload: Workload, device: torch.device) -> dict:
-    model, objective, optimizer = fresh_model(data, workload, device)
+def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool | None = None) -> dict:
+    model, objective, optimizer = fresh_model(data, workload, device, fused)
     x, y, n, batch_size = data.train.x, data.train.y, len(data.train), workload.batch_size
     generator = torch.Generator().manual_seed(0)
     synchronize(device)
@@ -178,7 +181,8 @@ def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict 
 def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cpu: bool) -> dict:
     default_fused = resolve_fused("auto", device)  # what optimizer.fused=auto gives a run on this device
     ways = {
-        "plain": lambda: run_plain(data, workload, device),
+        "plain": lambda: run_plain(data, workload, device, fused=default_fused),  # like for like: its best
+        "plain_unfused": lambda: run_plain(data, workload, device),
         "mlpkit": lambda: run_mlpkit(data, workload, device, fused=default_fused),
         "mlpkit_unfused": lambda: run_mlpkit(data, workload, device),
         "mlpkit_nodiag": lambda: run_mlpkit(data, workload, device, diagnostics=False),
@@ -278,6 +282,140 @@ def startup_seconds(rounds: int) -> dict:
     medians["train_minus_import_torch"] = medians["train_zero_epochs"] - medians["import_torch"]
     medians["train_minus_torch_and_adam"] = medians["train_zero_epochs"] - medians["import_torch_and_adam"]
     return medians
+
+
+# --- end to end: whole commands, each a fresh process ----------------------------------------------
+# What a user feels is the whole command. `python train.py` (digits, 20 epochs, everything a run
+# writes) against the shortest plain script that does the same job; a zero-epoch run against
+# `import torch` plus the model and its optimizer; --help and --cfg job against Hydra's own start-up.
+PLAIN_SCRIPT = """\
+import sys
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+x, y = load_digits(return_X_y=True)
+x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
+x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=0)
+mean, std = x_train.mean(0), x_train.std(0)
+std[std == 0] = 1
+tensor = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32)
+x_train, x_val, y_train, y_val = tensor(x_train), tensor(x_val), torch.tensor(y_train), torch.tensor(y_val)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # what optimizer.fused=auto picks on CPU
+writer = SummaryWriter(sys.argv[1])
+step = 0
+for epoch in range(20):
+    model.train()
+    order = torch.randperm(len(x_train))
+    for start in range(0, len(x_train), 64):
+        rows = order[start:start + 64]
+        loss = nn.functional.cross_entropy(model(x_train[rows]), y_train[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step % 50 == 0:
+            writer.add_scalar("loss/train", loss.item(), step)
+            for name, parameter in model.named_parameters():
+                if name.endswith("weight"):
+                    writer.add_scalar(f"grad_norm/{name}", parameter.grad.norm().item(), step)
+        optimizer.step()
+        step += 1
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
+    writer.add_scalar("accuracy/val", accuracy, epoch)
+    print(f"epoch {epoch + 1}/20 loss {loss.item():.4f} accuracy/val {accuracy:.4f}")
+writer.close()
+"""
+TORCH_MODEL_OPTIMIZER = ("import torch; from torch import nn; model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), "
+                         "nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)); "
+                         "torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)")
+HYDRA_APP = """\
+import hydra
+from omegaconf import OmegaConf
+
+@hydra.main(version_base="1.3", config_path=None)
+def app(cfg):
+    print(OmegaConf.to_yaml(cfg))
+
+app()
+"""
+# (what is timed, its baseline, the figure the issue sets: a ratio, or seconds over the baseline)
+END_TO_END_PAIRS = [("train", "plain_script", "ratio"), ("train_zero_epochs", "torch_model_optimizer", "over"),
+                    ("train_help", "hydra_app_help", "over"), ("train_cfg_job", "hydra_app_cfg_job", "over")]
+
+
+def end_to_end_commands(directory: Path) -> dict[str, list[str]]:
+    (directory / "plain.py").write_text(PLAIN_SCRIPT)
+    (directory / "hydra_app.py").write_text(HYDRA_APP)
+    train, python = [sys.executable, str(ROOT / "train.py")], sys.executable
+    return {
+        "train": train,  # the default run, exactly as a user types it
+        "plain_script": [python, str(directory / "plain.py"), str(directory / "plain_events")],
+        "train_zero_epochs": [*train, "trainer.max_epochs=0"],
+        "torch_model_optimizer": [python, "-c", TORCH_MODEL_OPTIMIZER],
+        "train_help": [*train, "--help"],
+        "hydra_app_help": [python, str(directory / "hydra_app.py"), "--help"],
+        "train_cfg_job": [*train, "--cfg", "job"],
+        "hydra_app_cfg_job": [python, str(directory / "hydra_app.py"), "--cfg", "job"],
+        "python": [python, "-c", "pass"],
+        "import_hydra": [python, "-c", "import hydra"],
+    }
+
+
+def end_to_end(rounds: int) -> dict:
+    """Wall seconds of whole commands, each a fresh process started from an empty directory.
+
+    Paired rounds: every round times every command once, each command right next to its baseline
+    (which of the two goes first alternates by round, and each round starts one pair later), and
+    each figure is the median over rounds of a command against its baseline of the same round, so a
+    slow spell of a shared machine, which slows both of a pair, cancels out."""
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        commands = end_to_end_commands(Path(directory))
+        pairs = [[timed, baseline] for timed, baseline, _ in END_TO_END_PAIRS] + [["python", "import_hydra"]]
+        for round_index in range(rounds + 1):  # round 0 warms the file cache and is not counted
+            shift = round_index % len(pairs)
+            order = [name for pair in pairs[shift:] + pairs[:shift] for name in pair[::1 - 2 * (round_index % 2)]]
+            for name in order:
+                started = time.perf_counter()
+                result = subprocess.run(commands[name], cwd=directory, capture_output=True, text=True)
+                seconds = time.perf_counter() - started
+                if result.returncode != 0:
+                    raise RuntimeError(f"{name} exited {result.returncode}: {result.stderr[-2000:]}")
+                if round_index:
+                    times.setdefault(name, []).append(seconds)
+    return {"rounds": rounds, "median_seconds": {k: statistics.median(v) for k, v in times.items()},
+            "seconds": times, "comparisons": compare_end_to_end(times)}
+
+
+def compare_end_to_end(times: dict[str, list[float]]) -> dict[str, dict]:
+    """Each END_TO_END_PAIRS command against its baseline of the same round (ratio and seconds
+    over), then the median over rounds; ``median`` is the figure the issue sets a target for."""
+    comparisons = {}
+    for timed, baseline, kind in END_TO_END_PAIRS:
+        ratios = [t / b for t, b in zip(times[timed], times[baseline])]
+        over = [t - b for t, b in zip(times[timed], times[baseline])]
+        paired = ratios if kind == "ratio" else over
+        comparisons[f"{timed}_vs_{baseline}"] = {
+            "kind": "ratio" if kind == "ratio" else "seconds_over", "median": statistics.median(paired),
+            "range": [min(paired), max(paired)], "median_ratio": statistics.median(ratios),
+            "median_seconds_over": statistics.median(over)}
+    return comparisons
+
+
+def print_end_to_end(report: dict) -> None:
+    print(f"\nend to end, whole commands, median wall seconds of {report['rounds']} paired rounds:")
+    for name, seconds in report["median_seconds"].items():
+        print(f"  {name:<24}{seconds:>8.2f}")
+    for name, entry in report["comparisons"].items():
+        low, high = entry["range"]
+        figure = "{:.3f}x" if entry["kind"] == "ratio" else "{:+.2f} s"
+        print(f"  {name:<48}{figure.format(entry['median']):>10}  (rounds {figure.format(low)} to {figure.format(high)}; "
+              f"ratio {entry['median_ratio']:.3f}x)")
 
 
 def print_result(result: dict, device: torch.device) -> None:
@@ -393,6 +531,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs per round (default: each workload's own)")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true on the CPU")
     parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="instead: whole commands (python train.py, a zero-epoch run, --help, --cfg job) "
+                             "against a plain PyTorch script and Hydra's own start-up")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--data", action="store_true", help="time loading CSV tables instead (see data_benchmark)")
     parser.add_argument("--data-rows", type=int, nargs="+", default=[200_000, 1_000_000, 2_000_000],
@@ -412,6 +553,13 @@ def main() -> None:
             parser.error(f"--workloads {name} runs on CUDA only (--device cuda); this run asked for {device}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if args.end_to_end:
+        report = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()}, "end_to_end": end_to_end(args.rounds)}
+        print_end_to_end(report["end_to_end"])
+        if args.output:
+            args.output.write_text(json.dumps(report, indent=2))
+        return
     set_matmul_precision(device, tf32=True)  # trainer.tf32's default, for every way alike
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads(),

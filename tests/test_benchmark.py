@@ -75,3 +75,72 @@ def test_ratios_pair_each_round_with_the_same_rounds_plain_loop():
     assert summary["mlpkit_unfused"]["ratio_range"] == pytest.approx([0.94, 0.96])
     assert summary["mlpkit_nodiag"]["samples_per_second"] == 97
     assert summary["mlpkit_unfused"]["diagnostics_cost"] == pytest.approx(1 - 96 / 100)  # median of 4%, 4%, 3.1%
+
+
+def test_end_to_end_pairs_each_command_with_its_baseline_of_the_same_round():
+    benchmark = load_benchmark_module()
+    # Round 2 ran on a machine twice as slow: every command took twice as long.
+    times = {"train": [6.0, 12.0, 6.6], "plain_script": [5.0, 10.0, 6.0],
+             "train_zero_epochs": [3.0, 6.0, 3.2], "torch_model_optimizer": [2.5, 5.0, 2.5],
+             "train_help": [1.0, 2.0, 1.1], "hydra_app_help": [0.8, 1.6, 0.8],
+             "train_cfg_job": [1.0, 2.0, 1.0], "hydra_app_cfg_job": [0.9, 1.8, 0.9]}
+    comparisons = benchmark.compare_end_to_end(times)
+    train = comparisons["train_vs_plain_script"]
+    assert train["kind"] == "ratio" and train["median"] == pytest.approx(1.2)  # 1.2, 1.2, 1.1
+    assert train["range"] == pytest.approx([1.1, 1.2])
+    zero = comparisons["train_zero_epochs_vs_torch_model_optimizer"]
+    assert zero["kind"] == "seconds_over" and zero["median"] == pytest.approx(0.7)  # 0.5, 1.0, 0.7
+    assert zero["median_ratio"] == pytest.approx(1.2)
+    assert set(comparisons) == {"train_vs_plain_script", "train_zero_epochs_vs_torch_model_optimizer",
+                                "train_help_vs_hydra_app_help", "train_cfg_job_vs_hydra_app_cfg_job"}
+
+
+def test_end_to_end_mode_times_whole_commands_and_no_workload(monkeypatch, capsys, tmp_path):
+    benchmark = load_benchmark_module()
+    monkeypatch.setattr(benchmark, "benchmark", lambda *args, **kwargs: pytest.fail("timed a workload"))
+    times = {name: [1.0] for name in ("train", "plain_script", "train_zero_epochs", "torch_model_optimizer",
+                                      "train_help", "hydra_app_help", "train_cfg_job", "hydra_app_cfg_job")}
+    monkeypatch.setattr(benchmark, "end_to_end", lambda rounds: {
+        "rounds": rounds, "median_seconds": {k: v[0] for k, v in times.items()}, "seconds": times,
+        "comparisons": benchmark.compare_end_to_end(times)})
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--end-to-end", "--rounds", "2",
+                                      "--output", str(tmp_path / "e2e.json")])
+    benchmark.main()
+    out = capsys.readouterr().out
+    assert "end to end, whole commands, median wall seconds of 2 paired rounds" in out
+    assert "train_vs_plain_script" in out and "1.000x" in out
+    report = json.loads((tmp_path / "e2e.json").read_text())
+    assert report["end_to_end"]["comparisons"]["train_help_vs_hydra_app_help"]["median"] == 0.0
+
+
+@pytest.mark.slow
+def test_the_plain_script_does_the_default_runs_job(tmp_path):
+    """The end-to-end baseline trains 20 epochs and writes what the comparison says it writes."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    benchmark = load_benchmark_module()
+    commands = benchmark.end_to_end_commands(tmp_path)
+    result = subprocess.run(commands["plain_script"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 20/20" in result.stdout
+    events = EventAccumulator(str(tmp_path / "plain_events"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [0, 50, 100, 150, 200, 250, 300, 350]  # 400 steps
+    assert {"grad_norm/0.weight", "grad_norm/2.weight", "grad_norm/4.weight"} <= set(events.Tags()["scalars"])
+    accuracy = events.Scalars("accuracy/val")
+    assert len(accuracy) == 20 and accuracy[-1].value > 0.9
+
+
+def test_end_to_end_times_every_command_once_a_round_after_a_warm_up_round(monkeypatch, tmp_path):
+    benchmark = load_benchmark_module()
+    names = ["train", "plain_script", "train_zero_epochs", "torch_model_optimizer", "train_help", "hydra_app_help",
+             "train_cfg_job", "hydra_app_cfg_job", "python", "import_hydra"]
+    log = tmp_path / "ran.txt"
+    monkeypatch.setattr(benchmark, "end_to_end_commands", lambda directory: {
+        name: [sys.executable, "-c", f"open({str(log)!r}, 'a').write({name!r} + ' ')"] for name in names})
+    report = benchmark.end_to_end(rounds=2)
+    ran = log.read_text().split()
+    assert len(ran) == 3 * len(names) and set(ran) == set(names)  # the warm-up round is run, not counted
+    assert ran.index("plain_script") == ran.index("train") + 1  # a command right next to its baseline
+    assert all(len(seconds) == 2 for seconds in report["seconds"].values())
+    assert set(report["comparisons"]) == {f"{t}_vs_{b}" for t, b, _ in benchmark.END_TO_END_PAIRS}

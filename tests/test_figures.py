@@ -87,3 +87,22 @@ def test_regression_fit_of_a_1d_input_and_none_for_other_shapes():
     assert figure.axes[0].get_title() == "data=sine: the model's fit"
     figures.figure_to_rgb(figure)
     assert figures.prediction_figure(*tiny("blobs", n_features=3)) is None  # 3 inputs: nothing to draw
+
+
+def test_a_redrawn_gradient_flow_figure_shows_what_a_new_one_would():
+    """log_gradient_flow builds one figure and redraws it for each step: every frame must show its own
+    bars, hatches and y range, as a figure drawn for that step alone does."""
+    import math
+
+    names = ["linear1", "linear2", "linear3"]
+    first = {"grad_norm": [0.1, 0.01, 1.0], "grad_ratio": [0.5, 0.2, 0.3]}
+    later = {"grad_norm": [1e-7, math.nan, 10.0], "grad_ratio": [0.0, 2.0, 30.0]}
+    fresh = figures.gradient_flow_figure(names, later, "gradient flow, step 8")
+    redrawn = figures._redraw_gradient_flow(figures.gradient_flow_figure(names, first, "step 0"), later,
+                                            "gradient flow, step 8")
+    bars = lambda figure: [(bar.get_height(), bar.get_hatch()) for bar in figure.axes[0].patches]  # noqa: E731
+    assert bars(redrawn) == bars(fresh)
+    assert bars(redrawn)[1] == (figures.FLOOR, "xx") and bars(redrawn)[3] == (figures.FLOOR, None)  # NaN, 0
+    assert redrawn.axes[0].get_ylim() == pytest.approx(fresh.axes[0].get_ylim())
+    assert redrawn.axes[0].get_title() == "gradient flow, step 8"
+    assert figures.figure_to_rgb(redrawn).shape == figures.figure_to_rgb(fresh).shape

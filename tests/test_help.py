@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from tests.conftest import CONFIG_DIR, run_cli
+from tests.conftest import CONFIG_DIR, ROOT, python_c, run_cli
 
 SELF_EVIDENT = {"_target_", "name", "source", "defaults"}
 
@@ -26,6 +26,29 @@ def test_cfg_job_prints_the_composed_config(run_dir):
     result = run_cli(run_dir, "activation=tanh", args=("--cfg", "job"))
     assert result.returncode == 0
     assert "activation:\n  name: tanh" in result.stdout
+
+
+HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "tensorboard", "tqdm")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "activation=tanh"]], ids=" ".join)
+def test_help_and_cfg_job_import_no_torch(tmp_path, args):
+    """The help page and the composed config come from Hydra alone: train.py run as a script, in a
+    fresh interpreter, then the modules it loaded are listed (torch alone takes over a second)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', *{args!r}, 'hydra.run.dir={tmp_path.as_posix()}/run']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = python_c(code)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout[-300:]
+    assert ("mlpkit: train multilayer perceptrons" if args == ["--help"] else "name: tanh") in result.stdout
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parts[-2] != "hydra"),
