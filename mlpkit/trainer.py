@@ -20,12 +20,13 @@ from mlpkit.checkpoint import (
     load_checkpoint,
     restore,
 )
+from mlpkit.clipping import GradientClipper
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import GradientMonitor, Measurement, Packed
 from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped, environment_fault
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
-from mlpkit.schedules import GradientClipper, build_schedule
+from mlpkit.schedules import build_schedule
 from mlpkit.verdicts import summary as verdict_summary
 
 log = logging.getLogger("mlpkit")
