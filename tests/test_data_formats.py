@@ -232,3 +232,13 @@ def test_the_api_predicts_a_dataframe_with_categorical_columns_as_predict_does_t
     frame.loc[2, "color"] = "purple"
     with pytest.raises(DataError, match="row 2, column 'color': category 'purple' was not in the training file"):
         run.predict(frame)
+
+
+@pytest.mark.parametrize("name", ["spaced.csv", "spaced.csv.gz"])
+def test_spaces_around_header_names_and_cells_are_ignored(tmp_path, name):
+    text = "x , color, species\n" + "".join(f"{i}, {COLORS[i % 3]} ,{'abc'[i % 3]} \n" for i in range(30))
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    data = load(path, standardize=False)
+    assert data.feature_names == ["x", "color=blue", "color=green", "color=red"]
+    assert data.class_names == ["a", "b", "c"]

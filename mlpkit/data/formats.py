@@ -139,7 +139,19 @@ class TableFile:
 
     def _csv_options(self) -> dict[str, Any]:
         csv_module = self._csv_module()
-        return {"parse_options": csv_module.ParseOptions(delimiter=self.delimiter)}
+        options = {"parse_options": csv_module.ParseOptions(delimiter=self.delimiter)}
+        header = self._header()
+        if any(name != name.strip() for name in header):  # "x, color, label": the names without their spaces
+            options["read_options"] = csv_module.ReadOptions(column_names=[name.strip() for name in header],
+                                                             skip_rows=1)
+        return options
+
+    def _header(self) -> list[str]:
+        """The text file's first row, split as Python's csv module splits it."""
+        if not hasattr(self, "_first_row"):
+            with open_text(self.file) as handle:
+                self._first_row = next(csv.reader(handle, delimiter=self.delimiter), [])
+        return self._first_row
 
     def _unreadable(self, error: BaseException) -> DataError:
         """The file's first problem in one line: for text, the Python reader finds it by line."""
