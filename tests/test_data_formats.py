@@ -236,9 +236,47 @@ def test_the_api_predicts_a_dataframe_with_categorical_columns_as_predict_does_t
 
 @pytest.mark.parametrize("name", ["spaced.csv", "spaced.csv.gz"])
 def test_spaces_around_header_names_and_cells_are_ignored(tmp_path, name):
+    numeric = tmp_path / f"numeric_{name}"
+    text = " x , y ,species\n" + "".join(f"{i}, {i * 2} ,{'abc'[i % 3]}\n" for i in range(30))
+    numeric.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    assert load(numeric, standardize=False).feature_names == ["x", "y"]  # the numeric (streaming) path
     text = "x , color, species\n" + "".join(f"{i}, {COLORS[i % 3]} ,{'abc'[i % 3]} \n" for i in range(30))
     path = tmp_path / name
     path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     data = load(path, standardize=False)
     assert data.feature_names == ["x", "color=blue", "color=green", "color=red"]
     assert data.class_names == ["a", "b", "c"]
+
+
+def test_a_test_file_value_standardisation_would_carry_beyond_float32_is_named_by_its_line(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("a,label\n" + "".join(f"{0 if i % 2 else 1e-20},{'pq'[i % 2]}\n" for i in range(40)))
+    test = tmp_path / "test.csv"
+    test.write_text("a,label\n" + "".join(f"{1e25 if line == 4 else 0},{'pq'[line % 2]}\n" for line in range(2, 12)))
+    config = {"source": "csv", "path": str(train), "test_path": str(test), "target": "label", "features": None,
+              "task": "auto", "delimiter": ",", "val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
+    with pytest.raises(DataError, match=r"test.csv: line 4, column 'a': 1e\+25 standardised with the training "
+                                        r"split's mean and std is beyond float32"):
+        build_data(config)
+
+
+def test_splitting_a_loaded_table_allocates_no_second_copy_of_it():
+    import tracemalloc
+
+    from mlpkit.data.dataset import RawData
+    from mlpkit.data.splits import prepare_features, split_indices
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(50_000, 40)).astype(np.float32)
+    targets = rng.integers(0, 3, size=50_000)
+    original = features.copy()
+    raw = RawData(features, targets, "multiclass", [f"f{i}" for i in range(40)], ["a", "b", "c"])
+    splits = list(split_indices(targets, True, 0.2, 0.2, 0))
+    tracemalloc.start()
+    parts, mean, std = prepare_features(raw, splits, True)
+    extra = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert extra < 0.3 * features.nbytes  # a copy of the splits would be 1.0x
+    for part, rows in zip(parts, splits):  # the same rows, standardised with the training split's statistics
+        assert np.allclose(part, (original[rows] - mean) / std, atol=1e-5)
+    assert np.allclose(mean, original[splits[0]].mean(axis=0), atol=1e-4)

@@ -46,7 +46,9 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
     convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
                                         null_values=table_file_nulls(), strings_can_be_null=True)
     options = table_file._csv_options()
-    options["read_options"] = csv_module.ReadOptions(block_size=BLOCK_BYTES)
+    header = options.get("read_options")  # the header's names without their spaces, when it had some
+    options["read_options"] = csv_module.ReadOptions(block_size=BLOCK_BYTES, **(
+        {"column_names": header.column_names, "skip_rows": header.skip_rows} if header else {}))
     source = table_file._source()
     return csv_module.open_csv(source, convert_options=convert, **options)
 

@@ -99,18 +99,44 @@ def _per_group(mean: np.ndarray, var: np.ndarray, groups: np.ndarray | None) -> 
 
 def prepare_features(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
                      ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The rows of each split, standardised in place with the training split's statistics."""
-    parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
+    """The rows of each split, standardised in place with the training split's statistics.
+
+    A float32 table whose rows all go to some split (a table file's) is reordered in place, split
+    after split, and the splits are views of it: a large table is held once, not twice."""
+    original_rows = None
+    if reorderable(raw.features, splits):
+        original_rows = np.concatenate(splits)
+        reorder_rows(raw.features, original_rows)
+        bounds = np.cumsum([0, *(len(rows) for rows in splits)])
+        splits = [np.arange(start, stop) for start, stop in zip(bounds, bounds[1:])]
+        parts = [raw.features[start:stop] for start, stop in zip(bounds, bounds[1:])]
+    else:
+        parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
     if not standardize:
         width = raw.features.shape[1]
         return parts, np.zeros(width, np.float32), np.ones(width, np.float32)
     mean, std = standardization(parts[0], raw.feature_groups)
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by column
+    # before the values change in place: a message names the value as the file holds it
+    check_standardized(raw, source, raw.features, raw.feature_names, splits, parts, mean, std, original_rows)
+    with np.errstate(over="ignore", invalid="ignore"):
         for part in parts:
             part -= mean
             part /= std
-    check_standardized(raw, source, raw.features, raw.feature_names, splits, parts, mean, std)
     return parts, mean, std
+
+
+def reorderable(values: np.ndarray, splits: list[np.ndarray]) -> bool:
+    """A float32 row-major table whose every row belongs to exactly one split."""
+    return (isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype == np.float32
+            and values.flags.c_contiguous and values.flags.writeable
+            and sum(len(rows) for rows in splits) == len(values))
+
+
+def reorder_rows(values: np.ndarray, order: np.ndarray) -> None:
+    """``values[:] = values[order]`` a few columns at a time: the temporary is an eighth of the table."""
+    columns = max(1, values.shape[1] // 8)
+    for start in range(0, values.shape[1], columns):
+        values[:, start:start + columns] = values[order, start:start + columns]
 
 
 def prepare_targets(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
@@ -125,26 +151,30 @@ def prepare_targets(raw: RawData, splits: list[np.ndarray], standardize: bool, s
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
         standardized = (targets - mean) / std
     names = [str(raw.extra.get("target", "target"))] * targets.shape[1]
-    check_standardized(raw, source, targets, names, splits, [standardized[rows] for rows in splits],
+    check_standardized(raw, source, targets, names, splits, [targets[rows] for rows in splits],
                        mean, std)
     return standardized, float(mean[0]), float(std[0])
 
 
 def check_standardized(raw: RawData, source: str, values: np.ndarray, names: list[str],
                        splits: list[np.ndarray], parts: list[np.ndarray], mean: np.ndarray,
-                       std: np.ndarray) -> None:
+                       std: np.ndarray, original_rows: np.ndarray | None = None) -> None:
     """A DataError naming the line and column of a value that float32 standardisation cannot hold:
     one that makes the training split's variance overflow (1e25 among small numbers), or one the
-    training mean and std carry beyond float32 in another split."""
+    training mean and std would carry beyond float32 in another split. ``parts`` are not yet
+    standardised; ``original_rows`` maps a row of ``values`` to the source's row when it was reordered."""
     row, column, consequence = _overflowing_value(values, splits, parts, mean, std)
     if row is None:
         return
+    value = float(values[row, column])
+    if original_rows is not None:
+        row = int(original_rows[row])
     if raw.locate is not None:
         key, file, where = raw.locate(row)
-        raise DataError(key, file, f"{where}, column '{names[column]}': {float(values[row, column]):g} "
+        raise DataError(key, file, f"{where}, column '{names[column]}': {value:g} "
                         f"{consequence}; rescale the column, e.g. to other units")
     where = f"line {raw.lines[row]}, " if raw.lines is not None else f"row {row}, "
-    problem = (f"{where}column '{names[column]}': {float(values[row, column]):g} {consequence}; "
+    problem = (f"{where}column '{names[column]}': {value:g} {consequence}; "
                "rescale the column, e.g. to other units")
     if "path" in raw.extra:
         raise DataError("data.path", raw.extra["path"], problem)
@@ -161,10 +191,15 @@ def _overflowing_value(values: np.ndarray, splits: list[np.ndarray], parts: list
         return (int(train[np.abs(values[train, column]).argmax()]), column,
                 "makes the column's variance overflow float32 (its standard deviation is not finite)")
     for rows, part in zip(splits, parts):
-        # min and max propagate NaN and inf without a temporary the size of the split
-        broken = np.flatnonzero(~np.isfinite(part.min(axis=0)) | ~np.isfinite(part.max(axis=0)))
+        # min and max (no temporary the size of the split) standardised as the split will be
+        with np.errstate(over="ignore", invalid="ignore"):
+            low = (part.min(axis=0) - mean) / std
+            high = (part.max(axis=0) - mean) / std
+        broken = np.flatnonzero(~np.isfinite(low) | ~np.isfinite(high))
         if broken.size:
             column = int(broken[0])
-            return (int(rows[np.flatnonzero(~np.isfinite(part[:, column]))[0]]), column,
+            with np.errstate(over="ignore", invalid="ignore"):
+                standardized = (part[:, column] - mean[column]) / std[column]
+            return (int(rows[np.flatnonzero(~np.isfinite(standardized))[0]]), column,
                     "standardised with the training split's mean and std is beyond float32")
     return None, 0, ""
