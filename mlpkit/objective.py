@@ -164,22 +164,35 @@ def resolve_class_weights(setting: Any, loss: str, dataset: str, n_classes: int,
     return [float(w) for w in weights]
 
 
+def _placed(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``values`` on a tensor's device and in its dtype, copied there once: a host-to-device copy
+    each step would wait for the device."""
+    copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def like(tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.device, tensor.dtype)
+        if key not in copies:
+            copies[key] = values.to(*key)
+        return copies[key]
+
+    return like
+
+
 def _loss_function(head, loss, task, n_classes, label_smoothing, pos_weight, class_weights: Sequence[float] | None):
-    weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+    weights = None if class_weights is None else _placed(torch.tensor(class_weights, dtype=torch.float32))
     if loss == "ce":
         if weights is None:
             return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        return lambda logits, y: F.cross_entropy(logits, y, weight=weights.to(logits.device, logits.dtype),
-                                                 label_smoothing=label_smoothing)
+        return lambda logits, y: F.cross_entropy(logits, y, weight=weights(logits), label_smoothing=label_smoothing)
     if loss == "bce":
-        positive = None if pos_weight is None else torch.tensor(float(pos_weight))
+        positive = None if pos_weight is None else _placed(torch.tensor(float(pos_weight)))
 
         def bce(logits, y):
-            w = None if positive is None else positive.to(logits.device)
+            w = None if positive is None else positive(logits)
             if weights is None:
                 return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), pos_weight=w)
             # each sample weighted by its class's weight, normalised as cross_entropy's weighted mean
-            sample = weights.to(logits.device, logits.dtype)[y.long()]
+            sample = weights(logits)[y.long()]
             each = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype), reduction="none")
             return (each * sample).sum() / sample.sum()
 
