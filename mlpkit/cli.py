@@ -219,6 +219,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         resumes = record_resume(run_dir, resume_path, resumed, changes)
         log.info("resumed from %s: %d epochs done, step %d%s", resume_path, resumed["epoch"], resumed["step"],
                  f"; changed {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else "")
+        warn_if_schedule_ended(trainer)
     logger.log_layout(layout())
     logger.log_text("model", f"{model}\n\n{model_summary(model)}")
     logger.log_text("config", OmegaConf.to_yaml(cfg))
@@ -257,6 +258,17 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     write_metrics(run_dir, result)
     report(result, run_dir)
     return result["val"][cfg.objective.metric]
+
+
+def warn_if_schedule_ended(trainer) -> None:
+    """A schedule over the run (cosine, onecycle) keeps the length it started with on a longer resume:
+    say that the added steps train at the lr it ended on (0 for a cosine to eta_min=0)."""
+    schedule = trainer.schedule
+    total_steps = trainer.max_epochs * trainer.batches_per_epoch()
+    if schedule is not None and schedule.name in ("cosine", "onecycle") and schedule.length < total_steps:
+        log.warning("scheduler=%s spans the run's first %d steps; steps %d to %d train at the lr it ended on, %g "
+                    "(start a new run for a schedule over the longer run)", schedule.name, schedule.length,
+                    schedule.length, total_steps, trainer.optimizer.param_groups[0]["lr"])
 
 
 def remedy_settings(cfg: DictConfig) -> dict:

@@ -243,6 +243,14 @@ def test_a_resume_of_an_early_stopped_run_stays_stopped(tmp_path):
     assert again.metrics["steps"] == first.metrics["steps"]
 
 
+
+def test_a_longer_resume_of_a_cosine_run_says_the_added_steps_keep_its_last_lr(tmp_path, caplog):
+    overrides = [*SMALL, "trainer.max_epochs=1", "scheduler=cosine"]
+    first = mlpkit.train(overrides, run_dir=tmp_path / "run")
+    mlpkit.train([*overrides, "trainer.max_epochs=2", f"resume={first.dir}"])
+    assert ("scheduler=cosine spans the run's first 20 steps; steps 20 to 40 train at the lr it ended on, 0 "
+            "(start a new run for a schedule over the longer run)") in caplog.text
+
 BAD_VALUES = [
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is not valid: expected a number >= 0 (0 = off)"),
     ("trainer.gradient_clip_algorithm=l1", "trainer.gradient_clip_algorithm=l1 is not valid: expected norm or value"),
