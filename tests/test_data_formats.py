@@ -197,13 +197,13 @@ def test_cli_trains_on_a_train_and_a_test_file(tmp_path):
 
 def test_batch_path_gives_the_column_path_values(tmp_path, monkeypatch):
     """Numeric tables are read batch by batch into blocks; tiny blocks here force many of both."""
-    from mlpkit.data import batches, table
+    from mlpkit.data import batches, formats, table
 
     generator = np.random.default_rng(0)
     lines = ["a,b,c,label"] + [f"{a:.6g},{b:.6g},{int(c)},{'xy'[i % 2]}" for i, (a, b, c) in
                                 enumerate(generator.normal(size=(700, 3)) * 100)]
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    monkeypatch.setattr(batches, "BLOCK_BYTES", 4096)  # ~150 rows per CSV batch
+    monkeypatch.setattr(formats, "MAX_BLOCK_BYTES", 4096)  # ~150 rows per CSV batch
     monkeypatch.setattr(batches, "BLOCK_ROWS_BYTES", 1000)  # 83 rows per block
     streamed = table.load_csv(str(tmp_path / "t.csv.gz"), target="label")
     monkeypatch.setattr(table, "read_numeric", lambda *args: None)
@@ -212,6 +212,38 @@ def test_batch_path_gives_the_column_path_values(tmp_path, monkeypatch):
     np.testing.assert_array_equal(streamed.features, column_wise.features)
     np.testing.assert_array_equal(streamed.targets, column_wise.targets)
     assert streamed.class_names == column_wise.class_names == ["x", "y"]
+
+
+def test_a_quoted_cell_with_a_line_break_across_a_block_boundary_is_read(tmp_path, monkeypatch):
+    """pyarrow cuts text into blocks at line ends; a quoted note holding a line break, cut there,
+    makes it read the file again with the cut that allows them (blocks of 256 bytes: many cuts)."""
+    from mlpkit.data import formats, table
+
+    lines = ["x,note,label"] + [f'{i}.5,"first line\nsecond line {i}",{"ab"[i % 2]}' for i in range(200)]
+    (tmp_path / "notes.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(formats, "MIN_BLOCK_BYTES", 256)
+    monkeypatch.setattr(formats, "MAX_BLOCK_BYTES", 256)
+    numeric = table.load_csv(str(tmp_path / "notes.csv"), target="label", features=["x"])
+    np.testing.assert_array_equal(numeric.features[:, 0], np.arange(200) + 0.5)
+    assert numeric.targets.tolist() == [0, 1] * 100
+    encoded = table.load_csv(str(tmp_path / "notes.csv"), target="label", categorical="auto")
+    assert encoded.features.shape == (200, 201)
+    assert "note=first line\nsecond line 7" in encoded.feature_names
+
+
+def test_text_is_read_in_blocks_of_a_thousandth_of_the_file(tmp_path):
+    """pyarrow's stream reader keeps about 50 blocks in memory: its default 1 MiB blocks would be as
+    large as a 200k-row table's tensors. A 200 MB file is read 200 KB at a time, a small one 64 KiB."""
+    from mlpkit.data.formats import TableFile
+
+    big = tmp_path / "big.csv"
+    with big.open("wb") as handle:  # sparse: 200 MB on paper, nothing on disk
+        handle.write(b"x,label\n1,0\n")
+        handle.truncate(200 * 10**6)
+    (tmp_path / "small.csv").write_text("x,label\n1,0\n")
+    block = TableFile(big)._csv_options()["read_options"].block_size
+    assert 190_000 <= block <= 200_000
+    assert TableFile(tmp_path / "small.csv")._csv_options()["read_options"].block_size == 64 << 10
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ import numpy as np
 
 from mlpkit.data.formats import TableFile
 
-BLOCK_BYTES = 1 << 20  # text read per CSV batch (pyarrow's default)
 BLOCK_ROWS_BYTES = 64 << 20  # float32 features gathered per block before the final copy
 
 
@@ -45,12 +44,7 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
              else pa.string()}
     convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
                                         null_values=table_file_nulls(), strings_can_be_null=True)
-    options = table_file._csv_options()
-    header = options.get("read_options")  # the header's names without their spaces, when it had some
-    options["read_options"] = csv_module.ReadOptions(block_size=BLOCK_BYTES, **(
-        {"column_names": header.column_names, "skip_rows": header.skip_rows} if header else {}))
-    source = table_file._source()
-    return csv_module.open_csv(source, convert_options=convert, **options)
+    return csv_module.open_csv(table_file._source(), convert_options=convert, **table_file._csv_options())
 
 
 def table_file_nulls() -> list[str]:
