@@ -31,8 +31,12 @@ $(TEST_STAMP): pyproject.toml
 train: $(RUN_STAMP)
 	$(VENV_PYTHON) train.py $(ARGS)
 
+# The suite runs on every core (pytest-xdist), a test file per worker so that its shared trained runs
+# are trained once; each worker and the processes it starts use one thread (OMP_NUM_THREADS=1): two
+# workers of two threads each on two cores would fight over them.
+TEST_WORKERS ?= auto
 test: $(TEST_STAMP)
-	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV_PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The unit tests: no test that trains a real run or starts a process (those are marked slow).
 test-fast: $(TEST_STAMP)
