@@ -23,6 +23,7 @@ from mlpkit.checkpoint import (
 from mlpkit.clipping import GradientClipper
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import GradientMonitor, Measurement, Packed
+from mlpkit.early_stopping import EarlyStopping
 from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped, environment_fault
 from mlpkit.model import MLP
 from mlpkit.objective import Objective
@@ -139,9 +140,7 @@ class Trainer:
                                        steps_per_epoch=self.batches_per_epoch(), mode=mode)
         self.clipper = (GradientClipper(model.parameters(), gradient_clip_val, gradient_clip_algorithm, self.device)
                         if gradient_clip_val > 0 else None)
-        self.patience, self.min_delta = early_stopping_patience, early_stopping_min_delta
-        self.early_stopping: dict[str, Any] = {"best": None, "wait": 0}  # epochs since the last improvement
-        self.stopped_early: dict[str, Any] | None = None
+        self.early_stopping = EarlyStopping(early_stopping_patience, early_stopping_min_delta, mode)
 
     # --- one step ------------------------------------------------------------------------------
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -334,7 +333,7 @@ class Trainer:
                  "next_batch": self.next_batch if mid_epoch else 0,
                  "epoch_losses": done.cpu() if done is not None else None,
                  "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None,
-                 "early_stopping": dict(self.early_stopping), "stopped_early": self.stopped_early}
+                 **self.early_stopping.state()}
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra, scheduler=self.schedule)
@@ -352,8 +351,7 @@ class Trainer:
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         extra = state["extra"]
         self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
-        self.early_stopping = extra.get("early_stopping") or self.early_stopping
-        self.stopped_early = extra.get("stopped_early")
+        self.early_stopping.load(extra)
         if self.monitor is not None and extra.get("verdicts") is not None:
             self.monitor.verdicts.load(extra["verdicts"])
         if extra.get("epoch_order") is not None:
@@ -366,7 +364,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train up to ``max_epochs`` and return final metrics, timing and per-epoch history."""
         start_epoch = self.epoch
-        last_epoch = self.max_epochs if self.stopped_early is None else start_epoch  # a resume of a stopped run
+        last_epoch = self.max_epochs if self.early_stopping.stopped is None else start_epoch  # a resume of a stopped run
         bar = tqdm(range(start_epoch, last_epoch), desc="epochs", unit="epoch", initial=start_epoch,
                    total=self.max_epochs, disable=not self.progress, dynamic_ncols=True)
         train_seconds = 0.0
@@ -383,7 +381,7 @@ class Trainer:
                     self.best.update(value=val[self.metric], epoch=self.epoch)
                 self.after_validation(val[self.metric])  # the plateau schedule and early stopping
                 self.save(*((LAST, BEST) if improved else (LAST,)))
-                if self.stopped_early is not None:
+                if self.early_stopping.stopped is not None:
                     break
         finally:
             bar.close()
@@ -396,7 +394,7 @@ class Trainer:
         return {
             **final,
             "best": self.best,
-            "stopped_early": self.stopped_early,
+            "stopped_early": self.early_stopping.stopped,
             **checks,
             **({"fast_dev_run": True} if self.fast_dev_run else {}),
             "epochs": self.epoch,
@@ -409,22 +407,11 @@ class Trainer:
         }
 
     def after_validation(self, value: float) -> None:
-        """Per epoch, on the validation objective: the plateau schedule's step, and early stopping
-        (``stopped_early`` is set once the metric has not beaten its best by more than ``min_delta``
-        for ``patience`` epochs)."""
+        """Per epoch, on the validation objective: the plateau schedule's step, and early stopping."""
         if self.schedule is not None:
             self.schedule.after_epoch(value)
-        if not self.patience:
-            return
-        best, mode = self.early_stopping["best"], self.best["mode"]
-        target = None if best is None else (best - self.min_delta if mode == "min" else best + self.min_delta)
-        if is_better(value, target, mode):
-            self.early_stopping.update(best=value, wait=0)
-        else:
-            self.early_stopping["wait"] += 1
-        if self.early_stopping["wait"] >= self.patience and self.epoch < self.max_epochs:
-            self.stopped_early = {"epoch": self.epoch, "best_epoch": self.best["epoch"], "metric": self.metric,
-                                  "patience": self.patience, "min_delta": self.min_delta}
+        self.early_stopping.update(value, epoch=self.epoch, max_epochs=self.max_epochs,
+                                   best_epoch=self.best["epoch"], metric=self.metric)
 
     def evaluate_best(self) -> dict[str, dict[str, float]]:
         """``test_best``: the test metrics of checkpoints/best.pt (users quote the best model, not
