@@ -132,10 +132,11 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, layout
     from mlpkit.model import (
-        build_model,
+        activation_params,
         check_batch_norm_batches,
         check_fits_memory,
         count_parameters,
+        model_from_config,
         model_summary,
     )
     from mlpkit.objective import build_objective
@@ -182,13 +183,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     check_batch_norm_batches(cfg.model.get("norm", "none"), len(data.train), cfg.trainer.batch_size,
                              drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs)
     seed_everything(cfg.trainer.seed)
-    activation_params = {k: v for k, v in cfg.activation.items() if k != "name"}
-    model = build_model(
-        data.in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
-        activation_params, objective.head, dropout=cfg.model.dropout, init=cfg.model.init,
-        bias=cfg.model.get("bias", True), norm=cfg.model.get("norm", "none"),
-        residual=cfg.model.get("residual", False),
-    ).to(device)
+    model = model_from_config(cfg, data.in_features, objective.out_features, objective.head).to(device)
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))
     fused = resolve_fused(cfg.optimizer.get("fused"), device)
@@ -226,7 +221,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     if resumed is None:  # once per run; a resumed run logged them already
         logger.log_graph(model, data.train.x[:2])
         logger.log_image(f"activation/{cfg.activation.name}", figures.figure_to_rgb(
-            figures.activation_figure(cfg.activation.name, activation_params)), step=0)
+            figures.activation_figure(cfg.activation.name, activation_params(cfg.activation))), step=0)
     try:
         with stop_on_signals(trainer):
             result = trainer.fit()

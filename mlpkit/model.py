@@ -164,6 +164,24 @@ def build_model(
     return model
 
 
+def activation_params(activation_cfg: Any) -> dict[str, Any]:
+    """The ``activation`` group's arguments: every key but its name."""
+    return {key: value for key, value in activation_cfg.items() if key != "name"}
+
+
+def model_from_config(cfg: Any, in_features: int, out_features: int, head: str, *, weights_follow: bool = False
+                      ) -> MLP:
+    """The model a run's config (its ``model`` and ``activation`` groups) describes, for training and
+    for loading a trained run alike; a key a run saved before it existed takes its default.
+    ``weights_follow``: a checkpoint's weights replace the initial ones (no ``model.init``, which
+    would draw from torch's random generator for nothing)."""
+    init = "default" if weights_follow else cfg.model.get("init", "default")
+    return build_model(in_features, out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
+                       activation_params(cfg.activation), head, dropout=cfg.model.dropout,
+                       init=init, bias=cfg.model.get("bias", True),
+                       norm=cfg.model.get("norm", "none"), residual=cfg.model.get("residual", False))
+
+
 def no_residual_layer(hidden_sizes: Sequence[int]) -> tuple[str, bool, str, str]:
     """ConfigError's arguments for model.residual=true on hidden sizes that leave no skip connection."""
     return ("model.residual", "true", "false, or model.hidden_sizes with two equal widths in a row, e.g. "

@@ -88,7 +88,7 @@ def load_trained(run_dir: Path, cfg: DictConfig, checkpoint: Path, task: str, cl
                  in_features: int, target_mean: float, target_std: float, device: Any) -> TrainedRun:
     """Build the model the run's config describes and load the checkpoint's weights into it."""
     from mlpkit.checkpoint import check_model_fits, load_checkpoint
-    from mlpkit.model import build_model
+    from mlpkit.model import model_from_config
     from mlpkit.objective import build_objective
 
     state = load_checkpoint(checkpoint, map_location=device)
@@ -98,10 +98,7 @@ def load_trained(run_dir: Path, cfg: DictConfig, checkpoint: Path, task: str, cl
         cfg.head.name, cfg.loss.name, task, str(cfg.data.source), len(class_names),
         n_targets=state["model"][last_layer].shape[0], label_smoothing=cfg.loss.get("label_smoothing", 0.0),
         pos_weight=cfg.loss.get("pos_weight"), target_mean=target_mean, target_std=target_std)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.activation, resolve=True).items() if k != "name"}
-    model = build_model(in_features, objective.out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
-                        params, objective.head, dropout=cfg.model.dropout, bias=cfg.model.get("bias", True),
-                        norm=cfg.model.get("norm", "none"), residual=cfg.model.get("residual", False))
+    model = model_from_config(cfg, in_features, objective.out_features, objective.head, weights_follow=True)
     check_model_fits(state, model)
     model.load_state_dict(state["model"])
     return TrainedRun(run_dir, checkpoint, int(state["epoch"]), int(state["step"]), model.to(device).eval(),

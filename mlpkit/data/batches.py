@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.data.formats import TableFile
+from mlpkit.data.formats import NULLS, TableFile
 
 BLOCK_ROWS_BYTES = 64 << 20  # float32 features gathered per block before the final copy
 
@@ -43,14 +43,8 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
              target: pa.float64() if pa.types.is_integer(target_kind) or pa.types.is_floating(target_kind)
              else pa.string()}
     convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
-                                        null_values=table_file_nulls(), strings_can_be_null=True)
+                                        null_values=NULLS, strings_can_be_null=True)
     return csv_module.open_csv(table_file._source(), convert_options=convert, **table_file._csv_options())
-
-
-def table_file_nulls() -> list[str]:
-    from mlpkit.data.formats import NULLS
-
-    return NULLS
 
 
 def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str

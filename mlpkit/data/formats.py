@@ -22,9 +22,9 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 PARQUET = (".parquet", ".pq")
 FEATHER = (".feather", ".arrow", ".ipc")
 SUFFIXES = ".csv, .tsv (plain or .gz/.bz2/.xz), .parquet, .feather"
-# Cells that mean "no value" (pyarrow compares them case-sensitively; the messages lower-case them).
 # Text per CSV batch: 1/1024 of the file, between 64 KiB and pyarrow's default 1 MiB (see block_bytes).
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 64 << 10, 1 << 20
+# Cells that mean "no value" (pyarrow compares them case-sensitively; the messages lower-case them).
 NULLS = ["", "na", "NA", "Na", "n/a", "N/A", "nan", "NaN", "NAN", "Nan", "null", "NULL", "Null"]
 
 
