@@ -195,7 +195,8 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         save_preprocessing(data, run_dir)
     logger = TensorBoardLogger(run_dir, purge_step=purge_step(resumed))
     monitor = GradientMonitor(model, histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
-                              figure_every_n_steps=cfg.diagnostics.figure_every_n_steps, thresholds=thresholds)
+                              figure_every_n_steps=cfg.diagnostics.figure_every_n_steps,
+                              statistics_every=cfg.diagnostics.get("statistics_every", "auto"), thresholds=thresholds)
     trainer = Trainer(
         model, objective, optimizer, data, logger=logger, monitor=monitor,
         max_epochs=cfg.trainer.max_epochs, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,

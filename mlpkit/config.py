@@ -201,6 +201,8 @@ def validate_trainer(cfg: DictConfig) -> None:
     check(cfg, "trainer.checkpoint_every_n_steps", at_least(0, integer=True), "an integer >= 0")
     for key in ("histogram_every_n_steps", "figure_every_n_steps"):
         check(cfg, f"diagnostics.{key}", at_least(0, integer=True), "an integer >= 0 (0 = off)")
+    check_optional(cfg, "diagnostics.statistics_every", lambda n: n == "auto" or at_least(1, integer=True)(n),
+                   "auto or an integer >= 1")
     check_optional(cfg, "trainer.num_threads", lambda n: n == "auto" or at_least(1, integer=True)(n),
                    "auto or an integer >= 1")
     check(cfg, "trainer.on_nonfinite", lambda action: action in ("stop", "skip"), "stop or skip")

@@ -1,10 +1,13 @@
 """Per-layer gradient diagnostics, measured on the device and fetched once per measured step.
 
-On the steps the trainer logs, the monitor measures, per Linear layer, the gradient norms, the
-relative gradient ||g||/||W||, the update-to-weight ratio ||dW||/||W|| of that step's update, and
-the statistics of the layer's output after its activation. Everything is computed on the device
-with a handful of fused kernels and comes to the host in one transfer (the update a second,
-after ``optimizer.step()``); on other steps the monitor does nothing (no hook is registered).
+On the steps the trainer logs, the monitor measures, per Linear layer, the gradient norms and the
+relative gradient ||g||/||W||; on every ``statistics_every``-th of them (``auto``: as often as gives
+STATISTICS_POINTS points) also the update-to-weight ratio ||dW||/||W|| of that step's update and the
+statistics of the layer's output after its activation, which cost more to measure (a copy of the
+weights, a pass over every hidden layer's output) than the rest together.
+Everything is computed on the device with a handful of fused kernels and comes to the host in one
+transfer (the update a second, after ``optimizer.step()``); on other steps the monitor does nothing
+(no hook is registered).
 The verdicts (vanishing, exploding, dead, saturated) are judged in ``mlpkit.verdicts``; the
 trainer writes what ``measure`` returns to its loggers.
 """
@@ -21,6 +24,7 @@ from mlpkit.model import MLP
 from mlpkit.verdicts import Thresholds, Verdicts
 
 FIGURE_MEASURES = ("grad_norm", "grad_ratio", "update_ratio")  # the gradient-flow figure's bar groups
+STATISTICS_POINTS = 16  # statistics_every=auto: at least this many steps measure the statistics (every one below)
 CHARTS = {  # TensorBoard's custom-scalars layout: one chart per measure, every layer a line
     "gradients": ("grad_norm", "grad_norm_bias", "grad_ratio", "update_ratio"),
     "activations": ("act_mean", "act_std", "dead_frac", "saturation", "derivative"),
@@ -82,10 +86,13 @@ class GradientMonitor:
     """
 
     def __init__(self, model: MLP, *, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
-                 thresholds: Thresholds = Thresholds()):
+                 statistics_every: int | str = "auto", thresholds: Thresholds = Thresholds()):
         self.activation = model.activation
         self.histogram_every_n_steps = histogram_every_n_steps
         self.figure_every_n_steps = figure_every_n_steps
+        self.statistics_every = statistics_every
+        self.log_every_n_steps, self.statistics_interval = 1, 1  # see plan()
+        self.with_statistics = False  # whether the step being measured measures the statistics too
         self.layers = model.linear_layers()
         self.names = list(self.layers)
         self.activations = model.activation_after()  # hidden Linear name -> its activation module
@@ -100,14 +107,29 @@ class GradientMonitor:
         self.averaging: torch.Tensor | None = None  # (hidden units, hidden layers): see layer_means
         self.figure_steps: dict[int, Measurement] = {}  # the measurements the gradient-flow images show
         self.last: Measurement | None = None
+        self.last_complete: Measurement | None = None  # the last with the update ratio and activation statistics
+
+    def plan(self, log_every_n_steps: int, total_steps: int) -> None:
+        """The trainer's measuring cadence: every ``log_every_n_steps`` of ``total_steps`` steps."""
+        self.log_every_n_steps = log_every_n_steps
+        self.statistics_interval = statistics_interval(self.statistics_every, -(-total_steps // log_every_n_steps))
+
+    def measures_statistics(self, step: int) -> bool:
+        """Whether measured ``step`` measures the update ratio and the activation statistics too."""
+        return (self.is_histogram_step(step)
+                or (step // self.log_every_n_steps) % self.statistics_interval == 0)
 
     def is_histogram_step(self, step: int) -> bool:
         return self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
 
     # --- around one step --------------------------------------------------------------------------
     def watch(self, step: int) -> None:
-        """Hooks that keep each hidden layer's output (and input, where saturation is read from it)."""
+        """Hooks that keep each hidden layer's output (and input, where saturation is read from it),
+        on the steps that measure the statistics."""
         self.remove_hooks()
+        self.with_statistics = self.measures_statistics(step)
+        if not self.with_statistics:
+            return
         reads_input = self.activation.spec.reads_input
         for name, module in self.activations.items():
             def keep(module, args, output, name=name):
@@ -144,7 +166,7 @@ class GradientMonitor:
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
-        if measurement.finite:
+        if measurement.finite and self.with_statistics:
             # the weights before optimizer.step() updates them, copied (one fused kernel) into buffers
             # kept for the run: a fresh allocation of a large model's size costs more than the copy
             if self.snapshot is None:
@@ -152,7 +174,9 @@ class GradientMonitor:
             torch._foreach_copy_(self.snapshot, weights)
             self.before_update = (step, values["weight_norm"])
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
-        self.keep_for_figures(measurement)
+        if self.with_statistics:
+            self.keep_for_figures(measurement)
+            self.last_complete = measurement
         self.last = measurement
         return measurement
 
@@ -255,6 +279,14 @@ class GradientMonitor:
         self.remove_hooks()
         self.before_update = None
         return self.verdicts.report(every_n_steps)
+
+
+def statistics_interval(setting: int | str, logged_steps: int) -> int:
+    """``diagnostics.statistics_every``: an integer, or ``auto`` (as seldom as still gives
+    STATISTICS_POINTS points: every logged step in runs that log fewer than twice that many)."""
+    if str(setting) == "auto":
+        return max(1, logged_steps // STATISTICS_POINTS)
+    return int(setting)
 
 
 def _grad(parameter: torch.Tensor) -> torch.Tensor:

@@ -84,9 +84,9 @@ def log_gradient_flow(logger: Any, run_dir: Path | None, monitor: Any, activatio
     redrawn for each of them."""
     frames = [(step, monitor.figure_measures(measurement), f"gradient flow, step {step}")
               for step, measurement in monitor.figure_steps.items()]
-    if run_dir is not None and monitor.last is not None:  # step None: the PNG
-        frames.append((None, monitor.figure_measures(monitor.last),
-                       f"gradient flow, {activation}, step {monitor.last.step}"))
+    last = monitor.last_complete or monitor.last  # one with the update ratio, where there is one
+    if run_dir is not None and last is not None:  # step None: the PNG
+        frames.append((None, monitor.figure_measures(last), f"gradient flow, {activation}, step {last.step}"))
     figure = None
     for step, measures, title in frames:
         if figure is None:

@@ -134,6 +134,8 @@ class Trainer:
             self.max_epochs = 1
         total_steps = self.max_epochs * self.batches_per_epoch()
         self.log_every_n_steps = log_interval(log_every_n_steps, total_steps)
+        if monitor is not None:
+            monitor.plan(self.log_every_n_steps, total_steps)
         self.step_loss = compile_loss(self.forward_loss, cuda_graphs) if self.drop_last else self.forward_loss
         # remedies: the learning-rate schedule, gradient clipping, early stopping
         self.schedule = build_schedule(optimizer, scheduler, total_steps=total_steps,

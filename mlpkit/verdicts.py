@@ -62,19 +62,21 @@ class Verdicts:
         self.early_totals: list[float] = []  # total gradient norms of the first `patience` measured steps
         self.ratios: list[float] = []  # first/last relative gradient, every measured step
         self.measurements = 0
+        self.explained = False  # dead or saturated units, as of the last step that measured them
         self.last_step: int | None = None
         self.last_layers: dict[str, dict[str, float]] = {}
 
     # What a checkpoint keeps, so that a resumed run is judged on all its measured steps, not only on
     # those after the resume (plain values only: checkpoints load with weights_only=True).
-    STATE = ("fired", "streaks", "early_totals", "ratios", "measurements", "last_step", "last_layers")
+    STATE = ("fired", "streaks", "early_totals", "ratios", "measurements", "explained", "last_step", "last_layers")
 
     def state(self) -> dict[str, Any]:
         return {key: copy.deepcopy(getattr(self, key)) for key in self.STATE}
 
     def load(self, state: dict[str, Any]) -> None:
         for key in self.STATE:
-            setattr(self, key, copy.deepcopy(state[key]))
+            if key in state:  # a checkpoint from before a key existed keeps its default
+                setattr(self, key, copy.deepcopy(state[key]))
 
     def update(self, step: int, loss: float, layers: dict[str, dict[str, float]]) -> list[str]:
         """New verdict lines for this measured step (each kind fires once per run)."""
@@ -83,9 +85,17 @@ class Verdicts:
         lines = [self._exploding(step, loss, layers)]
         if "exploding" in self.fired and self.fired["exploding"]["step"] == step:
             return [line for line in lines if line]
-        limits = self.thresholds
+        if any("dead_frac" in entry or "derivative" in entry for entry in layers.values()):
+            lines += self._units(step, layers)  # a step that measured the activation statistics
+        lines.append(self._vanishing(step, layers, self.explained))
+        return [line for line in lines if line]
+
+    def _units(self, step: int, layers: dict[str, dict[str, float]]) -> list[str]:
+        """Dead and saturated units, judged on the steps that measure the activation statistics
+        (``patience`` of those in a row)."""
+        limits, lines = self.thresholds, []
         dead, saturated = self._dead(layers), self._saturated(layers)
-        explained = bool(dead or saturated)  # dead or saturated units starve the layers below them of gradient
+        self.explained = bool(dead or saturated)  # dead or saturated units starve the layers below them of gradient
         if self._streak("dead", bool(dead)):
             lines.append(self._fire("dead", step, layers, (
                 f"dead {self.activation} units: {dead} for {limits.patience} measured steps in a row, at step {step}")))
@@ -93,8 +103,7 @@ class Verdicts:
             lines.append(self._fire("saturated", step, layers, (
                 f"saturated {self.activation} units: {saturated} for {limits.patience} measured steps in a row, "
                 f"at step {step}")))
-        lines.append(self._vanishing(step, layers, explained))
-        return [line for line in lines if line]
+        return lines
 
     def _dead(self, layers: dict[str, dict[str, float]]) -> str:
         """What is dead when the hidden layers' mean share of units that output 0 for the whole batch is

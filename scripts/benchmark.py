@@ -128,12 +128,43 @@ def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool 
     return {"samples_per_second": n * workload.epochs / seconds}
 
 
+class StepTimer(Trainer):
+    """The trainer, timing each step (on the CPU, where a step's wall time is its cost). What a
+    logged step costs over the other steps of the same run is a difference between steps taken
+    moments apart, so it holds when a shared machine slows a whole run by 20% (which moves
+    throughputs of whole runs by more than the diagnostics cost)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_seconds: dict[bool, list[float]] = {True: [], False: []}  # logged step or not -> times
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logged, started = self.is_log_step(), time.perf_counter()
+        loss = super().train_step(x, y)
+        self.step_seconds[logged].append(time.perf_counter() - started)
+        return loss
+
+    def medians(self) -> dict:
+        other = statistics.median(self.step_seconds[False] or self.step_seconds[True])
+        return {"logged_step_extra_seconds": trimmed_mean(self.step_seconds[True]) - other,
+                "other_step_seconds": other, "logged_steps": len(self.step_seconds[True]),
+                "steps": len(self.step_seconds[True]) + len(self.step_seconds[False])}
+
+
+def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """The mean without the lowest and highest ``cut`` of the values: logged steps with and without
+    the statistics take two different times, so their median would be one or the other."""
+    values = sorted(values)
+    drop = int(len(values) * cut)
+    return statistics.mean(values[drop:len(values) - drop])
+
+
 def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnostics: bool = True,
                fused: bool | None = None, compile_step: bool = False, cuda_graphs: bool = False) -> dict:
     model, objective, optimizer = fresh_model(data, workload, device, fused)
     with tempfile.TemporaryDirectory() as run_dir:
         logger = TensorBoardLogger(run_dir)
-        trainer = Trainer(model, objective, optimizer, data, max_epochs=workload.epochs,
+        trainer = (StepTimer if device.type == "cpu" else Trainer)(model, objective, optimizer, data, max_epochs=workload.epochs,
                           batch_size=workload.batch_size, seed=0, log_every_n_steps=DEFAULT_LOG_EVERY,
                           logger=logger, monitor=GradientMonitor(model) if diagnostics else None,
                           checkpoint_dir=Path(run_dir) / "checkpoints",
@@ -145,7 +176,8 @@ def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnost
         end_to_end = time.perf_counter() - started
         logger.close()
     samples = result["samples_per_second"] * result["train_seconds"]  # a compiled step drops partial batches
-    return {"samples_per_second": result["samples_per_second"], "end_to_end": samples / end_to_end}
+    timed = trainer.medians() if isinstance(trainer, StepTimer) else {}
+    return {"samples_per_second": result["samples_per_second"], "end_to_end": samples / end_to_end, **timed}
 
 
 def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict | None:
@@ -197,6 +229,9 @@ def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cp
     return ways
 
 
+DIAGNOSTICS_PAIR = ("mlpkit_unfused", "mlpkit_nodiag")  # the same trainer with and without the monitor
+
+
 def summarize(measured: dict[str, list[dict]]) -> dict:
     """Medians over rounds. Ratios are paired: each round's way against the same round's plain loop,
     then the median of those, so a slow spell of the machine (which slows a whole round) cancels."""
@@ -207,10 +242,21 @@ def summarize(measured: dict[str, list[dict]]) -> dict:
         ratios = [r["samples_per_second"] / p for r, p in zip(measured[name], plain)]
         entry["ratio_to_plain"] = statistics.median(ratios)
         entry["ratio_range"] = [min(ratios), max(ratios)]
-    costs = [1 - with_monitor["samples_per_second"] / without["samples_per_second"]
-             for with_monitor, without in zip(measured["mlpkit_unfused"], measured["mlpkit_nodiag"])]
-    summary["mlpkit_unfused"]["diagnostics_cost"] = statistics.median(costs)
+    pairs = list(zip(*(measured[way] for way in DIAGNOSTICS_PAIR)))
+    costs = [1 - with_monitor["samples_per_second"] / without["samples_per_second"] for with_monitor, without in pairs]
+    summary[DIAGNOSTICS_PAIR[0]]["diagnostics_cost"] = statistics.median(costs)
+    if pairs and "logged_step_extra_seconds" in pairs[0][0]:
+        summary[DIAGNOSTICS_PAIR[0]]["diagnostics_cost_per_step"] = statistics.median(map(step_cost, pairs))
     return summary
+
+
+def step_cost(pair: tuple[dict, dict]) -> float:
+    """The diagnostics' cost from step times: what they add to a logged step (over the same run's
+    other steps, with the monitor, less the same without it), over the time all steps take."""
+    with_monitor, without = pair
+    added = (with_monitor["logged_step_extra_seconds"] - without["logged_step_extra_seconds"]) * without["logged_steps"]
+    return added / (without["other_step_seconds"] * without["steps"]
+                    + without["logged_step_extra_seconds"] * without["logged_steps"])
 
 
 def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 50) -> float:
@@ -238,14 +284,17 @@ def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool
     for run in ways.values():  # warm-up: first-call costs (allocations, lazy imports, compiling) are not measured
         run()
     measured: dict[str, list[dict]] = {way: [] for way in ways}
-    names = list(ways)
+    # The diagnostics cost compares two ways: they run back to back, each first in turn.
+    units = [DIAGNOSTICS_PAIR if way == DIAGNOSTICS_PAIR[0] else (way,) for way in ways if way != DIAGNOSTICS_PAIR[1]]
     for round_index in range(rounds):
         # Each round starts one way later, so no way always follows the same one (what ran before
         # leaves the allocator, caches and the CPU's clock in a state that favours or slows the next).
-        for way in names[round_index % len(names):] + names[:round_index % len(names)]:
-            result = ways[way]()
-            if result is not None:
-                measured[way].append(result)
+        shift = round_index % len(units)
+        for unit in units[shift:] + units[:shift]:
+            for way in unit if round_index % 2 == 0 else unit[::-1]:
+                result = ways[way]()
+                if result is not None:
+                    measured[way].append(result)
     result = {"workload": name, "hidden_sizes": workload.hidden_sizes, "batch_size": workload.batch_size,
               "precision": workload.precision, "samples": len(data.train), "epochs_per_round": workload.epochs,
               "rounds": rounds, "ways": summarize(measured)}
@@ -429,6 +478,8 @@ def print_result(result: dict, device: torch.device) -> None:
             notes.append(f"end to end {entry['end_to_end']:.0f}/s with eval+checkpoints")
         if "diagnostics_cost" in entry:
             notes.append(f"diagnostics cost {entry['diagnostics_cost']:+.1%}")
+        if "diagnostics_cost_per_step" in entry:
+            notes.append(f"from step times {entry['diagnostics_cost_per_step']:+.1%}")
         if "model_tflops" in entry:
             notes.append(f"{entry['model_tflops']:.0f} TFLOP/s, {entry['share_of_matmul_peak']:.0%} of matmul peak")
         low, high = entry["ratio_range"]

@@ -138,6 +138,19 @@ def test_growth_past_the_threshold_for_patience_steps_is_exploding():
     assert verdicts.report(1)["verdicts"]["exploding"]["step"] == 7
 
 
+def test_steps_without_the_statistics_neither_break_nor_make_a_dead_streak():
+    from mlpkit.verdicts import Verdicts
+
+    verdicts = Verdicts(Thresholds(patience=3), "relu", "relu")
+    light = {"linear1": {"grad_norm": 1.0, "grad_ratio": 1e-6}, "linear2": {"grad_norm": 1.0, "grad_ratio": 1.0}}
+    full = {name: {**entry, "dead_frac": 0.9} for name, entry in light.items()}
+    lines = [verdicts.update(step, 0.5, full if step % 2 == 0 else light) for step in range(6)]
+    assert lines[:4] == [[], [], [], []]  # the second step with statistics, and the steps between them
+    assert len(lines[4]) == 1 and lines[4][0].startswith("dead relu units: 90%")  # the third in a row
+    assert lines[5] == []  # dead units explain the small first-layer gradient: no vanishing line
+    assert list(verdicts.report(1)["verdicts"]) == ["dead"]
+
+
 def test_dead_relus_and_saturated_units(digits):
     dead, _, _, _ = train(digits, "relu", DEEP, init="kaiming_normal", steps=30, lr=0.1)
     assert "dead" in dead["verdicts"]
@@ -234,11 +247,25 @@ def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
     trainer.fit()
     logger.close()
     scalars = read_scalars(tmp_path)
-    for prefix in ("loss/train", "grad_norm/", "grad_ratio/", "update_ratio/", "derivative/"):
+    # the statistics (statistics_every=auto) come on every third logged step of a run that logs 50
+    for prefix, points_at_least in (("loss/train", 50), ("grad_norm/", 50), ("grad_ratio/", 50),
+                                    ("update_ratio/", 16), ("derivative/", 16), ("act_mean/", 16)):
         curves = [points for tag, points in scalars.items()
                   if tag == prefix or (prefix.endswith("/") and tag.startswith(prefix))]
-        assert curves and all(len(points) >= 50 for points in curves), prefix
+        assert curves and all(len(points) >= points_at_least for points in curves), prefix
     assert scalars["update_ratio/linear1"][0][0] == 0  # from the first logged step
+    assert [step for step, _ in scalars["act_mean/linear1"][:3]] == [0, 24, 48]  # every third of every 8th
+
+
+@pytest.mark.parametrize("setting, logged_steps, interval", [("auto", 1, 1), ("auto", 31, 1), ("auto", 32, 2),
+                                                             ("auto", 59, 3), ("auto", 1000, 62), (1, 400, 1),
+                                                             (3, 10, 3)])
+def test_statistics_as_seldom_as_gives_16_points(setting, logged_steps, interval):
+    from mlpkit.diagnostics import statistics_interval
+
+    assert statistics_interval(setting, logged_steps) == interval
+    if setting == "auto":
+        assert len(range(0, logged_steps, interval)) >= min(16, logged_steps)
 
 
 @pytest.mark.slow
