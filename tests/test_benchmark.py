@@ -77,6 +77,20 @@ def test_ratios_pair_each_round_with_the_same_rounds_plain_loop():
     assert summary["mlpkit_unfused"]["diagnostics_cost"] == pytest.approx(1 - 96 / 100)  # median of 4%, 4%, 3.1%
 
 
+def test_step_cost_is_what_the_monitor_adds_to_a_logged_step_over_the_run_without_it():
+    benchmark = load_benchmark_module()
+    # 100 steps, 25 logged: without the monitor a step takes 10 ms and a logged step 1 ms more; the
+    # monitor's run was slower as a whole (a busy machine) but its logged steps cost 3 ms over its others.
+    without = {"logged_step_extra_seconds": 0.001, "other_step_seconds": 0.010, "logged_steps": 25, "steps": 100}
+    with_monitor = {**without, "logged_step_extra_seconds": 0.003, "other_step_seconds": 0.012}
+    assert benchmark.step_cost((with_monitor, without)) == pytest.approx(25 * 0.002 / (100 * 0.010 + 25 * 0.001))
+
+
+def test_trimmed_mean_drops_the_tails():
+    benchmark = load_benchmark_module()
+    assert benchmark.trimmed_mean([1.0] * 4 + [2.0] * 4 + [100.0, -100.0]) == pytest.approx(1.5)
+
+
 def test_end_to_end_pairs_each_command_with_its_baseline_of_the_same_round():
     benchmark = load_benchmark_module()
     # Round 2 ran on a machine twice as slow: every command took twice as long.

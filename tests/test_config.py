@@ -34,6 +34,8 @@ VALUE_CASES = [
     (["trainer.device=tpu"], "trainer.device=tpu is not valid"),
     (["diagnostics.figure_every_n_steps=-1"],
      "diagnostics.figure_every_n_steps=-1 is not valid: expected an integer >= 0 (0 = off)"),
+    (["diagnostics.statistics_every=0"],
+     "diagnostics.statistics_every=0 is not valid: expected auto or an integer >= 1"),
 ]
 
 
