@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+# scikit-learn's results (mlpkit/data/cache.py) are cached for the suite's processes in a folder of its
+# own, not in the user's ~/.cache; tests of the cache itself point it elsewhere.
+os.environ["MLPKIT_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"mlpkit-test-cache-{os.getuid()}")
 CONFIG_DIR = ROOT / "configs"
 FAST = ["trainer.max_epochs=1", "trainer.progress=false"]
 TINY = ("trainer.max_epochs=2", "model.hidden_sizes=[16]", "trainer.progress=false")

@@ -8,18 +8,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mlpkit.data.cache import sklearn_cached
 from mlpkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # dataset.py imports this module
     from mlpkit.data.dataset import RawData
 
 
+@sklearn_cached
+def train_test_split(rows: np.ndarray, test_size: int, random_state: int,
+                     stratify: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``train_test_split`` of ``rows`` (imported only when the cache misses)."""
+    from sklearn import model_selection
+
+    return tuple(model_selection.train_test_split(rows, test_size=test_size, random_state=random_state,
+                                                  stratify=stratify))
+
+
 def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded train/val/test indices, stratified by class for classification."""
-    # sklearn.model_selection is imported here: only build_data needs it, and it costs ~0.5 s.
-    from sklearn.model_selection import train_test_split
-
     indices = np.arange(len(targets))
     stratify = targets if classify else None
     try:
@@ -47,8 +55,6 @@ def carve_splits(targets: np.ndarray, classify: bool,
                  test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (train, val, test) rows a source gave; a missing test, then a missing val, is carved from
     train by its fraction (stratified, seeded). Statistics are then fitted on train alone."""
-    from sklearn.model_selection import train_test_split
-
     train, val, test = given
     carved = {}
     for key, part, fraction in (("test", test, test_fraction), ("val", val, val_fraction)):

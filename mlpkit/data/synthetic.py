@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpkit.data.cache import sklearn_cached
 from mlpkit.data.dataset import RawData
 from mlpkit.errors import ConfigError, is_int, is_number
 
@@ -30,12 +31,17 @@ def _classification(points: np.ndarray, labels: np.ndarray, class_names: list[st
                    class_names)
 
 
+@sklearn_cached
+def _generated(maker_name: str, n_samples: int, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Points and labels from ``sklearn.datasets.<maker_name>`` (imported only when the cache misses)."""
+    from sklearn import datasets
+
+    return getattr(datasets, maker_name)(n_samples, **options)
+
+
 def moons(n_samples: int = 1000, noise: float = 0.1, seed: int = 0) -> RawData:
     """Two interleaving half circles."""
-    # sklearn.datasets is imported only when a generated set is chosen (it costs ~0.5 s).
-    from sklearn.datasets import make_moons
-
-    points, labels = make_moons(_check_int("n_samples", n_samples, 10), noise=_check_noise(noise),
+    points, labels = _generated("make_moons", _check_int("n_samples", n_samples, 10), noise=_check_noise(noise),
                                 random_state=_check_int("seed", seed, 0))
     return _classification(points, labels, ["upper", "lower"])
 
@@ -43,12 +49,10 @@ def moons(n_samples: int = 1000, noise: float = 0.1, seed: int = 0) -> RawData:
 def circles(n_samples: int = 1000, noise: float = 0.05, factor: float = 0.5,
             seed: int = 0) -> RawData:
     """A small circle inside a large one; ``factor`` is the ratio of their radii."""
-    from sklearn.datasets import make_circles
-
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
         raise ConfigError("data.factor", factor, "a number in (0, 1)")
-    points, labels = make_circles(_check_int("n_samples", n_samples, 10), noise=_check_noise(noise),
-                                  factor=factor, random_state=_check_int("seed", seed, 0))
+    points, labels = _generated("make_circles", _check_int("n_samples", n_samples, 10), noise=_check_noise(noise),
+                                factor=factor, random_state=_check_int("seed", seed, 0))
     return _classification(points, labels, ["outer", "inner"])
 
 
@@ -81,11 +85,9 @@ def xor(n_samples: int = 1000, noise: float = 0.1, seed: int = 0) -> RawData:
 def blobs(n_samples: int = 1000, n_classes: int = 3, n_features: int = 2, noise: float = 1.0,
           seed: int = 0) -> RawData:
     """Gaussian clusters, one per class; ``noise`` is each cluster's standard deviation."""
-    from sklearn.datasets import make_blobs
-
     n_classes = _check_int("n_classes", n_classes, 2)
     n_features = _check_int("n_features", n_features, 1)
-    points, labels = make_blobs(_check_int("n_samples", n_samples, 10), n_features=n_features,
+    points, labels = _generated("make_blobs", _check_int("n_samples", n_samples, 10), n_features=n_features,
                                 centers=n_classes, cluster_std=_check_noise(noise),
                                 random_state=_check_int("seed", seed, 0))
     names = POINT_NAMES if n_features == 2 else [f"x{i + 1}" for i in range(n_features)]
