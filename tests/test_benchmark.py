@@ -95,6 +95,7 @@ def test_end_to_end_pairs_each_command_with_its_baseline_of_the_same_round():
     benchmark = load_benchmark_module()
     # Round 2 ran on a machine twice as slow: every command took twice as long.
     times = {"train": [6.0, 12.0, 6.6], "plain_script": [5.0, 10.0, 6.0],
+             "train_first_run": [7.0, 14.0, 7.0], "plain_script_again": [5.0, 10.0, 5.0],
              "train_zero_epochs": [3.0, 6.0, 3.2], "torch_model_optimizer": [2.5, 5.0, 2.5],
              "train_help": [1.0, 2.0, 1.1], "hydra_app_help": [0.8, 1.6, 0.8],
              "train_cfg_job": [1.0, 2.0, 1.0], "hydra_app_cfg_job": [0.9, 1.8, 0.9]}
@@ -105,14 +106,17 @@ def test_end_to_end_pairs_each_command_with_its_baseline_of_the_same_round():
     zero = comparisons["train_zero_epochs_vs_torch_model_optimizer"]
     assert zero["kind"] == "seconds_over" and zero["median"] == pytest.approx(0.7)  # 0.5, 1.0, 0.7
     assert zero["median_ratio"] == pytest.approx(1.2)
-    assert set(comparisons) == {"train_vs_plain_script", "train_zero_epochs_vs_torch_model_optimizer",
+    assert comparisons["train_first_run_vs_plain_script_again"]["median"] == pytest.approx(1.4)
+    assert set(comparisons) == {"train_vs_plain_script", "train_first_run_vs_plain_script_again",
+                                "train_zero_epochs_vs_torch_model_optimizer",
                                 "train_help_vs_hydra_app_help", "train_cfg_job_vs_hydra_app_cfg_job"}
 
 
 def test_end_to_end_mode_times_whole_commands_and_no_workload(monkeypatch, capsys, tmp_path):
     benchmark = load_benchmark_module()
     monkeypatch.setattr(benchmark, "benchmark", lambda *args, **kwargs: pytest.fail("timed a workload"))
-    times = {name: [1.0] for name in ("train", "plain_script", "train_zero_epochs", "torch_model_optimizer",
+    times = {name: [1.0] for name in ("train", "plain_script", "train_first_run", "plain_script_again",
+                                      "train_zero_epochs", "torch_model_optimizer",
                                       "train_help", "hydra_app_help", "train_cfg_job", "hydra_app_cfg_job")}
     monkeypatch.setattr(benchmark, "end_to_end", lambda rounds: {
         "rounds": rounds, "median_seconds": {k: v[0] for k, v in times.items()}, "seconds": times,
@@ -147,14 +151,19 @@ def test_the_plain_script_does_the_default_runs_job(tmp_path):
 
 def test_end_to_end_times_every_command_once_a_round_after_a_warm_up_round(monkeypatch, tmp_path):
     benchmark = load_benchmark_module()
-    names = ["train", "plain_script", "train_zero_epochs", "torch_model_optimizer", "train_help", "hydra_app_help",
-             "train_cfg_job", "hydra_app_cfg_job", "python", "import_hydra"]
+    names = ["train", "plain_script", "train_first_run", "plain_script_again", "train_zero_epochs",
+             "torch_model_optimizer", "train_help", "hydra_app_help", "train_cfg_job", "hydra_app_cfg_job", "python",
+             "import_hydra"]
     log = tmp_path / "ran.txt"
     monkeypatch.setattr(benchmark, "end_to_end_commands", lambda directory: {
-        name: [sys.executable, "-c", f"open({str(log)!r}, 'a').write({name!r} + ' ')"] for name in names})
+        name: [sys.executable, "-c", f"import os; open({str(log)!r}, 'a').write({name!r} + ' ' + "
+                                     f"os.environ['MLPKIT_CACHE_DIR'] + ' ')"] for name in names})
     report = benchmark.end_to_end(rounds=2)
-    ran = log.read_text().split()
+    words = log.read_text().split()
+    ran, caches = words[::2], dict(zip(words[::2], words[1::2]))
     assert len(ran) == 3 * len(names) and set(ran) == set(names)  # the warm-up round is run, not counted
     assert ran.index("plain_script") == ran.index("train") + 1  # a command right next to its baseline
     assert all(len(seconds) == 2 for seconds in report["seconds"].values())
+    # the default run reads a data cache an earlier round filled; the first run starts with an empty one
+    assert caches["train"] == caches["train_zero_epochs"] and caches["train_first_run"] != caches["train"]
     assert set(report["comparisons"]) == {f"{t}_vs_{b}" for t, b, _ in benchmark.END_TO_END_PAIRS}
