@@ -221,8 +221,8 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     logger.log_text("config", OmegaConf.to_yaml(cfg))
     if resumed is None:  # once per run; a resumed run logged them already
         logger.log_graph(model, data.train.x[:2])
-        logger.log_image(f"activation/{cfg.activation.name}", figures.figure_to_rgb(
-            figures.activation_figure(cfg.activation.name, activation_params(cfg.activation))), step=0)
+        logger.log_image(f"activation/{cfg.activation.name}",
+                         figures.activation_image(cfg.activation.name, activation_params(cfg.activation)), step=0)
     try:
         with stop_on_signals(trainer):
             result = trainer.fit()

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlpkit.cache import disk_cached, source_digest
+
 FLOOR = 1e-12  # bars at or below zero are drawn at this height so a log axis can show them
 
 
@@ -183,6 +185,18 @@ def activation_figure(name: str, params: dict[str, Any] | None = None) -> Any:
     axes.set_xlabel("x")
     figure.tight_layout()
     return figure
+
+
+def activation_image(name: str, params: dict[str, Any] | None = None) -> Any:
+    """``activation_figure`` as an (height, width, 3) uint8 array, drawn once for each activation and
+    arguments and then read from the cache (mlpkit/cache.py): a run need not import matplotlib for it."""
+    return _cached_activation_image(name, dict(params or {}), source_digest("figures", "activations"))
+
+
+@disk_cached
+def _cached_activation_image(name: str, params: dict[str, Any], code: str) -> Any:
+    """``code``: the digest of the modules that draw it, so a change to them draws it again."""
+    return figure_to_rgb(activation_figure(name, params))
 
 
 def activation_gallery_figure(names: Sequence[str] | None = None, columns: int = 4) -> Any:

@@ -394,7 +394,7 @@ def app(cfg):
 app()
 """
 # (what is timed, its baseline, the figure the issue sets: a ratio, or seconds over the baseline)
-# "train" runs with the data cache (mlpkit/data/cache.py) that an earlier run filled, as every run after a
+# "train" runs with the data cache (mlpkit/cache.py) that an earlier run filled, as every run after a
 # machine's first does; "train_first_run" with an empty one, as the first does (each timed next to its
 # own run of the plain script).
 END_TO_END_PAIRS = [("train", "plain_script", "ratio"), ("train_first_run", "plain_script_again", "ratio"),

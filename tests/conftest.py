@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-# scikit-learn's results (mlpkit/data/cache.py) are cached for the suite's processes in a folder of its
+# scikit-learn's results (mlpkit/cache.py) are cached for the suite's processes in a folder of its
 # own, not in the user's ~/.cache; tests of the cache itself point it elsewhere.
 os.environ["MLPKIT_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"mlpkit-test-cache-{os.getuid()}")
 CONFIG_DIR = ROOT / "configs"

@@ -5,11 +5,11 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.data.cache import sklearn_cached
+from mlpkit.cache import disk_cached
 from mlpkit.data.dataset import RawData
 
 
-@sklearn_cached
+@disk_cached
 def _load(loader_name: str, **options: Any) -> dict[str, Any]:
     """What a run reads of a bundled set (scikit-learn is imported only when the cache misses)."""
     from sklearn import datasets

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mlpkit.data.cache import sklearn_cached
+from mlpkit.cache import disk_cached
 from mlpkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # dataset.py imports this module
     from mlpkit.data.dataset import RawData
 
 
-@sklearn_cached
+@disk_cached
 def train_test_split(rows: np.ndarray, test_size: int, random_state: int,
                      stratify: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's ``train_test_split`` of ``rows`` (imported only when the cache misses)."""

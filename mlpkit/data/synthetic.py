@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.data.cache import sklearn_cached
+from mlpkit.cache import disk_cached
 from mlpkit.data.dataset import RawData
 from mlpkit.errors import ConfigError, is_int, is_number
 
@@ -31,7 +31,7 @@ def _classification(points: np.ndarray, labels: np.ndarray, class_names: list[st
                    class_names)
 
 
-@sklearn_cached
+@disk_cached
 def _generated(maker_name: str, n_samples: int, **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """Points and labels from ``sklearn.datasets.<maker_name>`` (imported only when the cache misses)."""
     from sklearn import datasets
