@@ -1,7 +1,7 @@
 """Per-layer gradient diagnostics, measured on the device and fetched once per measured step.
 
 On the steps the trainer logs, the monitor measures, per Linear layer, the gradient norms and the
-relative gradient ||g||/||W||; on every ``statistics_every``-th of them (``auto``: as often as gives
+relative gradient ||g||/||W||; on every ``statistics_every``-th of them (``auto``: as seldom as still gives
 STATISTICS_POINTS points) also the update-to-weight ratio ||dW||/||W|| of that step's update and the
 statistics of the layer's output after its activation, which cost more to measure (a copy of the
 weights, a pass over every hidden layer's output) than the rest together.
