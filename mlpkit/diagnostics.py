@@ -92,7 +92,6 @@ class GradientMonitor:
         self.figure_every_n_steps = figure_every_n_steps
         self.statistics_every = statistics_every
         self.log_every_n_steps, self.statistics_interval = 1, 1  # see plan()
-        self.with_statistics = False  # whether the step being measured measures the statistics too
         self.layers = model.linear_layers()
         self.names = list(self.layers)
         self.activations = model.activation_after()  # hidden Linear name -> its activation module
@@ -127,8 +126,7 @@ class GradientMonitor:
         """Hooks that keep each hidden layer's output (and input, where saturation is read from it),
         on the steps that measure the statistics."""
         self.remove_hooks()
-        self.with_statistics = self.measures_statistics(step)
-        if not self.with_statistics:
+        if not self.measures_statistics(step):
             return
         reads_input = self.activation.spec.reads_input
         for name, module in self.activations.items():
@@ -166,7 +164,8 @@ class GradientMonitor:
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
-        if measurement.finite and self.with_statistics:
+        statistics = self.measures_statistics(step)
+        if measurement.finite and statistics:
             # the weights before optimizer.step() updates them, copied (one fused kernel) into buffers
             # kept for the run: a fresh allocation of a large model's size costs more than the copy
             if self.snapshot is None:
@@ -174,7 +173,7 @@ class GradientMonitor:
             torch._foreach_copy_(self.snapshot, weights)
             self.before_update = (step, values["weight_norm"])
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
-        if self.with_statistics:
+        if statistics:
             self.keep_for_figures(measurement)
             self.last_complete = measurement
         self.last = measurement
