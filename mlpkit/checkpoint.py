@@ -95,31 +95,53 @@ def _require_plain(value: Any, where: str) -> None:
                     "list, tuple, str, int, float, bool and None can be loaded with weights_only=True")
 
 
-def atomic_save(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` so that a crash at any moment leaves the old file or the new one.
+def atomic_save(state: Mapping[str, Any], path: str | os.PathLike, *also: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` (and to each of ``also``, in the same directory) so that a crash at
+    any moment leaves the old file or the new one.
 
     Temporary file in the same directory (same filesystem, so the rename is atomic), flushed and
     fsynced, then ``os.replace``d over the target; the directory is fsynced so the rename lasts.
+    Each of ``also`` becomes a second name of the same file (a hard link, renamed over it the same
+    way): written once, not twice, and a later save replaces ``path`` with a new file, so the
+    other name keeps this state. Where the filesystem has no hard links it is written again.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a run killed mid-write
-        leftover.unlink(missing_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask like any other.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
+    _write_replacing(state, path)
+    for other in map(Path, also):
+        try:
+            _replace_with(other, lambda temporary: os.link(path, temporary))
+        except OSError:  # no hard links here (FAT, some network filesystems)
+            _write_replacing(state, other)
+    _fsync_directory(path.parent)
+    return path
+
+
+def _write_replacing(state: Mapping[str, Any], path: Path) -> None:
+    def write(temporary: Path) -> None:
+        # Not tempfile.mkstemp: its files are private (0600); this one gets the umask like any other.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as file:
             torch.save(dict(state), file)
             file.flush()
             os.fsync(file.fileno())
+
+    _replace_with(path, write)
+
+
+def _replace_with(path: Path, make: Any) -> None:
+    """``make(temporary)`` creates a file beside ``path``, which is then renamed over ``path``."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a run killed mid-write
+        leftover.unlink(missing_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask like any other.
+    try:
+        make(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _fsync_directory(path.parent)
-    return path
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,13 +1,25 @@
 """Everything that writes TensorBoard: scalars, layout, histograms, images, text and hyperparameters."""
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+FLUSH_SECONDS = 5.0  # at most this long between a value being logged and it being in the event file
+
 
 class TensorBoardLogger:
-    """Writes one event directory per run (the run directory itself, so runs are named by it)."""
+    """Writes one event directory per run (the run directory itself, so runs are named by it).
+
+    Written for a training loop: ``log_scalars`` only keeps the values (with their step and wall
+    time); the events are built and written in a batch by ``flush()``, which runs at least every
+    FLUSH_SECONDS (checked on every call), before anything else is logged (so the file keeps the
+    order of the calls), and at ``close()``. The trainer flushes before every checkpoint, so a run
+    killed outright loses only what it logged after its last checkpoint, which a resume logs again.
+    Records go into the file from the calling thread (``write_in_this_thread``).
+    """
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         # torch.utils.tensorboard pulls in tensorboard and protobuf: imported only for a run that logs.
@@ -16,15 +28,36 @@ class TensorBoardLogger:
         checksum_records_in_c()
         self.log_dir = Path(log_dir)
         # purge_step: a resumed run hides events at or after its checkpoint's step (no duplicate points).
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        self.summary_writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        write_in_this_thread(self.summary_writer)
+        self.pending: list[tuple[int, float, dict[str, float]]] = []  # (step, wall time, values) not yet written
+        self.next_flush = time.monotonic() + FLUSH_SECONDS
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        """All values as one event: ~15x cheaper than one ``add_scalar`` each (70 tags: 0.6 ms vs 8 ms)."""
+        """All values as one event (~15x cheaper than one ``add_scalar`` each), built when flushed:
+        on a training step this costs a list append, not the protobuf work of a cold code path."""
+        self.pending.append((step, time.time(), values))
+        if time.monotonic() >= self.next_flush:
+            self.flush()
+
+    def write_pending(self) -> None:
+        """The kept scalars as events, in the order they were logged."""
+        if not self.pending:
+            return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
-                                 for tag, value in values.items()])
-        self.writer._get_file_writer().add_summary(summary, step)
+        file_writer = self.summary_writer._get_file_writer()
+        for step, wall_time, values in self.pending:
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
+                                     for tag, value in values.items()])
+            file_writer.add_summary(summary, step, wall_time)
+        self.pending = []
+
+    @property
+    def writer(self) -> Any:
+        """The SummaryWriter, for anything but scalars: the kept scalars are written first."""
+        self.write_pending()
+        return self.summary_writer
 
     def log_text(self, tag: str, text: str, step: int = 0) -> None:
         # TensorBoard renders text as Markdown; indent by 4 spaces to keep a printout verbatim.
@@ -67,7 +100,9 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def flush(self) -> None:
+        """Everything logged so far into the event file (and the operating system's hands)."""
         self.writer.flush()
+        self.next_flush = time.monotonic() + FLUSH_SECONDS
 
     def close(self) -> None:
         self.writer.close()
@@ -90,6 +125,50 @@ def checksum_records_in_c() -> None:
         return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TFRecord's mask, as tensorboard's
 
     record_writer.masked_crc32c = masked_crc32c
+
+
+class RecordsInThisThread:
+    """What an EventFileWriter writes its records through, in place of tensorboard's _AsyncWriter:
+    the same write/flush/close, done in the calling thread."""
+
+    def __init__(self, records: Any):
+        self.records = records  # a tensorboard RecordWriter
+
+    def write(self, data: bytes) -> None:
+        self.records.write(data)
+
+    def flush(self) -> None:
+        self.records.flush()
+
+    def close(self) -> None:
+        self.records.flush()
+        self.records.close()
+
+
+def write_in_this_thread(summary_writer: Any) -> None:
+    """Records into one open, buffered file from the calling thread, for ``summary_writer``'s event file.
+
+    tensorboard without TensorFlow writes each record by opening the event file, appending and
+    closing it again (pytorch/pytorch#35188), on a writer thread that wakes for every event: on a
+    2-core machine that thread takes a core from the training step's two threads. Measured inside a
+    digits training step, a logged step cost 290 us more than another with tensorboard's writer
+    and 127 us with this one; what it writes is byte for byte the same. Where tensorboard's
+    internals have moved, or the file is not local, the writer is left as it is."""
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    event_writer = getattr(summary_writer._get_file_writer(), "event_writer", None)
+    async_writer = getattr(event_writer, "_async_writer", None)
+    records = getattr(async_writer, "_writer", None)
+    worker = getattr(async_writer, "_worker", None)
+    file_name = getattr(event_writer, "_file_name", "")
+    if not (hasattr(records, "_writer") and hasattr(worker, "stop") and os.path.isfile(file_name)):
+        return
+    event_writer.flush()  # the file-version event, written when the file was created
+    worker.stop()
+    if isinstance(records._writer, gfile.GFile) and "://" not in file_name:
+        records._writer.close()
+        records._writer = open(file_name, "ab")  # noqa: SIM115 - closed with the event writer
+    event_writer._async_writer = RecordsInThisThread(records)
 
 
 def model_graph(model: Any, example_input: Any) -> tuple[Any, Any]:

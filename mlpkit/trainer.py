@@ -37,6 +37,8 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
 class ScalarLogger(Protocol):
     def log_scalars(self, values: dict[str, float], step: int) -> None: ...
 
+    def flush(self) -> None: ...  # before every checkpoint: what it logged is on disk with it
+
 
 POINTS_PER_RUN = 50  # trainer.log_every_n_steps=auto: at least this many logged steps on every curve
 OVERFIT_LOSS = 0.05  # trainer.overfit_batches: the loss on those batches a net that can learn them goes below
@@ -102,6 +104,7 @@ class Trainer:
         fast_dev_run: bool = False,
     ):
         self.model, self.objective, self.optimizer, self.data = model, objective, optimizer, data
+        self.parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
         self.max_epochs, self.batch_size = max_epochs, batch_size
         self.logger, self.monitor = logger, monitor
         self.progress = progress
@@ -162,7 +165,8 @@ class Trainer:
             loss = self.step_loss(x, y).clone()  # the graph's own output is overwritten by the next replay
         else:
             loss = self.step_loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
+        for parameter in self.parameters:  # optimizer.zero_grad(set_to_none=True) without its profiler
+            parameter.grad = None  # record and per-call checks: 16 of a digits step's 700 us on 2 CPU cores
         loss.backward()
         if self.clipper is not None:
             self.clipper.inspect()  # the total norm before clipping, and whether clipping acts (on the device)
@@ -281,11 +285,9 @@ class Trainer:
             self.epoch_order = self.new_epoch_order(split)
             self.next_batch = 0
             self.epoch_losses = []
-        order, losses, size = self.epoch_order, self.epoch_losses, self.batch_size
-        n_batches, take = self.batches_per_epoch(), split.batcher(self.device)
-        while self.next_batch < n_batches:
-            rows = order[self.next_batch * size:(self.next_batch + 1) * size]
-            losses.append(self.train_step(*take(rows)))
+        losses, size, n_batches = self.epoch_losses, self.batch_size, self.batches_per_epoch()
+        for x, y in split.batches(self.epoch_order, size, self.next_batch, n_batches, self.device):
+            losses.append(self.train_step(x, y))
             self.step += 1
             self.next_batch += 1
             if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
@@ -326,6 +328,8 @@ class Trainer:
         checkpoints/<name>."""
         if self.checkpoint_dir is None:
             return
+        if self.logger is not None:
+            self.logger.flush()  # a checkpoint's curves are on disk before it is: a resume only adds to them
         mid_epoch = self.epoch_order is not None
         done = self.losses_so_far() if mid_epoch else None
         if done is not None and not torch.isfinite(done).all():
@@ -339,11 +343,12 @@ class Trainer:
         state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                  step=self.step, batch_generator=self.batch_generator,
                                  config=self.config, best=self.best, extra=extra, scheduler=self.schedule)
-        for name in names:
-            try:
-                atomic_save(state, self.checkpoint_dir / name)
-            except OSError as error:  # a full disk, a directory gone read-only: the last good file stays
-                raise environment_fault(error, f"write checkpoint {name} (the last good one is kept)") from None
+        first, *others = names
+        try:
+            atomic_save(state, self.checkpoint_dir / first, *(self.checkpoint_dir / name for name in others))
+        except OSError as error:  # a full disk, a directory gone read-only: the last good file stays
+            name = next((name for name in names if name in str(error.filename or "")), first)
+            raise environment_fault(error, f"write checkpoint {name} (the last good one is kept)") from None
 
     def resume_from(self, state: dict) -> None:
         """Weights, optimizer, RNG states, counters, history and a half-done epoch's place, from a

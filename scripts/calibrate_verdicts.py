@@ -131,6 +131,8 @@ class Recorder:
 
     def log_text(self, *args) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 _DATA_CACHE: dict[str, object] = {}
 

@@ -214,6 +214,34 @@ def test_a_temporary_left_by_a_killed_run_is_removed_by_the_next_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
+def test_best_is_a_second_name_of_last_and_keeps_its_state_when_last_moves_on(tmp_path):
+    model, optimizer, generator = make_run()
+    state = checkpoint.checkpoint_state(model=model, optimizer=optimizer, epoch=1, step=5,
+                                        batch_generator=generator, config=CONFIG)
+    checkpoint.atomic_save(state, tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert os.path.samefile(tmp_path / "best.pt", tmp_path / "last.pt")  # written once
+    train_steps(model, optimizer, generator, 2)
+    save(tmp_path / "last.pt", model, optimizer, generator, epoch=2)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_best_is_written_again_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    model, optimizer, generator = make_run()
+    state = checkpoint.checkpoint_state(model=model, optimizer=optimizer, epoch=3, step=5,
+                                        batch_generator=generator, config=CONFIG)
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    checkpoint.atomic_save(state, tmp_path / "last.pt", tmp_path / "best.pt")
+    assert not os.path.samefile(tmp_path / "best.pt", tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
 # --- unsafe and broken files -----------------------------------------------------------------
 class CreatesMarker:
     """Unpickling this would run os.system and create the marker file."""

@@ -158,7 +158,7 @@ def test_a_set_larger_than_free_device_memory_stays_in_pinned_host_memory(monkey
     data.placement, data.device = "pinned-host", torch.device("cuda", 0)
     data.device_free_bytes = 2**30
     assert data.describe().endswith("15.6 KB in pinned host memory (1.0 GB free on cuda:0), "
-                                    "copied batch by batch")
+                                    "copied 8 MB at a time")
 
 
 def test_split_batch_on_the_device_is_plain_indexing():
@@ -166,6 +166,20 @@ def test_split_batch_on_the_device_is_plain_indexing():
     rows = torch.tensor([3, 1, 2])
     x, y = split.batch(rows, torch.device("cpu"))
     assert torch.equal(x, split.x[rows]) and torch.equal(y, split.y[rows])
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 3 * 16 * 8, 8 << 20])  # a batch, 3 batches, the whole epoch a chunk
+@pytest.mark.parametrize(("first", "count"), [(0, 13), (5, 13), (12, 13), (0, 4)])
+def test_training_batches_are_the_rows_of_the_shuffle_chunk_by_chunk(monkeypatch, gather_bytes, first, count):
+    split = Split(torch.randn(200, 8), torch.arange(200))  # 16 rows a batch: 12 whole and one of 8
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(dataset_module, "GATHER_BYTES", gather_bytes)
+    batches = list(split.batches(order, 16, first, count, torch.device("cpu")))
+    assert len(batches) == count - first
+    for number, (x, y) in enumerate(batches, start=first):
+        rows = order[number * 16:(number + 1) * 16]
+        assert torch.equal(x, split.x[rows]) and torch.equal(y, split.y[rows])
+    assert len(batches[-1][0]) == (8 if count == 13 else 16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -164,7 +164,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_fil
     trainer.fit()
     good = (tmp_path / "last.pt").read_bytes()
 
-    def disk_full(state, path):
+    def disk_full(state, path, *also):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(trainer_module, "atomic_save", disk_full)

@@ -58,3 +58,113 @@ def test_event_records_are_checksummed_in_c_with_tensorboards_own_checksums(tmp_
     logger.log_scalars({"loss/train": 0.5, "grad_norm/linear0": 2.0}, step=3)
     logger.close()
     assert read_scalars(tmp_path) == {"loss/train": [(3, 0.5)], "grad_norm/linear0": [(3, 2.0)]}
+
+
+def events_in_file(log_dir):
+    """(step, tags) of every event in a run directory's event file, in file order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (path,) = log_dir.glob("events.out.tfevents.*")
+    return [(event.step, [value.tag for value in event.summary.value]) for event in EventFileLoader(str(path)).Load()]
+
+
+def test_events_keep_the_order_of_the_calls_and_no_writer_thread_is_started(tmp_path):
+    import threading
+
+    import numpy as np
+
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    threads = threading.active_count()
+    logger = TensorBoardLogger(tmp_path)
+    assert threading.active_count() == threads  # tensorboard's writer thread would take a core from the step
+    logger.log_scalars({"loss/train": 1.0, "grad_norm/linear1": 0.5}, step=1)
+    logger.log_histogram("weights/linear1", np.arange(4.0), step=2)
+    logger.log_scalars({"loss/train": 0.5}, step=3)
+    logger.log_text("gradient_health", "vanishing", step=4)
+    logger.close()
+    assert events_in_file(tmp_path)[1:] == [(1, ["loss/train", "grad_norm/linear1"]), (2, ["weights/linear1"]),
+                                            (3, ["loss/train"]), (4, ["gradient_health/text_summary"])]
+    assert read_scalars_of(tmp_path) == {"loss/train": [(1, 1.0), (3, 0.5)], "grad_norm/linear1": [(1, 0.5)]}
+
+
+def test_the_event_file_holds_the_records_tensorboards_own_writer_writes(tmp_path):
+    """The same calls through a stock SummaryWriter give the same records (wall times aside)."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    def records(log_dir):
+        (path,) = log_dir.glob("events.out.tfevents.*")
+        events = list(EventFileLoader(str(path)).Load())[1:]  # after the file-version event
+        for event in events:
+            event.wall_time = 0
+        return [event.SerializeToString() for event in events]
+
+    ours = TensorBoardLogger(tmp_path / "ours", purge_step=2)
+    stock = SummaryWriter(str(tmp_path / "stock"), purge_step=2)
+    for step in range(3):
+        values = {"loss/train": 1.0 / (step + 1), "grad_norm/linear1": float(step)}
+        ours.log_scalars(values, step)
+        stock._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=value)
+                                                            for tag, value in values.items()]), step)
+        ours.log_histogram("weights/linear1", np.arange(5.0) * step, step)
+        stock.add_histogram("weights/linear1", np.arange(5.0) * step, step)
+    ours.close()
+    stock.close()
+    assert records(tmp_path / "ours") == records(tmp_path / "stock")
+
+
+def test_logged_scalars_reach_the_file_when_flushed_and_within_flush_seconds(tmp_path, monkeypatch):
+    from mlpkit import tensorboard
+
+    logger = tensorboard.TensorBoardLogger(tmp_path / "flushed")
+    logger.log_scalars({"loss/train": 2.0}, step=0)
+    logger.flush()  # what the trainer does before every checkpoint
+    assert read_scalars_of(tmp_path / "flushed") == {"loss/train": [(0, 2.0)]}
+    monkeypatch.setattr(tensorboard, "FLUSH_SECONDS", 0.0)
+    timed = tensorboard.TensorBoardLogger(tmp_path / "timed")
+    timed.log_scalars({"loss/train": 3.0}, step=7)  # no flush: FLUSH_SECONDS have passed
+    assert read_scalars_of(tmp_path / "timed") == {"loss/train": [(7, 3.0)]}
+    logger.close()
+    timed.close()
+
+
+def test_every_checkpoint_is_written_after_the_curves_up_to_its_step(tmp_path, monkeypatch):
+    """A run killed outright resumes from its last checkpoint: what it logged before that
+    checkpoint must be on disk by then, since the resumed run logs only the steps after it."""
+    from mlpkit import trainer as trainer_module
+    from mlpkit.data import build_data
+    from mlpkit.diagnostics import GradientMonitor
+    from mlpkit.objective import build_objective
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    data = build_data({"source": "moons", "n_samples": 200, "val_fraction": 0.2, "test_fraction": 0.2})
+    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
+    model = build_model(data.in_features, objective.out_features, [8], "relu", {}, objective.head)
+    logger = TensorBoardLogger(tmp_path)
+    trainer = trainer_module.Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=3,
+                                     batch_size=16, seed=0, log_every_n_steps=2, logger=logger,
+                                     monitor=GradientMonitor(model), checkpoint_dir=tmp_path / "checkpoints")
+    on_disk_at_saves = []
+    save = trainer_module.atomic_save
+
+    def recording_save(state, *paths):
+        on_disk_at_saves.append((state["step"], [step for step, _ in read_scalars_of(tmp_path).get("loss/train", [])]))
+        return save(state, *paths)
+
+    monkeypatch.setattr(trainer_module, "atomic_save", recording_save)
+    trainer.fit()
+    logger.close()
+    assert [step for step, _ in on_disk_at_saves] == [8, 16, 24]  # 8 batches an epoch
+    for step, logged in on_disk_at_saves:
+        assert logged == list(range(0, step, 2))
+
+
+def read_scalars_of(log_dir):
+    from tests.conftest import read_scalars
+
+    return read_scalars(log_dir)

@@ -5,7 +5,8 @@ import hashlib
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standard
 # Share of the device's free memory the dataset may take; the rest is for the model, activations
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
+GATHER_BYTES = 8 << 20  # features the training loop gathers at once, then steps through batch by batch
 
 
 @dataclass
@@ -73,13 +75,22 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def batcher(self, device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``rows -> (x, y)`` on ``device`` for the training loop: plain indexing when the split
-        lives there already (no per-step ``.to`` call), else ``batch``."""
-        if self.x.device.type == torch.device(device).type:
-            x, y = self.x, self.y
-            return lambda rows: (x[rows], y[rows])
-        return lambda rows: self.batch(rows, device)
+    def batches(self, order: torch.Tensor, batch_size: int, first: int, count: int, device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``first`` to ``count - 1`` of the shuffle ``order`` as ``(x, y)`` on ``device``: the
+        values of ``x[order[batch rows]]``, for the training loop.
+
+        Rows are gathered a chunk at a time (about GATHER_BYTES of features, at least one batch;
+        a digits epoch is one chunk) and each batch is a view into its chunk: one gather per chunk
+        rather than two per step (in a digits step on 2 CPU cores those two took 20 of 700 us).
+        """
+        row_bytes = math.prod(self.x.shape[1:]) * self.x.element_size()
+        per_chunk = max(1, GATHER_BYTES // max(1, batch_size * row_bytes))
+        for chunk in range(first, count, per_chunk):
+            end = min(count, chunk + per_chunk)
+            x, y = self.batch(order[chunk * batch_size:end * batch_size], device)
+            for start in range(0, len(x), batch_size):
+                yield x[start:start + batch_size], y[start:start + batch_size]
 
     def batch(self, index: torch.Tensor | slice, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +163,7 @@ class Data:
         where = f"on {self.device}"
         if self.placement == "pinned-host":
             free = _size(self.device_free_bytes or 0)
-            where = f"in pinned host memory ({free} free on {self.device}), copied batch by batch"
+            where = f"in pinned host memory ({free} free on {self.device}), copied {GATHER_BYTES >> 20} MB at a time"
         features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
         origin = f" ({self.split_origin})" if self.split_origin else ""
         return (f"data={self.name}: {self.task}, {sizes}{origin}, {features}{classes}; "
