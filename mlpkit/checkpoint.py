@@ -75,6 +75,21 @@ def checkpoint_state(
     return state
 
 
+def host_copy(value: Any) -> Any:
+    """``value`` (a checkpoint state) with every tensor copied to host memory and every container
+    copied: kept for a later write, it stays as it was while training goes on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if type(value) in (dict, OrderedDict):
+        copied = type(value)((key, host_copy(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a state_dict's module versions, an OrderedDict attribute
+            copied._metadata = value._metadata
+        return copied
+    if type(value) in (list, tuple):
+        return type(value)(host_copy(item) for item in value)
+    return value
+
+
 def _require_plain(value: Any, where: str) -> None:
     """Fail at save time, not at load time, on anything weights_only loading would refuse.
 

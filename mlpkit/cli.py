@@ -142,7 +142,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     from mlpkit.objective import build_objective
     from mlpkit.runs import check_same_data
     from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
-    from mlpkit.trainer import Trainer
+    from mlpkit.trainer import CHECKPOINT_MIN_SECONDS, Trainer
     from mlpkit.verdicts import Thresholds
 
     started = time.perf_counter()
@@ -203,6 +203,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         log_every_n_steps=cfg.trainer.log_every_n_steps, progress=show_progress(cfg.trainer.progress),
         checkpoint_dir=run_dir / CHECKPOINT_DIR,
         checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+        checkpoint_min_seconds=cfg.trainer.get("checkpoint_min_seconds", CHECKPOINT_MIN_SECONDS),
         config=OmegaConf.to_container(cfg, resolve=True), metric=cfg.objective.metric,
         mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
         precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,

@@ -199,6 +199,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     check(cfg, "trainer.progress", lambda progress: str(progress) in ("auto", "True", "False"),
           "auto, true or false")
     check(cfg, "trainer.checkpoint_every_n_steps", at_least(0, integer=True), "an integer >= 0")
+    check_optional(cfg, "trainer.checkpoint_min_seconds", at_least(0), "a number of seconds >= 0")
     for key in ("histogram_every_n_steps", "figure_every_n_steps"):
         check(cfg, f"diagnostics.{key}", at_least(0, integer=True), "an integer >= 0 (0 = off)")
     check_optional(cfg, "diagnostics.statistics_every", lambda n: n == "auto" or at_least(1, integer=True)(n),

@@ -21,7 +21,8 @@ from mlpkit.errors import ConfigError, show_value
 CHECKPOINT_DIR = "checkpoints"
 RESUMES = "resumes.json"  # what each resume of a run changed, in order
 # What a resume may change: where and how it runs, and how long (trainer.max_epochs upward only).
-RESUMABLE = ("trainer.max_epochs", "trainer.progress", "trainer.device", "trainer.num_threads")
+RESUMABLE = ("trainer.max_epochs", "trainer.progress", "trainer.device", "trainer.num_threads",
+             "trainer.checkpoint_min_seconds")
 _held_a_run: dict[str, bool] = {}  # run directory -> whether it held a run before this process started
 
 

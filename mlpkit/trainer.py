@@ -16,6 +16,7 @@ from mlpkit.checkpoint import (
     LAST,
     atomic_save,
     checkpoint_state,
+    host_copy,
     is_better,
     load_checkpoint,
     restore,
@@ -40,6 +41,7 @@ class ScalarLogger(Protocol):
     def flush(self) -> None: ...  # before every checkpoint: what it logged is on disk with it
 
 
+CHECKPOINT_MIN_SECONDS = 10.0  # trainer.checkpoint_min_seconds: see Trainer.checkpoint_due
 POINTS_PER_RUN = 50  # trainer.log_every_n_steps=auto: at least this many logged steps on every curve
 OVERFIT_LOSS = 0.05  # trainer.overfit_batches: the loss on those batches a net that can learn them goes below
 
@@ -88,6 +90,7 @@ class Trainer:
         progress: bool = False,
         checkpoint_dir: Path | None = None,
         checkpoint_every_n_steps: int = 0,
+        checkpoint_min_seconds: float = CHECKPOINT_MIN_SECONDS,
         config: dict | None = None,
         metric: str = "loss",
         mode: str = "min",
@@ -109,6 +112,9 @@ class Trainer:
         self.logger, self.monitor = logger, monitor
         self.progress = progress
         self.checkpoint_dir, self.checkpoint_every_n_steps = checkpoint_dir, checkpoint_every_n_steps
+        self.checkpoint_min_seconds = checkpoint_min_seconds
+        self.last_checkpoint_time = -math.inf  # time.monotonic() of the last checkpoint written
+        self.best_state: dict[str, Any] | None = None  # an improving epoch's state not yet in best.pt
         self.config = config
         self.on_nonfinite = on_nonfinite
         self.batch_generator = torch.Generator().manual_seed(seed)
@@ -236,6 +242,7 @@ class Trainer:
         """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
         if self.on_nonfinite == "skip":
             return
+        self.write_kept_best()  # the best epoch before the failure, if it was only in memory
         done = self.losses_so_far()
         bad_batches = (~torch.isfinite(done)).nonzero().flatten().tolist()
         step = self.step - self.next_batch + bad_batches[0] if bad_batches else self.step
@@ -291,9 +298,9 @@ class Trainer:
             self.step += 1
             self.next_batch += 1
             if self.checkpoint_every_n_steps and self.step % self.checkpoint_every_n_steps == 0:
-                self.save(LAST)
+                self.save()
             if self.stop_signal is not None:
-                self.save(LAST)
+                self.save()
                 raise TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
                                                 f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal)
         # the mean over the epoch's rows: a last, smaller batch weighs less
@@ -323,13 +330,8 @@ class Trainer:
         return dict(zip(metrics, values))
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def save(self, *names: str) -> None:
-        """Everything needed to continue exactly here, captured once and written atomically to each
-        checkpoints/<name>."""
-        if self.checkpoint_dir is None:
-            return
-        if self.logger is not None:
-            self.logger.flush()  # a checkpoint's curves are on disk before it is: a resume only adds to them
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here (``checkpoint_state``: the live tensors)."""
         mid_epoch = self.epoch_order is not None
         done = self.losses_so_far() if mid_epoch else None
         if done is not None and not torch.isfinite(done).all():
@@ -340,14 +342,43 @@ class Trainer:
                  "epoch_losses": done.cpu() if done is not None else None,
                  "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None,
                  **self.early_stopping.state()}
-        state = checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-                                 step=self.step, batch_generator=self.batch_generator,
-                                 config=self.config, best=self.best, extra=extra, scheduler=self.schedule)
-        first, *others = names
+        return checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                step=self.step, batch_generator=self.batch_generator,
+                                config=self.config, best=self.best, extra=extra, scheduler=self.schedule)
+
+    def keep_best(self) -> None:
+        """An epoch that improved but writes no checkpoint now: its state is copied to host memory
+        (a fraction of a write's cost) and becomes best.pt with the next checkpoint."""
+        if self.checkpoint_dir is not None:
+            self.best_state = host_copy(self.state())
+
+    def save(self, best_is_current: bool = False) -> None:
+        """checkpoints/last.pt, atomically; with ``best_is_current`` best.pt too (the same file, a
+        second name), else first best.pt from a kept state, if an epoch since the last checkpoint
+        improved (best.pt before last.pt: a last.pt never names a best epoch best.pt lacks)."""
+        if self.checkpoint_dir is None:
+            return
+        if self.logger is not None:
+            self.logger.flush()  # a checkpoint's curves are on disk before it is: a resume only adds to them
+        state = self.state()
+        if best_is_current:
+            self.best_state = None
+            self.write(state, LAST, BEST)
+        else:
+            self.write_kept_best()
+            self.write(state, LAST)
+        self.last_checkpoint_time = time.monotonic()
+
+    def write_kept_best(self) -> None:
+        if self.best_state is not None:
+            self.write(self.best_state, BEST)
+            self.best_state = None
+
+    def write(self, state: dict[str, Any], first: str, *others: str) -> None:
         try:
             atomic_save(state, self.checkpoint_dir / first, *(self.checkpoint_dir / name for name in others))
         except OSError as error:  # a full disk, a directory gone read-only: the last good file stays
-            name = next((name for name in names if name in str(error.filename or "")), first)
+            name = next((name for name in (first, *others) if name in str(error.filename or "")), first)
             raise environment_fault(error, f"write checkpoint {name} (the last good one is kept)") from None
 
     def resume_from(self, state: dict) -> None:
@@ -387,7 +418,10 @@ class Trainer:
                 if improved:
                     self.best.update(value=val[self.metric], epoch=self.epoch)
                 self.after_validation(val[self.metric])  # the plateau schedule and early stopping
-                self.save(*((LAST, BEST) if improved else (LAST,)))
+                if self.checkpoint_due():
+                    self.save(best_is_current=improved)
+                elif improved:
+                    self.keep_best()
                 if self.early_stopping.stopped is not None:
                     break
         finally:
@@ -412,6 +446,16 @@ class Trainer:
             "history": self.history,
             "gradient_health": self.gradient_health(),
         }
+
+    def checkpoint_due(self) -> bool:
+        """Whether this epoch's end writes last.pt: the run's last epoch (and an early stop)
+        always does, any other once ``checkpoint_min_seconds`` have passed since the last
+        checkpoint. Writing a checkpoint slows the steps after it (on 2 CPU cores a digits
+        checkpoint cost the next few steps 0.8 ms, as much as one step), so runs of short epochs
+        write one every few seconds rather than every few milliseconds. An epoch that improves
+        but writes none keeps its state in memory for best.pt (``keep_best``)."""
+        return (self.epoch >= self.max_epochs or self.early_stopping.stopped is not None
+                or time.monotonic() - self.last_checkpoint_time >= self.checkpoint_min_seconds)
 
     def after_validation(self, value: float) -> None:
         """Per epoch, on the validation objective: the plateau schedule's step, and early stopping."""

@@ -36,6 +36,8 @@ VALUE_CASES = [
      "diagnostics.figure_every_n_steps=-1 is not valid: expected an integer >= 0 (0 = off)"),
     (["diagnostics.statistics_every=0"],
      "diagnostics.statistics_every=0 is not valid: expected auto or an integer >= 1"),
+    (["trainer.checkpoint_min_seconds=-1"],
+     "trainer.checkpoint_min_seconds=-1 is not valid: expected a number of seconds >= 0"),
 ]
 
 

@@ -193,8 +193,8 @@ def interrupt_after_saving_step(monkeypatch, step):
     """Stop the run as a kill would, right after the checkpoint of ``step`` (mid-epoch) is written."""
     save = Trainer.save
 
-    def save_then_stop(self, *names):
-        save(self, *names)
+    def save_then_stop(self, **kind):
+        save(self, **kind)
         if self.step == step:
             raise TrainingStopped.by_signal("killed for the test", signal.SIGTERM)
 

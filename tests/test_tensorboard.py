@@ -148,7 +148,8 @@ def test_every_checkpoint_is_written_after_the_curves_up_to_its_step(tmp_path, m
     logger = TensorBoardLogger(tmp_path)
     trainer = trainer_module.Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=3,
                                      batch_size=16, seed=0, log_every_n_steps=2, logger=logger,
-                                     monitor=GradientMonitor(model), checkpoint_dir=tmp_path / "checkpoints")
+                                     monitor=GradientMonitor(model), checkpoint_dir=tmp_path / "checkpoints",
+                                     checkpoint_min_seconds=0)
     on_disk_at_saves = []
     save = trainer_module.atomic_save
 
