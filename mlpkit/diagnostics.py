@@ -207,7 +207,7 @@ class GradientMonitor:
         per_unit = [units.mean(0), (units * units).mean(0)]
         zero = torch.zeros_like(per_unit[0])
         if self.activation.family == "relu":
-            per_unit.append(self.dead_units((units.amax(0) > 0) | (units.amin(0) < 0)))
+            per_unit.append(self.dead_units(units.any(0)))  # active: a non-zero output on this batch
         else:
             per_unit.append(zero)
         if self.activation.saturates:

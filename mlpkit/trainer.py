@@ -448,8 +448,8 @@ class Trainer:
         }
 
     def checkpoint_due(self) -> bool:
-        """Whether this epoch's end writes last.pt: the run's last epoch (and an early stop)
-        always does, any other once ``checkpoint_min_seconds`` have passed since the last
+        """Whether this epoch's end writes last.pt: the run's first and last epochs (and an early
+        stop) always do, any other once ``checkpoint_min_seconds`` have passed since the last
         checkpoint. Writing a checkpoint slows the steps after it (on 2 CPU cores a digits
         checkpoint cost the next few steps 0.8 ms, as much as one step), so runs of short epochs
         write one every few seconds rather than every few milliseconds. An epoch that improves

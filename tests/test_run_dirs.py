@@ -74,6 +74,16 @@ def test_a_resume_continues_with_the_saved_config_and_records_what_it_changed(ru
 
 
 @pytest.mark.slow
+def test_a_resume_may_change_how_often_checkpoints_are_written(run_dir):
+    mlpkit.train([f"resume={run_dir}", "trainer.max_epochs=3", "trainer.checkpoint_min_seconds=0"])
+    changes = json.loads((run_dir / "resumes.json").read_text())[0]["changes"]
+    assert changes == {"trainer.max_epochs": 3, "trainer.checkpoint_min_seconds": 0}
+    from mlpkit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["trainer"]["checkpoint_min_seconds"] == 0
+
+
+@pytest.mark.slow
 def test_the_same_command_again_with_resume_is_accepted(run_dir):
     mlpkit.train([*TWO_EPOCHS, f"resume={run_dir}"])
     assert json.loads((run_dir / "resumes.json").read_text())[0]["changes"] == {}
