@@ -55,7 +55,8 @@ def log_interval(setting: int | str, total_steps: int) -> int:
 
 
 class Trainer:
-    """Trains ``model`` on ``data.train``, evaluates on ``data.val`` every epoch, saves checkpoints.
+    """Trains ``model`` on ``data.train``, evaluates on ``data.val`` every epoch, saves checkpoints
+    (``checkpoint_due``: the first and last epochs, others at least ``checkpoint_min_seconds`` apart).
 
     Every ``log_every_n_steps`` steps (``auto``: see ``log_interval``) the loop writes ``loss/train``
     and, with a ``monitor``, the per-layer gradient diagnostics to ``logger``: the monitor measures

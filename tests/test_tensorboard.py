@@ -169,3 +169,14 @@ def read_scalars_of(log_dir):
     from tests.conftest import read_scalars
 
     return read_scalars(log_dir)
+
+
+def test_where_tensorboards_writer_internals_moved_its_writer_is_left_as_it_is():
+    from types import SimpleNamespace
+
+    from mlpkit.tensorboard import write_in_this_thread
+
+    renamed = SimpleNamespace(_file_name="/nowhere", _writer_thread=object())  # no _async_writer
+    summary_writer = SimpleNamespace(_get_file_writer=lambda: SimpleNamespace(event_writer=renamed))
+    write_in_this_thread(summary_writer)
+    assert vars(renamed) == {"_file_name": "/nowhere", "_writer_thread": renamed._writer_thread}
