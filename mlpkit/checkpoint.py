@@ -15,7 +15,7 @@ import re
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +144,11 @@ def _write_replacing(state: Mapping[str, Any], path: Path) -> None:
     _replace_with(path, write)
 
 
-def _replace_with(path: Path, make: Any) -> None:
+def _replace_with(path: Path, make: Callable[[Path], None]) -> None:
     """``make(temporary)`` creates a file beside ``path``, which is then renamed over ``path``."""
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a run killed mid-write
         leftover.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask like any other.
     try:
         make(temporary)
         os.replace(temporary, path)
