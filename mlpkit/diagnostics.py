@@ -60,11 +60,17 @@ class Packed:
         self.parts: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, values: torch.Tensor) -> None:
-        self.parts[name] = values.detach().float().reshape(-1)
+        # each conversion only where needed: on a measured step every call costs 5-15 us
+        if values.requires_grad:
+            values = values.detach()
+        if values.dtype != torch.float32:
+            values = values.float()
+        self.parts[name] = values if values.dim() == 1 else values.reshape(-1)
 
     def fetch(self) -> dict[str, list[float]]:
         """Every part as host floats; the one host synchronisation."""
-        flat = torch.cat(list(self.parts.values())).tolist()
+        parts = list(self.parts.values())
+        flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
         fetched, start = {}, 0
         for name, values in self.parts.items():
             fetched[name], start = flat[start:start + values.numel()], start + values.numel()
@@ -103,7 +109,7 @@ class GradientMonitor:
         self.snapshot: list[torch.Tensor] | None = None  # the weights before that step's update
         self.active_window: torch.Tensor | None = None  # (patience, hidden units): active on each recent measured batch
         self.window_batches = 0  # measured batches written into active_window
-        self.averaging: torch.Tensor | None = None  # (hidden units, hidden layers): see layer_means
+        self.averaging: torch.Tensor | None = None  # (hidden layers, hidden units): see layer_means
         self.figure_steps: dict[int, Measurement] = {}  # the measurements the gradient-flow images show
         self.last: Measurement | None = None
         self.last_complete: Measurement | None = None  # the last with the update ratio and activation statistics
@@ -160,7 +166,9 @@ class GradientMonitor:
         norms_fetched = values.pop("norms")
         values.update(grad_norm=norms_fetched[:count], weight_norm=norms_fetched[count:2 * count],
                       grad_norm_bias=norms_fetched[2 * count:])
-        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured)),
+        output = next(iter(captured.values()))[1] if captured else None
+        rows = output.numel() // output.shape[-1] if output is not None else 0  # the batch's rows
+        measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured), rows),
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
             measurement.histograms = self.histogram_values(weights, grads, captured)
@@ -196,63 +204,68 @@ class GradientMonitor:
 
     # --- on the device ----------------------------------------------------------------------------
     def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """(hidden layers, 5): mean, root mean square, dead share, saturated share, mean derivative
-        share. Every hidden layer's output goes side by side into one (rows, units) tensor, so a
-        handful of column reductions and one small matmul serve all layers (a few reductions per
-        layer cost a kernel launch each: most of a measured step on small nets). A unit is dead when
-        it output 0 for every sample of the last ``patience`` measured batches (one batch alone
-        leaves a healthy but selective unit at 0 too often)."""
-        outputs = [out.float().reshape(-1, out.shape[-1]) for _, out in captured.values()]
+        """(hidden layers, measures): each of ``activation_measures`` per layer, summed over the
+        batch's rows (``name_layers`` divides) except the dead share. Every hidden layer's output
+        goes side by side into one (rows, units) tensor, so a few column sums and one small matmul
+        serve all layers: a reduction costs a kernel launch, and on small nets a few per layer were
+        most of a measured step. A unit is dead when it output exactly 0 for every sample of the
+        last ``patience`` measured batches (one batch alone leaves a healthy but selective unit at 0
+        too often)."""
+        outputs = [_rows(out) for _, out in captured.values()]
         units = torch.cat(outputs, 1)
-        per_unit = [units.mean(0), (units * units).mean(0)]
-        zero = torch.zeros_like(per_unit[0])
+        per_unit = [units.sum(0), (units * units).sum(0)]
         if self.activation.family == "relu":
-            per_unit.append(self.dead_units(units.any(0)))  # active: a non-zero output on this batch
-        else:
-            per_unit.append(zero)
+            per_unit.append(self.dead_units(units.abs().amax(0) > 0))  # active: some output not 0
         if self.activation.saturates:
-            share = torch.cat([self.activation.spec.derivative_share(self.activations[name], pre.float(), out)
-                               .reshape(-1, out.shape[-1]) for (name, (pre, _)), out in zip(captured.items(), outputs)], 1)
-            per_unit += [(share < SATURATED_BELOW).float().mean(0), share.mean(0)]
-        else:
-            per_unit += [zero, zero]
-        per_layer = torch.stack(per_unit) @ self.layer_means([out.shape[-1] for out in outputs], units)
-        per_layer[1] = per_layer[1].sqrt()  # root of the mean square
-        return per_layer.T
+            share = torch.cat([_rows(self.activation.spec.derivative_share(self.activations[name], _rows(pre), out))
+                               for (name, (pre, _)), out in zip(captured.items(), outputs)], 1)
+            per_unit += [(share < SATURATED_BELOW).float().sum(0), share.sum(0)]
+        return self.layer_means([out.shape[-1] for out in outputs], units) @ torch.stack(per_unit, 1)
+
+    def activation_measures(self) -> tuple[str, ...]:
+        """What ``activation_stats`` gives each hidden layer, in order."""
+        measures = ("act_mean", "act_mean_square")
+        if self.activation.family == "relu":
+            measures += ("dead_frac",)
+        if self.activation.saturates:
+            measures += ("saturation", "derivative")
+        return measures
 
     def dead_units(self, active: torch.Tensor) -> torch.Tensor:
         """1.0 for each unit inactive on every one of the last ``patience`` measured batches, else 0.0."""
         patience = self.verdicts.thresholds.patience
         if self.active_window is None or self.active_window.shape[1] != active.numel():
-            self.active_window, self.window_batches = active.new_zeros((patience, active.numel())), 0
+            # float 0/1: the batch's booleans are converted as they are written in
+            self.active_window = torch.zeros((patience, active.numel()), device=active.device)
+            self.window_batches = 0
         self.active_window[self.window_batches % patience] = active
         self.window_batches += 1
-        return (~self.active_window[:min(self.window_batches, patience)].any(0)).float()
+        window = self.active_window if self.window_batches >= patience else self.active_window[:self.window_batches]
+        return 1.0 - window.amax(0)
 
     def layer_means(self, widths: list[int], like: torch.Tensor) -> torch.Tensor:
-        """(units, layers): column j averages layer j's units (built once for the run)."""
-        if self.averaging is None or self.averaging.shape != (sum(widths), len(widths)):
-            self.averaging = torch.block_diag(*[torch.full((width, 1), 1.0 / width) for width in widths])
+        """(layers, units): row j averages layer j's units (built once for the run)."""
+        if self.averaging is None or self.averaging.shape != (len(widths), sum(widths)):
+            self.averaging = torch.block_diag(*[torch.full((1, width), 1.0 / width) for width in widths])
         if self.averaging.device != like.device:
             self.averaging = self.averaging.to(like.device)
         return self.averaging
 
     # --- on the host ------------------------------------------------------------------------------
-    def name_layers(self, values: dict[str, list[float]], hidden: list[str]) -> dict[str, dict[str, float]]:
+    def name_layers(self, values: dict[str, list[float]], hidden: list[str], rows: int) -> dict[str, dict[str, float]]:
+        """Each layer's figures by name; the activation statistics of a batch of ``rows`` rows."""
         layers: dict[str, dict[str, float]] = {}
         for index, name in enumerate(self.names):
             grad_norm, weight_norm = values["grad_norm"][index], values["weight_norm"][index]
             layers[name] = {"grad_norm": grad_norm, "grad_ratio": grad_norm / (weight_norm or math.nan)}
             if self.has_bias:
                 layers[name]["grad_norm_bias"] = values["grad_norm_bias"][index]
-        stats = values.get("activations", [])
+        stats, measures = values.get("activations", []), self.activation_measures()
         for index, name in enumerate(hidden):
-            mean, rms, dead, saturated, derivative = stats[5 * index:5 * index + 5]
-            layers[name].update(act_mean=mean, act_std=math.sqrt(max(rms * rms - mean * mean, 0.0)))
-            if self.activation.family == "relu":
-                layers[name]["dead_frac"] = dead
-            if self.activation.saturates:
-                layers[name].update(saturation=saturated, derivative=derivative)
+            found = {measure: value if measure == "dead_frac" else value / rows  # the rest are sums over rows
+                     for measure, value in zip(measures, stats[len(measures) * index:len(measures) * (index + 1)])}
+            mean, mean_square = found.pop("act_mean"), found.pop("act_mean_square")
+            layers[name].update(act_mean=mean, act_std=math.sqrt(max(mean_square - mean * mean, 0.0)), **found)
         return layers
 
     def histogram_values(self, weights: list[torch.Tensor], grads: list[torch.Tensor],
@@ -286,6 +299,13 @@ def statistics_interval(setting: int | str, logged_steps: int) -> int:
     if str(setting) == "auto":
         return max(1, logged_steps // STATISTICS_POINTS)
     return int(setting)
+
+
+def _rows(values: torch.Tensor) -> torch.Tensor:
+    """A layer's values as (rows, units) float32 (an MLP's already are: no conversion then)."""
+    if values.dtype != torch.float32:
+        values = values.float()
+    return values if values.dim() == 2 else values.reshape(-1, values.shape[-1])
 
 
 def _grad(parameter: torch.Tensor) -> torch.Tensor:

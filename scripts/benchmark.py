@@ -12,6 +12,9 @@ round (each round starting one way later) so that a noisy machine slows every wa
                       zero_grad(set_to_none=True), no logging, and the Adam kernel a run's default
                       optimizer.fused=auto picks (torch's fused kernel on CPU and CUDA): like for like
   plain_unfused       the same loop with torch's default Adam kernel (the plain loop's defaults)
+  plain_logged        plain, logging what a hand-written loop logs to watch its gradients (the
+                      --end-to-end plain script's loss and per-layer gradient norms, one
+                      add_scalar each) at mlpkit's default interval: what that interval costs by hand
   mlpkit              mlpkit's Trainer as a run uses it: TensorBoard logging and gradient diagnostics
                       at the default interval, validation every epoch, checkpoints at the default
                       cadence (every epoch that improves, else at least 10 s apart, and the last),
@@ -48,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +62,7 @@ from mlpkit.diagnostics import GradientMonitor  # noqa: E402
 from mlpkit.model import build_model, count_parameters  # noqa: E402
 from mlpkit.objective import build_objective  # noqa: E402
 from mlpkit.tensorboard import TensorBoardLogger  # noqa: E402
-from mlpkit.trainer import Trainer  # noqa: E402
+from mlpkit.trainer import Trainer, log_interval  # noqa: E402
 
 DEFAULT_LOG_EVERY = "auto"  # configs/trainer/default.yaml's trainer.log_every_n_steps
 
@@ -111,23 +115,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool | None = None) -> dict:
+def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool | None = None,
+              logged: bool = False) -> dict:
+    """The hand-written loop; ``logged``: with the --end-to-end plain script's logging (loss and each
+    weight's gradient norm, an add_scalar each) every mlpkit default interval."""
     model, objective, optimizer = fresh_model(data, workload, device, fused)
     x, y, n, batch_size = data.train.x, data.train.y, len(data.train), workload.batch_size
+    log_every = log_interval(DEFAULT_LOG_EVERY, workload.epochs * -(-n // batch_size)) if logged else 0
     generator = torch.Generator().manual_seed(0)
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(workload.epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            with autocast(device, workload.precision):
-                loss = torch.nn.functional.cross_entropy(model.logits(x[rows]), y[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = SummaryWriter(log_dir) if logged else None
+        synchronize(device)
+        started, step = time.perf_counter(), 0
+        for _ in range(workload.epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            for start in range(0, n, batch_size):
+                rows = order[start:start + batch_size]
+                with autocast(device, workload.precision):
+                    loss = torch.nn.functional.cross_entropy(model.logits(x[rows]), y[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if writer is not None and step % log_every == 0:
+                    writer.add_scalar("loss/train", loss.item(), step)
+                    for name, parameter in model.named_parameters():
+                        if name.endswith("weight"):
+                            writer.add_scalar(f"grad_norm/{name}", parameter.grad.norm().item(), step)
+                optimizer.step()
+                step += 1
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
     return {"samples_per_second": n * workload.epochs / seconds}
 
 
@@ -218,6 +236,7 @@ def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cp
     ways = {
         "plain": lambda: run_plain(data, workload, device, fused=default_fused),  # like for like: its best
         "plain_unfused": lambda: run_plain(data, workload, device),
+        "plain_logged": lambda: run_plain(data, workload, device, fused=default_fused, logged=True),
         "mlpkit": lambda: run_mlpkit(data, workload, device, fused=default_fused),
         "mlpkit_unfused": lambda: run_mlpkit(data, workload, device),
         "mlpkit_nodiag": lambda: run_mlpkit(data, workload, device, diagnostics=False),
@@ -346,6 +365,7 @@ def startup_seconds(rounds: int) -> dict:
 PLAIN_SCRIPT = """\
 import sys
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn

@@ -19,7 +19,7 @@ def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     ways = report["results"][0]["ways"]
-    assert {"plain", "mlpkit", "mlpkit_unfused", "mlpkit_nodiag"} <= set(ways)
+    assert {"plain", "plain_logged", "mlpkit", "mlpkit_unfused", "mlpkit_nodiag"} <= set(ways)
     assert "mlpkit_cuda_graphs" not in ways  # CUDA only
     assert ways["plain"]["ratio_to_plain"] == 1.0
     assert report["results"][0]["epochs_per_round"] == 2  # --epochs overrides the workload's 50

@@ -161,6 +161,39 @@ def test_dead_relus_and_saturated_units(digits):
     assert saturated["last"]["layers"]["linear1"]["saturation"] > 0.2
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky", "tanh"])
+def test_activation_statistics_are_those_of_the_batch(digits, activation):
+    """act_mean, act_std, dead_frac, saturation and derivative of each hidden layer equal the same
+    figures computed directly from its outputs, on a batch of 50 rows (not a multiple of anything)."""
+    from mlpkit.activations import SATURATED_BELOW
+
+    data, objective = digits
+    torch.manual_seed(0)
+    model = build_model(data.in_features, objective.out_features, [32, 16], activation, {}, objective.head)
+    with torch.no_grad():
+        model.linear1.bias.sub_(2.0)  # some linear1 units below 0 for every row: dead where ReLU
+    monitor = GradientMonitor(model)
+    outputs = {}
+    for name, module in model.activation_after().items():
+        module.register_forward_hook(lambda module, args, output, name=name: outputs.__setitem__(name, output.detach()))
+    monitor.watch(0)
+    loss = objective.loss(model.logits(data.train.x[:50]), data.train.y[:50])
+    loss.backward()
+    layers = monitor.measure(0, loss).layers
+    for name, out in outputs.items():
+        assert layers[name]["act_mean"] == pytest.approx(out.mean().item(), rel=1e-5, abs=1e-7)
+        assert layers[name]["act_std"] == pytest.approx(out.std(correction=0).item(), rel=1e-4)
+        if activation == "tanh":
+            share = 1 - out * out  # tanh' / max tanh'
+            assert layers[name]["saturation"] == pytest.approx((share < SATURATED_BELOW).float().mean().item())
+            assert layers[name]["derivative"] == pytest.approx(share.mean().item(), rel=1e-5)
+            assert "dead_frac" not in layers[name]
+        else:
+            assert layers[name]["dead_frac"] == pytest.approx((out == 0).all(0).float().mean().item())
+    if activation == "relu":
+        assert layers["linear1"]["dead_frac"] > 0  # the test can tell a dead unit from a live one
+
+
 @pytest.mark.slow
 def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
