@@ -161,10 +161,13 @@ def test_dead_relus_and_saturated_units(digits):
     assert saturated["last"]["layers"]["linear1"]["saturation"] > 0.2
 
 
-@pytest.mark.parametrize("activation", ["relu", "leaky", "tanh"])
-def test_activation_statistics_are_those_of_the_batch(digits, activation):
+@pytest.mark.parametrize("activation, precision", [("relu", "32"), ("leaky", "32"), ("tanh", "32"),
+                                                   ("hardtanh", "32"), ("relu", "bf16-mixed")])
+def test_activation_statistics_are_those_of_the_batch(digits, activation, precision):
     """act_mean, act_std, dead_frac, saturation and derivative of each hidden layer equal the same
-    figures computed directly from its outputs, on a batch of 50 rows (not a multiple of anything)."""
+    figures computed directly from its outputs (and inputs), on a batch of 50 rows; under bf16
+    autocast too, where the outputs are bfloat16."""
+    from mlpkit.acceleration import autocast
     from mlpkit.activations import SATURATED_BELOW
 
     data, objective = digits
@@ -173,18 +176,21 @@ def test_activation_statistics_are_those_of_the_batch(digits, activation):
     with torch.no_grad():
         model.linear1.bias.sub_(2.0)  # some linear1 units below 0 for every row: dead where ReLU
     monitor = GradientMonitor(model)
-    outputs = {}
+    seen = {}
     for name, module in model.activation_after().items():
-        module.register_forward_hook(lambda module, args, output, name=name: outputs.__setitem__(name, output.detach()))
+        module.register_forward_hook(lambda module, args, output, name=name: seen.__setitem__(
+            name, (args[0].detach().float(), output.detach().float())))
     monitor.watch(0)
-    loss = objective.loss(model.logits(data.train.x[:50]), data.train.y[:50])
+    with autocast(torch.device("cpu"), precision):
+        loss = objective.loss(model.logits(data.train.x[:50]), data.train.y[:50])
     loss.backward()
     layers = monitor.measure(0, loss).layers
-    for name, out in outputs.items():
+    for name, (pre, out) in seen.items():
+        assert out.dtype == torch.float32 and out.shape[0] == 50
         assert layers[name]["act_mean"] == pytest.approx(out.mean().item(), rel=1e-5, abs=1e-7)
         assert layers[name]["act_std"] == pytest.approx(out.std(correction=0).item(), rel=1e-4)
-        if activation == "tanh":
-            share = 1 - out * out  # tanh' / max tanh'
+        if activation in ("tanh", "hardtanh"):
+            share = 1 - out * out if activation == "tanh" else ((pre > -1) & (pre < 1)).float()  # f' / max f'
             assert layers[name]["saturation"] == pytest.approx((share < SATURATED_BELOW).float().mean().item())
             assert layers[name]["derivative"] == pytest.approx(share.mean().item(), rel=1e-5)
             assert "dead_frac" not in layers[name]
@@ -192,6 +198,8 @@ def test_activation_statistics_are_those_of_the_batch(digits, activation):
             assert layers[name]["dead_frac"] == pytest.approx((out == 0).all(0).float().mean().item())
     if activation == "relu":
         assert layers["linear1"]["dead_frac"] > 0  # the test can tell a dead unit from a live one
+    if activation == "hardtanh":
+        assert 0 < layers["linear1"]["saturation"] < 1  # some inputs inside [-1, 1], some outside
 
 
 @pytest.mark.slow
