@@ -20,7 +20,7 @@ from mlpkit.sweeps import write_report
 from mlpkit.tensorboard import TensorBoardLogger
 from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it
 
-TINY = ["trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"]
+TINY = ["trainer.progress=false", "trainer.device=cpu"]  # and trainer.max_epochs: see multirun_command
 # Ray 2.5x turns on token authentication; a driver given an explicit address finds no token.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 CALLBACK = "++hydra.callbacks.sweep_report._target_=mlpkit.sweeps.SweepCallback"
@@ -39,16 +39,16 @@ def group_override(group: str, choice: str) -> str:
     return f"{group}={choice}" if listed else f"+{group}={choice}"
 
 
-def multirun_command(sweep_dir: Path, *overrides: str) -> list[str]:
+def multirun_command(sweep_dir: Path, *overrides: str, epochs: int = 1) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={sweep_dir}", CALLBACK,
-            *TINY, *overrides]
+            f"trainer.max_epochs={epochs}", *TINY, *overrides]
 
 
-def multirun(sweep_dir: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
+def multirun(sweep_dir: Path, *overrides: str, timeout: int = 240, epochs: int = 1) -> subprocess.CompletedProcess:
     """``python train.py -m ...`` in a temporary directory, its sweep directory pinned."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **RAY_ENV}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(multirun_command(sweep_dir, *overrides), cwd=sweep_dir.parent,
+    return subprocess.run(multirun_command(sweep_dir, *overrides, epochs=epochs), cwd=sweep_dir.parent,
                           check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -239,7 +239,11 @@ def test_optuna_study_is_interrupted_and_resumed_from_its_sqlite_storage(tmp_pat
     sweep_dir = tmp_path / "study"
     overrides = [group_override("hparams_search", "optuna"), "hydra.sweeper.n_trials=4",
                  "model.hidden_sizes=choice([8],[8,8])", "activation=choice(relu,tanh,sigmoid)"]
-    command = multirun_command(sweep_dir, *overrides)
+    # Trials of 20 epochs, about a second each: with one-epoch trials (0.2 s) the rest of the study
+    # once finished, on CI's loaded machine, between this test seeing the second trial start and its
+    # Ctrl-C landing.
+    epochs = 20
+    command = multirun_command(sweep_dir, *overrides, epochs=epochs)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=env, preexec_fn=ctrl_c_reaches_it)
@@ -249,15 +253,15 @@ def test_optuna_study_is_interrupted_and_resumed_from_its_sqlite_storage(tmp_pat
             first.send_signal(signal.SIGINT)  # Ctrl-C
             break
         time.sleep(0.05)
-    first.communicate(timeout=60)
-    assert first.returncode != 0, "the study finished before it could be interrupted"
+    output, _ = first.communicate(timeout=60)
+    assert first.returncode != 0, "the study finished before it could be interrupted:\n" + output[-3000:]
 
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
     interrupted = optuna.load_study(study_name="mlp_digits", storage=storage)
     finished_before = sum(t.state.is_finished() for t in interrupted.trials)
     assert 1 <= finished_before < 4
 
-    second = multirun(sweep_dir, *overrides)  # the very same command
+    second = multirun(sweep_dir, *overrides, epochs=epochs)  # the very same command
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"has {finished_before} finished trials of 4: running {4 - finished_before} more" in (
         second.stdout + second.stderr)
