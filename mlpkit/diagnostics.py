@@ -166,8 +166,7 @@ class GradientMonitor:
         norms_fetched = values.pop("norms")
         values.update(grad_norm=norms_fetched[:count], weight_norm=norms_fetched[count:2 * count],
                       grad_norm_bias=norms_fetched[2 * count:])
-        output = next(iter(captured.values()))[1] if captured else None
-        rows = output.numel() // output.shape[-1] if output is not None else 0  # the batch's rows
+        rows = next((out.numel() // out.shape[-1] for _, out in captured.values()), 0)  # the batch's rows
         measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured), rows),
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):

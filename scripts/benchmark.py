@@ -17,8 +17,8 @@ round (each round starting one way later) so that a noisy machine slows every wa
                       add_scalar each) at mlpkit's default interval: what that interval costs by hand
   mlpkit              mlpkit's Trainer as a run uses it: TensorBoard logging and gradient diagnostics
                       at the default interval, validation every epoch, checkpoints at the default
-                      cadence (every epoch that improves, else at least 10 s apart, and the last),
-                      and the default optimizer.fused=auto (torch's fused Adam kernel on CPU and
+                      cadence (after the first and last epochs, others at least 10 s apart; an
+                      improving epoch's state is kept in memory for best.pt), and the default optimizer.fused=auto (torch's fused Adam kernel on CPU and
                       CUDA); it runs right before or after plain, each first in turn
   mlpkit_unfused      the same, with torch's default Adam kernel (compare it with plain_unfused)
   mlpkit_nodiag       mlpkit_unfused without the gradient monitor (loss and metrics only)
@@ -51,7 +51,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,6 +123,8 @@ def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool 
     log_every = log_interval(DEFAULT_LOG_EVERY, workload.epochs * -(-n // batch_size)) if logged else 0
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as log_dir:
+        if logged:
+            from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir) if logged else None
         synchronize(device)
         started, step = time.perf_counter(), 0
@@ -365,7 +366,6 @@ def startup_seconds(rounds: int) -> dict:
 PLAIN_SCRIPT = """\
 import sys
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
