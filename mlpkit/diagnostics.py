@@ -102,6 +102,8 @@ class GradientMonitor:
         self.names = list(self.layers)
         self.activations = model.activation_after()  # hidden Linear name -> its activation module
         self.has_bias = all(layer.bias is not None for layer in self.layers.values())
+        self.weights = [layer.weight for layer in self.layers.values()]  # the live parameters, read under no_grad
+        self.biases = [layer.bias for layer in self.layers.values()] if self.has_bias else []
         self.verdicts = Verdicts(thresholds, self.activation.name, self.activation.family)
         self.hooks: list[Any] = []
         self.captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -145,39 +147,37 @@ class GradientMonitor:
             hook.remove()
         self.hooks.clear()
 
+    @torch.no_grad()
     def measure(self, step: int, loss: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> Measurement:
         """After backward: measure on the device, fetch once (with the trainer's ``extra`` device values),
         judge. Keeps the weights for ``after_update``."""
         self.remove_hooks()
         captured, self.captured = self.captured, {}
-        weights = [layer.weight.detach() for layer in self.layers.values()]
-        grads = [_grad(layer.weight) for layer in self.layers.values()]
-        bias_grads = [_grad(layer.bias) for layer in self.layers.values()] if self.has_bias else []
-        norms = torch.stack(torch._foreach_norm(grads + weights + bias_grads))  # one call for all three
-        count = len(self.names)
+        grads = [_grad(weight) for weight in self.weights]
+        # the loss, then every gradient, weight and bias-gradient norm: one norm call, one stack
+        norms = torch._foreach_norm(grads + self.weights + [_grad(bias) for bias in self.biases])
         packed = Packed()
-        packed.add("loss", loss)
-        packed.add("norms", norms)
+        packed.add("figures", torch.stack([loss, *norms]))
         if captured:
             packed.add("activations", self.activation_stats(captured))
         for name, value in (extra or {}).items():
             packed.add(name, value)
         values = packed.fetch()
-        norms_fetched = values.pop("norms")
-        values.update(grad_norm=norms_fetched[:count], weight_norm=norms_fetched[count:2 * count],
-                      grad_norm_bias=norms_fetched[2 * count:])
+        figures, count = values.pop("figures"), len(self.names)
+        values.update(loss=figures[:1], grad_norm=figures[1:1 + count], weight_norm=figures[1 + count:1 + 2 * count],
+                      grad_norm_bias=figures[1 + 2 * count:])
         rows = next((out.numel() // out.shape[-1] for _, out in captured.values()), 0)  # the batch's rows
         measurement = Measurement(step, values["loss"][0], self.name_layers(values, list(captured), rows),
                                   extra={name: values[name] for name in extra or {}})
         if self.is_histogram_step(step):
-            measurement.histograms = self.histogram_values(weights, grads, captured)
+            measurement.histograms = self.histogram_values(self.weights, grads, captured)
         statistics = self.measures_statistics(step)
         if measurement.finite and statistics:
             # the weights before optimizer.step() updates them, copied (one fused kernel) into buffers
             # kept for the run: a fresh allocation of a large model's size costs more than the copy
             if self.snapshot is None:
-                self.snapshot = [torch.empty_like(weight) for weight in weights]
-            torch._foreach_copy_(self.snapshot, weights)
+                self.snapshot = [torch.empty_like(weight) for weight in self.weights]
+            torch._foreach_copy_(self.snapshot, self.weights)
             self.before_update = (step, values["weight_norm"])
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
         if statistics:
@@ -186,14 +186,14 @@ class GradientMonitor:
         self.last = measurement
         return measurement
 
+    @torch.no_grad()
     def after_update(self, step: int) -> dict[str, float]:
         """``update_ratio/<layer>``: ||dW||/||W|| of the update ``optimizer.step()`` just applied."""
         if self.before_update is None or self.before_update[0] != step:
             return {}
         _, weight_norms = self.before_update
         self.before_update = None
-        weights = [layer.weight.detach() for layer in self.layers.values()]
-        torch._foreach_sub_(self.snapshot, weights)  # in place: the buffers now hold the update
+        torch._foreach_sub_(self.snapshot, self.weights)  # in place: the buffers now hold the update
         norms = torch.stack(torch._foreach_norm(self.snapshot)).tolist()
         ratios = {name: norm / (weight or math.nan) for name, norm, weight in zip(self.names, norms, weight_norms)}
         if self.last is not None and self.last.step == step:
@@ -204,17 +204,17 @@ class GradientMonitor:
     # --- on the device ----------------------------------------------------------------------------
     def activation_stats(self, captured: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """(hidden layers, measures): each of ``activation_measures`` per layer, summed over the
-        batch's rows (``name_layers`` divides) except the dead share. Every hidden layer's output
+        batch's rows (``name_layers`` divides) except the share of recently active units. Every hidden layer's output
         goes side by side into one (rows, units) tensor, so a few column sums and one small matmul
         serve all layers: a reduction costs a kernel launch, and on small nets a few per layer were
-        most of a measured step. A unit is dead when it output exactly 0 for every sample of the
-        last ``patience`` measured batches (one batch alone leaves a healthy but selective unit at 0
-        too often)."""
+        most of a measured step. A unit is dead when it output 0 for every sample of the last
+        ``patience`` measured batches (``recently_active``; one batch alone leaves a healthy but
+        selective unit at 0 too often)."""
         outputs = [_rows(out) for _, out in captured.values()]
         units = torch.cat(outputs, 1)
         per_unit = [units.sum(0), (units * units).sum(0)]
         if self.activation.family == "relu":
-            per_unit.append(self.dead_units(units.abs().amax(0) > 0))  # active: some output not 0
+            per_unit.append(self.recently_active(per_unit[1]))
         if self.activation.saturates:
             share = torch.cat([_rows(self.activation.spec.derivative_share(self.activations[name], _rows(pre), out))
                                for (name, (pre, _)), out in zip(captured.items(), outputs)], 1)
@@ -225,22 +225,23 @@ class GradientMonitor:
         """What ``activation_stats`` gives each hidden layer, in order."""
         measures = ("act_mean", "act_mean_square")
         if self.activation.family == "relu":
-            measures += ("dead_frac",)
+            measures += ("active_frac",)  # name_layers reports 1 - it as dead_frac
         if self.activation.saturates:
             measures += ("saturation", "derivative")
         return measures
 
-    def dead_units(self, active: torch.Tensor) -> torch.Tensor:
-        """1.0 for each unit inactive on every one of the last ``patience`` measured batches, else 0.0."""
+    def recently_active(self, square_sums: torch.Tensor) -> torch.Tensor:
+        """1.0 for each unit active on any of the last ``patience`` measured batches, else 0.0 (dead).
+        A unit is active on a batch when the sum of its squared outputs is above 0: some output is
+        not 0 (or smaller than 1e-22 in magnitude, whose square float32 rounds to 0)."""
         patience = self.verdicts.thresholds.patience
-        if self.active_window is None or self.active_window.shape[1] != active.numel():
-            # float 0/1: the batch's booleans are converted as they are written in
-            self.active_window = torch.zeros((patience, active.numel()), device=active.device)
+        if self.active_window is None or self.active_window.shape[1] != square_sums.numel():
+            self.active_window = torch.zeros((patience, square_sums.numel()), device=square_sums.device)
             self.window_batches = 0
-        self.active_window[self.window_batches % patience] = active
+        torch.gt(square_sums, 0, out=self.active_window[self.window_batches % patience])  # written as 0.0/1.0
         self.window_batches += 1
         window = self.active_window if self.window_batches >= patience else self.active_window[:self.window_batches]
-        return 1.0 - window.amax(0)
+        return window.amax(0)
 
     def layer_means(self, widths: list[int], like: torch.Tensor) -> torch.Tensor:
         """(layers, units): row j averages layer j's units (built once for the run)."""
@@ -261,10 +262,13 @@ class GradientMonitor:
                 layers[name]["grad_norm_bias"] = values["grad_norm_bias"][index]
         stats, measures = values.get("activations", []), self.activation_measures()
         for index, name in enumerate(hidden):
-            found = {measure: value if measure == "dead_frac" else value / rows  # the rest are sums over rows
+            found = {measure: value if measure == "active_frac" else value / rows  # the rest are sums over rows
                      for measure, value in zip(measures, stats[len(measures) * index:len(measures) * (index + 1)])}
             mean, mean_square = found.pop("act_mean"), found.pop("act_mean_square")
-            layers[name].update(act_mean=mean, act_std=math.sqrt(max(mean_square - mean * mean, 0.0)), **found)
+            layers[name].update(act_mean=mean, act_std=math.sqrt(max(mean_square - mean * mean, 0.0)))
+            if "active_frac" in found:
+                layers[name]["dead_frac"] = 1.0 - found.pop("active_frac")
+            layers[name].update(found)
         return layers
 
     def histogram_values(self, weights: list[torch.Tensor], grads: list[torch.Tensor],

@@ -163,7 +163,8 @@ class Trainer:
         return self.step % self.log_every_n_steps == 0
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        measuring = self.monitor is not None and (self.is_log_step() or self.monitor.is_histogram_step(self.step))
+        log_step = self.is_log_step()
+        measuring = self.monitor is not None and (log_step or self.monitor.is_histogram_step(self.step))
         if measuring:
             self.monitor.watch(self.step)  # activation hooks, on measured steps only
             loss = self.forward_loss(x, y)
@@ -185,7 +186,7 @@ class Trainer:
                 if self.on_nonfinite == "skip":
                     return self.skip_step(loss)
                 self.stop_on_nonfinite(measurement.layers)
-        elif self.logger is not None and self.is_log_step():
+        elif self.logger is not None and log_step:
             self.log_loss(loss)
         if self.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.skip_step(loss)

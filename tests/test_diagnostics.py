@@ -202,6 +202,27 @@ def test_activation_statistics_are_those_of_the_batch(digits, activation, precis
         assert 0 < layers["linear1"]["saturation"] < 1  # some inputs inside [-1, 1], some outside
 
 
+def test_a_unit_is_dead_after_patience_batches_of_zeros_and_a_tiny_output_keeps_it_alive(digits):
+    """dead_frac counts the units that output 0 for every sample of the last ``patience`` measured
+    batches: a unit that output 1e-10 is alive, and one that output something on one batch of the
+    window stays alive until that batch leaves it."""
+    data, objective = digits
+    model = build_model(data.in_features, objective.out_features, [4], "relu", {}, objective.head)
+    monitor = GradientMonitor(model, thresholds=Thresholds(patience=3))
+    with torch.no_grad():
+        model.linear1.weight.zero_()  # each unit outputs relu(its bias) for every row
+    dead = []
+    for step, second_bias in enumerate([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]):
+        with torch.no_grad():
+            model.linear1.bias.copy_(torch.tensor([1e-10, second_bias, 1.0, -1.0]))
+        monitor.watch(step)
+        loss = objective.loss(model.logits(data.train.x[:32]), data.train.y[:32])
+        loss.backward()
+        dead.append(monitor.measure(step, loss).layers["linear1"]["dead_frac"])
+    # units 2 and 4 (bias 0 and -1) are dead, but unit 2 output 1 on the third batch
+    assert dead == [0.5, 0.5, 0.25, 0.25, 0.25, 0.5]
+
+
 @pytest.mark.slow
 def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
