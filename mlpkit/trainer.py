@@ -289,7 +289,8 @@ class Trainer:
 
     def train_epoch(self) -> float:
         split = self.data.train
-        self.model.train()
+        if not self.model.training:  # evaluate() hands the model back as it found it
+            self.model.train()
         if self.epoch_order is None:  # a fresh epoch; a resumed one keeps its saved order
             self.epoch_order = self.new_epoch_order(split)
             self.next_batch = 0
@@ -305,11 +306,11 @@ class Trainer:
                 self.save()
                 raise TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
                                                 f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal)
-        # the mean over the epoch's rows: a last, smaller batch weighs less
+        # the mean over the epoch's rows: a last, smaller batch weighs less (summed on the host: one transfer)
         rows_seen = self.rows_per_epoch()
         last_batch = rows_seen - size * (n_batches - 1)
-        batch_losses = self.losses_so_far()
-        epoch_loss = (batch_losses[:-1].sum() * size + batch_losses[-1] * last_batch).item() / rows_seen
+        *batch_losses, last_loss = self.losses_so_far().tolist()
+        epoch_loss = (math.fsum(batch_losses) * size + last_loss * last_batch) / rows_seen
         if not math.isfinite(epoch_loss):
             self.stop_on_nonfinite()
         self.epoch_order = None
