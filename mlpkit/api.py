@@ -100,13 +100,13 @@ def sweep(grid_or_overrides: Mapping[str, Sequence[Any]] | Sequence[Sequence[str
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
 
-    from mlpkit.rundir import unique_dir
     from mlpkit.sweeps import SweepCallback, write_report
 
     jobs = _grid_jobs(grid_or_overrides)
     configs = [compose([*_override_list(overrides), *job]) for job in jobs]
     if sweep_dir is None:
-        sweep_dir = unique_dir(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
+        # as on the command line: the default's resolver (mlpkit_sweep_dir) makes a new one
+        sweep_dir = str(OmegaConf.select(configs[0], "hydra.sweep.dir"))
     sweep_dir = Path(sweep_dir).expanduser().resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     runs, failed, callback = [], {}, SweepCallback()

@@ -7,7 +7,7 @@ verdicts are the run's own, from metrics.json.
 from __future__ import annotations
 
 import html
-import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from mlpkit.runs import (
     find_checkpoint,
     load_trained,
     logits_of,
+    read_json,
     read_preprocessing,
     run_config,
 )
 
 SPLITS = ("train", "val", "test")
+INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # as the data sources write a whole-number label: no "007", "+1"
 
 
 def require_pandas(what: str) -> Any:
@@ -59,7 +61,7 @@ class Run:
         if not path.is_file():
             raise ConfigError("run", self.dir, "a finished run directory (it holds metrics.json)",
                               f"{path} does not exist")
-        return json.loads(path.read_text())
+        return read_json(path, self.dir)
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -103,19 +105,27 @@ class Run:
         trained = self._trained()
         return trained, logits_of(trained.model, torch.as_tensor(features(x, self.preprocessing)))
 
+    @property
+    def classes(self) -> np.ndarray:
+        """A classifier's labels in the order of predict_proba's columns, in the type the training
+        targets had (digits: the integers 0..9; a CSV column of 0.5, 1.5: floats; text: str)."""
+        return label_array(self.preprocessing.get("class_names") or [])
+
     def predict(self, x: Any) -> np.ndarray:
-        """Class labels (the class names) for a classifier, values in the target's units for a
-        regression. ``x``: raw rows as a numpy array or torch tensor (n, features), or a pandas
-        DataFrame holding the feature columns by name; the run's preprocessing.json standardises them."""
+        """Class labels (``classes``: integers for whole-number targets, as scikit-learn gives them)
+        for a classifier, values in the target's units for a regression. ``x``: raw rows as a numpy
+        array, a torch tensor or a scipy sparse matrix (n, features), or a pandas DataFrame holding
+        the feature columns by name; the run's preprocessing.json standardises them. Input that
+        cannot work is one DataError (a ValueError) naming ``x``, what was given and what is expected."""
         trained, logits = self._logits(x)
         objective = trained.objective
         if objective.is_classification:
-            return np.asarray(self.preprocessing["class_names"])[objective.predict_class(logits).numpy()]
+            return self.classes[objective.predict_class(logits).numpy()]
         values = objective.predict(logits).numpy()
         return values[:, 0] if values.shape[1] == 1 else values
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """A classifier's probability of each class (columns in the order of the class names)."""
+        """A classifier's probability of each class (columns in the order of ``classes``)."""
         trained, logits = self._logits(x)
         objective = trained.objective
         if not objective.is_classification:
@@ -178,37 +188,132 @@ class Run:
         return f"<table>{cells}</table>"
 
 
+def label_array(class_names: list[str]) -> np.ndarray:
+    """Class names (labels.json and preprocessing.json hold them as JSON strings) as the labels the
+    targets were: all whole numbers -> int64, all numbers -> float64, else the text. Only the forms
+    the data sources write count as numbers ("3", "-1", "0.5"; not "007", "nan", " 1")."""
+    def is_float(name: str) -> bool:
+        try:
+            return np.isfinite(float(name)) and repr(float(name)) == name
+        except ValueError:
+            return False
+
+    names = [str(name) for name in class_names]
+    if names and all(INTEGER.fullmatch(name) for name in names) and \
+            all(-2**63 <= int(name) < 2**63 for name in names):
+        return np.asarray([int(name) for name in names], dtype=np.int64)
+    if names and all(INTEGER.fullmatch(name) or is_float(name) for name in names):
+        return np.asarray([float(name) for name in names], dtype=np.float64)
+    return np.asarray(names, dtype=str)
+
+
 def features(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     """Raw rows as the model's inputs: the feature columns (by name for a DataFrame), standardised."""
     names = list(preprocessing["feature_names"])
-    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # a pandas DataFrame: its columns by name
-        columns = list(preprocessing.get("input_columns") or names)  # before one-hot encoding
-        missing = [name for name in columns if name not in x.columns]
-        if missing:
-            raise DataError("x", "a DataFrame", f"no column {', '.join(map(str, missing[:5]))}"
-                            f"{' and more' if len(missing) > 5 else ''}; the run was trained on {len(columns)} "
-                            f"feature columns: {', '.join(map(str, columns[:6]))}{', ...' if len(columns) > 6 else ''}")
-        values = x[names].to_numpy(dtype=np.float32) if not preprocessing.get("categories") else \
-            one_hot_frame(x, preprocessing)
+        given, values = f"a DataFrame of shape {x.shape}", frame_values(x, preprocessing)
     else:
-        if hasattr(x, "detach"):  # a torch tensor, wherever it lives
-            x = x.detach().cpu().numpy()
-        values = np.asarray(x, dtype=np.float32)
-        if values.ndim == 1:
-            values = values[None]
-        if values.ndim != 2 or values.shape[1] != len(names):
-            raise DataError("x", f"an array of shape {np.shape(x)}", f"expected rows of the run's {len(names)} "
-                            f"features, shape (n, {len(names)}), or a DataFrame with the columns {shown}")
+        given, values = array_values(x, names)
     if not np.isfinite(values).all():
         row, column = np.argwhere(~np.isfinite(values))[0]
-        raise DataError("x", "rows", f"row {row}, feature '{names[column]}' is {values[row, column]}, not a finite number")
-    mean = np.asarray(preprocessing["feature_mean"], dtype=np.float32)
-    std = np.asarray(preprocessing["feature_std"], dtype=np.float32)
-    return (values - mean) / std
+        raise DataError("x", given, f"row {row}, feature '{names[column]}' is {values[row, column]}; expected "
+                        "finite numbers (fill in or drop the missing values)")
+    return standardized(values, preprocessing, given, names)
 
 
-def one_hot_frame(frame: Any, preprocessing: dict[str, Any]) -> np.ndarray:
+def standardized(values: np.ndarray, preprocessing: dict[str, Any], given: str, names: list[str]) -> np.ndarray:
+    """float64 rows standardised as training did, in float64, then cast to the model's float32: float32
+    holds 1e8 in steps of 8, so ``1e8 + noise`` cast first would lose its noise."""
+    from mlpkit.data.precision import FLOAT32_MAX  # mlpkit.data imports torch: only a prediction needs it
+
+    mean = np.asarray(preprocessing["feature_mean"], dtype=np.float64)
+    std = np.asarray(preprocessing["feature_std"], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = (values - mean) / std
+    beyond = ~(np.abs(result) <= FLOAT32_MAX)
+    if beyond.any():
+        row, column = np.argwhere(beyond)[0]
+        raise DataError("x", given, f"row {row}, feature '{names[column]}' is {values[row, column]:.6g}, which "
+                        f"standardised with the run's mean {mean[column]:.6g} and std {std[column]:.6g} is beyond "
+                        "float32's range; expected values of the scale the run trained on")
+    return result.astype(np.float32)
+
+
+def expected_rows(names: list[str]) -> str:
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return (f"expected rows of the run's {len(names)} features, shape (n, {len(names)}), or a DataFrame with "
+            f"the columns {shown}")
+
+
+def array_values(x: Any, names: list[str]) -> tuple[str, np.ndarray]:
+    """An array-like's rows as float64 (n, features), and how to name it in a message."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise DataError("x", repr(x)[:60], expected_rows(names))
+    if hasattr(x, "detach"):  # a torch tensor, wherever it lives; numpy has no bfloat16
+        x = x.detach().cpu()
+        x = (x.double() if x.is_floating_point() else x).numpy()
+    if hasattr(x, "toarray") and hasattr(x, "nnz"):  # a scipy sparse matrix
+        x = x.toarray()
+    try:
+        array = np.asarray(x)
+    except ValueError:  # numpy's message for rows of different lengths
+        raise DataError("x", "rows of different lengths", expected_rows(names)) from None
+    given = f"an array of shape {array.shape}"
+    rows = array[None] if array.ndim == 1 else array  # one row
+    if rows.ndim != 2 or rows.shape[1] != len(names):
+        raise DataError("x", given, expected_rows(names))
+    if rows.dtype.kind in "biuf":
+        return given, rows.astype(np.float64)
+    given += f" and dtype {array.dtype}"
+    if rows.dtype.kind != "O":  # text, complex, dates: nothing the run can read as a feature
+        raise DataError("x", given, f"expected numbers (bool, int or float), shape (n, {len(names)})")
+    return given, numbers(rows, lambda row, column: f"row {row}, feature '{names[column]}'", given)
+
+
+def numbers(cells: np.ndarray, where: Any, given: str) -> np.ndarray:
+    """Object cells (n, columns) as float64; the first that is not a number is one DataError."""
+    try:
+        return cells.astype(np.float64)
+    except (ValueError, TypeError):
+        for (row, column), cell in np.ndenumerate(cells):
+            try:
+                float(cell)
+            except (ValueError, TypeError):
+                raise DataError("x", given, f"{where(row, column)} holds {cell!r}, not a number") from None
+        raise
+
+
+def frame_values(frame: Any, preprocessing: dict[str, Any]) -> np.ndarray:
+    """A DataFrame's feature columns, by name, as float64 (n, features)."""
+    names = list(preprocessing["feature_names"])
+    columns = list(preprocessing.get("input_columns") or names)  # before one-hot encoding
+    given = f"a DataFrame of shape {frame.shape}"
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise DataError("x", given, f"no column {', '.join(map(str, missing[:5]))}"
+                        f"{' and more' if len(missing) > 5 else ''}; the run was trained on {len(columns)} "
+                        f"feature columns: {', '.join(map(str, columns[:6]))}{', ...' if len(columns) > 6 else ''}")
+    counts = {name: list(frame.columns).count(name) for name in columns}
+    twice = next((name for name, count in counts.items() if count > 1), None)
+    if twice is not None:
+        raise DataError("x", given, f"column '{twice}' appears {counts[twice]} times; expected each feature "
+                        "column once")
+    if preprocessing.get("categories"):
+        return one_hot_frame(frame, preprocessing, given)
+    return np.stack([frame_column(frame, name, given) for name in names], axis=1)
+
+
+def frame_column(frame: Any, name: str, given: str) -> np.ndarray:
+    """One numeric column of a DataFrame as float64 (n,)."""
+    cells = frame[name].to_numpy()
+    if cells.dtype.kind in "biuf":
+        return cells.astype(np.float64)
+    if cells.dtype.kind != "O":
+        raise DataError("x", given, f"column '{name}' has dtype {cells.dtype}; expected numbers (bool, int or float)")
+    return numbers(cells[:, None], lambda row, _column: f"row {row}, column '{name}'", given)[:, 0]
+
+
+def one_hot_frame(frame: Any, preprocessing: dict[str, Any], given: str) -> np.ndarray:
     """A DataFrame's input columns as the run's features: its categorical columns one-hot encoded
     with the training file's categories (preprocessing.json), in the training order."""
     categories = preprocessing["categories"]
@@ -216,13 +321,13 @@ def one_hot_frame(frame: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     for name in preprocessing["input_columns"]:
         column = frame[name]
         if name not in categories:
-            parts.append(column.to_numpy(dtype=np.float32)[:, None])
+            parts.append(frame_column(frame, name, given)[:, None])
             continue
         cells = column.astype(str).to_numpy()
         unknown = ~np.isin(cells, categories[name])
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
-            raise DataError("x", "a DataFrame", f"row {row}, column '{name}': category {cells[row]!r} was not in "
+            raise DataError("x", given, f"row {row}, column '{name}': category {cells[row]!r} was not in "
                             f"the training file (known: {', '.join(categories[name][:10])})")
-        parts.append((cells[:, None] == np.asarray(categories[name])[None, :]).astype(np.float32))
+        parts.append((cells[:, None] == np.asarray(categories[name])[None, :]).astype(np.float64))
     return np.concatenate(parts, axis=1)

@@ -137,7 +137,12 @@ def _write_replacing(state: Mapping[str, Any], path: Path) -> None:
         # Not tempfile.mkstemp: its files are private (0600); this one gets the umask like any other.
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as file:
-            torch.save(dict(state), file)
+            try:
+                torch.save(dict(state), file)
+            except RuntimeError as error:  # torch's zip writer hides a full disk's OSError behind its own
+                if isinstance(error.__context__, OSError):
+                    raise error.__context__ from None
+                raise
             file.flush()
             os.fsync(file.fileno())
 

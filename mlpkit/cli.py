@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped
-from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, resumed_config, write_json
+from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, write_json
 
 log = logging.getLogger("mlpkit")
 
@@ -39,7 +39,9 @@ def train(cfg: DictConfig) -> float:
     """Train one run; return the validation objective so sweepers can minimise or maximise it."""
     hydra_cfg = HydraConfig.get()
     try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        # the overrides as typed: resolving them (data.path='${nope}') would fail before the config is checked
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+        return run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except (ConfigError, TrainingStopped) as error:
         exit_code = error.exit_code
         if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (EXIT_CONFIG, EXIT_NONFINITE):
@@ -71,9 +73,40 @@ def stop_on_signals(trainer):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if trainer.stop_signal is not None:
-        # It came after the last step (the run's checkpoints are written): pass it on, so that a
-        # Ctrl-C during the final evaluation still stops the process, or a sweep of many runs.
-        signal.raise_signal(trainer.stop_signal)
+        # It came after the last step (the run's checkpoints and metrics.json are written): pass it
+        # on as the exit code, so that a Ctrl-C during the final evaluation still stops the process,
+        # or a sweep of many runs.
+        stop = TrainingStopped.by_signal(f"stopped by signal {trainer.stop_signal} after the last step; the run "
+                                         "is complete", trainer.stop_signal)
+        stop.completed = True
+        raise stop
+
+
+@contextmanager
+def held_run_log(run_dir: Path, holding: bool):
+    """While ``holding`` (a resume not yet accepted), lines for the run's train.log are held back: a
+    refused resume leaves the run's log as it was (the console still shows them), an accepted one
+    writes them."""
+    if not holding:
+        yield
+        return
+    run_dir = Path(run_dir).resolve()
+    files = [handler for logger in (logging.getLogger(), log) for handler in logger.handlers
+             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir]
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    for handler in files:
+        handler.addFilter(hold)
+    yield  # refused: the handlers keep dropping the run's lines, its error line too, until the run ends
+    for handler in files:
+        handler.removeFilter(hold)
+    for record in held:  # accepted: the lines reach train.log after all
+        for handler in files:
+            handler.handle(record)
 
 
 def limit_threads(setting: int | str) -> None:
@@ -120,7 +153,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
         raise
     except TrainingStopped as stop:
         log.error("%s", stop)
-        if not stop.nonfinite:
+        if not stop.nonfinite and not stop.completed:
             log.error("resume with: python train.py resume=%s", run_dir)
         raise
 
@@ -128,7 +161,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
 def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
     from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
     from mlpkit.acceleration import check_settings, resolve_device, resolve_fused, set_matmul_precision
-    from mlpkit.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_resume_path
+    from mlpkit.checkpoint import CHECKPOINT_DIR
     from mlpkit.data import build_data, save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import GradientMonitor, layout
     from mlpkit.model import (
@@ -140,32 +173,33 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         model_summary,
     )
     from mlpkit.objective import build_objective
+    from mlpkit.optimizers import build_optimizer
+    from mlpkit.resume import accept_resume, start_continued_dir, wall_seconds_before, write_continued_config
+    from mlpkit.resume import describe as describe_resume
     from mlpkit.runs import check_same_data
-    from mlpkit.tensorboard import TensorBoardLogger, final_metrics, run_hparams
+    from mlpkit.tensorboard import TensorBoardLogger
     from mlpkit.trainer import CHECKPOINT_MIN_SECONDS, Trainer
     from mlpkit.verdicts import Thresholds
 
     started = time.perf_counter()
-    resume_path, resumed, changes = None, None, {}
-    if cfg.get("resume"):  # the run goes on with its saved config: nothing is written before it is accepted
-        resume_path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
-        resumed = load_checkpoint(resume_path)
-        if not isinstance(resumed.get("config"), dict):
-            raise ConfigError("resume", cfg.resume, "a checkpoint written by python train.py (it holds the run's "
-                              "config)", f"{resume_path} holds no config")
-        cfg, changes = resumed_config(resumed["config"], cfg, overrides, str(cfg.resume))
-    else:
-        check_new_run_dir(run_dir)
-    validate(cfg)  # before anything is loaded
+    resume = None
+    with held_run_log(run_dir, holding=bool(cfg.get("resume"))):
+        if cfg.get("resume"):  # the run goes on with its saved config: nothing is written before it is accepted
+            cfg, resume = accept_resume(cfg, run_dir, list(overrides))
+        else:
+            check_new_run_dir(run_dir)
+        validate(cfg)  # before anything is loaded
+        device = resolve_device(str(cfg.trainer.device))
+        check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
+        set_matmul_precision(device, cfg.trainer.tf32)
+        limit_threads(cfg.trainer.num_threads)
+        data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
+        log.info(data.describe())
+        if resume is not None and resume.source_dir is not None:
+            check_same_data(resume.source_dir, data.fingerprint(), "resume", cfg.resume,
+                            "a run whose data is unchanged")
+    fresh = resume is None or not resume.here  # a new directory: the run's own files are written there
     thresholds = Thresholds.from_mapping(cfg.diagnostics)
-    device = resolve_device(str(cfg.trainer.device))
-    check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
-    set_matmul_precision(device, cfg.trainer.tf32)
-    limit_threads(cfg.trainer.num_threads)
-    data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
-    log.info(data.describe())
-    if resumed is not None:
-        check_same_data(run_dir, data.fingerprint(), "resume", cfg.resume, "a run whose data is unchanged")
     objective = build_objective(
         cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
         label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
@@ -181,19 +215,22 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
 
     check_fits_memory(data.in_features, objective.out_features, list(cfg.model.hidden_sizes), device)
     check_batch_norm_batches(cfg.model.get("norm", "none"), len(data.train), cfg.trainer.batch_size,
-                             drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs)
+                             drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs,
+                             limit_batches=1 if cfg.trainer.get("fast_dev_run") else cfg.trainer.get("overfit_batches"))
     seed_everything(cfg.trainer.seed)
     model = model_from_config(cfg, data.in_features, objective.out_features, objective.head).to(device)
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))
     fused = resolve_fused(cfg.optimizer.get("fused"), device)
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters(), _convert_="all",
-                                        **({"fused": fused} if "fused" in cfg.optimizer else {}))
+    optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), model.parameters(),
+                                **({"fused": fused} if "fused" in cfg.optimizer else {}))
 
-    if resumed is None:
+    if fresh:
         save_label_mapping(data, run_dir)
         save_preprocessing(data, run_dir)
-    logger = TensorBoardLogger(run_dir, purge_step=purge_step(resumed))
+    if resume is not None and not resume.here:
+        write_continued_config(run_dir, cfg)
+    logger = TensorBoardLogger(run_dir, purge_step=purge_step(resume.state) if resume and resume.here else None)
     monitor = GradientMonitor(model, histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
                               figure_every_n_steps=cfg.diagnostics.figure_every_n_steps,
                               statistics_every=cfg.diagnostics.get("statistics_every", "auto"), thresholds=thresholds)
@@ -209,52 +246,86 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,
         **remedy_settings(cfg),
     )
+    trainer.session_started = started  # the wall clock a checkpoint keeps counts from the command's start
     if trainer.fast_dev_run:
         log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
-    if resumed is not None:
-        trainer.resume_from(resumed)
-        resumes = record_resume(run_dir, resume_path, resumed, changes)
-        log.info("resumed from %s: %d epochs done, step %d%s", resume_path, resumed["epoch"], resumed["step"],
-                 f"; changed {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else "")
+    if resume is not None:
+        trainer.resume_from(resume.state)
+        trainer.wall_seconds_before = wall_seconds_before(resume)
+        if not resume.here:
+            start_continued_dir(resume, trainer, run_dir / CHECKPOINT_DIR)
+        resumes = record_resume(run_dir, resume.path, resume.state, resume.changes)
+        log.info(describe_resume(resume, run_dir))
         warn_if_schedule_ended(trainer)
-    logger.log_layout(layout())
-    logger.log_text("model", f"{model}\n\n{model_summary(model)}")
-    logger.log_text("config", OmegaConf.to_yaml(cfg))
-    if resumed is None:  # once per run; a resumed run logged them already
+    if resume is not None and resume.here and resume.changes:  # the config it goes on with, at its step
+        logger.log_text("config", OmegaConf.to_yaml(cfg), trainer.step)
+    if fresh:  # once per run directory; a run resumed in its own logged them already
+        logger.log_layout(layout())
+        logger.log_text("model", f"{model}\n\n{model_summary(model)}")
+        logger.log_text("config", OmegaConf.to_yaml(cfg))
         logger.log_graph(model, data.train.x[:2])
         logger.log_image(f"activation/{cfg.activation.name}",
                          figures.activation_image(cfg.activation.name, activation_params(cfg.activation)), step=0)
+    with stop_on_signals(trainer):  # over the end of the run too: a Ctrl-C there still gets metrics.json
+        result = fit_and_log(trainer, logger, run_dir, cfg, resume)
+        if resume is not None:
+            result["resumes"] = resumes
+        result = {
+            "status": "completed", "dataset": data.name, "task": data.task, "head": objective.head,
+            "loss": objective.loss_name, "activation": cfg.activation.name,
+            "hidden_sizes": list(cfg.model.hidden_sizes), "parameters": count_parameters(model),
+            "device": str(device), **result, "wall_seconds": trainer.wall_seconds(),  # over every session
+        }
+        write_metrics(run_dir, result)
+        report(result, run_dir)
+    return result["val"][cfg.objective.metric]
+
+
+def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, resume) -> dict:
+    """Train; log the end of the run (or, when it stops, its verdicts and metrics.json)."""
+    from mlpkit import figures
+
     try:
-        with stop_on_signals(trainer):
-            result = trainer.fit()
+        result = trainer.fit()
     except TrainingStopped as stop:
         health = trainer.gradient_health()
-        figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
+        figures.log_gradient_flow(logger, run_dir, trainer.monitor, cfg.activation.name)
         write_metrics(run_dir, {"status": "stopped" if stop.exit_code > EXIT_SIGNAL else "failed",
                                 "error": str(stop), "steps": trainer.step, "history": trainer.history,
                                 "gradient_health": health})
         raise
     else:
-        figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
-        prediction = figures.prediction_figure(model, objective, data)  # 2-D classifier or 1-D regression
-        if prediction is not None:
-            tag = "decision_boundary/train" if objective.is_classification else "regression_fit/train"
-            logger.log_image(tag, figures.figure_to_rgb(prediction), step=trainer.step)
-        logger.log_hparams(run_hparams(cfg), final_metrics(result), step=trainer.step)
+        # a signal after the last step skips the figures: metrics.json is written, then the run stops
+        if trainer.stop_signal is None and not reported_already(resume, trainer.step, run_dir):
+            log_end_of_run(logger, run_dir, cfg, trainer.monitor, trainer, result)
     finally:
         logger.close()
+    return result
 
-    if resumed is not None:
-        result["resumes"] = resumes
-    result = {
-        "status": "completed", "dataset": data.name, "task": data.task, "head": objective.head, "loss": objective.loss_name,
-        "activation": cfg.activation.name, "hidden_sizes": list(cfg.model.hidden_sizes),
-        "parameters": count_parameters(model), "device": str(device), **result,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    write_metrics(run_dir, result)
-    report(result, run_dir)
-    return result["val"][cfg.objective.metric]
+
+def reported_already(resume, step: int, run_dir: Path) -> bool:
+    """A resume of a completed run that trains no further step: its end was logged to TensorBoard."""
+    import json
+
+    if resume is None or not resume.here or step != resume.state["step"]:
+        return False
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def log_end_of_run(logger, run_dir: Path, cfg: DictConfig, monitor, trainer, result: dict) -> None:
+    """The end-of-run figures and the HParams entry with the final metrics."""
+    from mlpkit import figures
+    from mlpkit.tensorboard import final_metrics, run_hparams
+
+    figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
+    prediction = figures.prediction_figure(trainer.model, trainer.objective, trainer.data)  # 2-D or 1-D sets
+    if prediction is not None:
+        tag = "decision_boundary/train" if trainer.objective.is_classification else "regression_fit/train"
+        logger.log_image(tag, figures.figure_to_rgb(prediction), step=trainer.step)
+    logger.log_hparams(run_hparams(cfg), final_metrics(result), step=trainer.step)
 
 
 def warn_if_schedule_ended(trainer) -> None:

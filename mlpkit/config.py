@@ -1,6 +1,7 @@
 """The config schema's checks (run once, before any data is loaded) and the Hydra error reporter."""
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -12,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from mlpkit.config_keys import check_known_keys
 from mlpkit.errors import (
     EXIT_ENVIRONMENT,
     ConfigError,
@@ -21,6 +23,7 @@ from mlpkit.errors import (
     is_number,
     require,
 )
+from mlpkit.optimizers import check_optimizer_keys
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -88,6 +91,7 @@ def is_seed(value: Any) -> bool:
 def validate(cfg: DictConfig) -> None:
     """Check the values a run needs; raise ConfigError on the first one that cannot work."""
     check_resolves(cfg)
+    check_known_keys(OmegaConf.to_container(cfg, resolve=False))
     validate_model(cfg)
     validate_activation(cfg)
     check(cfg, "head.name", lambda name: name in HEADS, f"one of {', '.join(HEADS)}")
@@ -167,6 +171,8 @@ def validate_loss(cfg: DictConfig) -> None:
 
 def validate_optimizer(cfg: DictConfig) -> None:
     """The keys torch.optim checks when the optimizer is built, checked before any data loads."""
+    check_optimizer_keys(OmegaConf.to_container(read(cfg, "optimizer", "an optimizer group, e.g. optimizer=adam"),
+                                                resolve=True))
     check(cfg, "optimizer.lr", lambda lr: is_finite(lr) and lr > 0, "a finite positive number, e.g. 0.001")
     check_optional(cfg, "optimizer.weight_decay", at_least(0), "a number >= 0")
     check_optional(cfg, "optimizer.eps", at_least(0), "a number >= 0")
@@ -272,7 +278,7 @@ def validate_data(cfg: DictConfig) -> None:
                        "a table file (.csv, .tsv, .parquet, .feather), or null to carve the split from data.path")
 
 
-def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: bool = True) -> None:
+def report_config_errors(app: Callable[[], Any], config_name: str) -> None:
     """Run a Hydra app; a mistake in the overrides (unknown choice or key, bad syntax) is one line on
     stderr and exit code 2. ``HYDRA_FULL_ERROR=1`` keeps Hydra's traceback instead."""
     show_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
@@ -290,12 +296,13 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
         # exit code stays 1, Hydra's for a sweep with a failed job (whatever the job's own code).
         sys.exit(SWEEP_FAILED)
     except Exception as error:
-        message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name, new_keys)
+        message = None if show_traceback else describe_hydra_error(error, sys.argv[1:], config_name)
         if message is not None:
             print(f"Config error: {message}", file=sys.stderr)
             sys.exit(2)
-        if isinstance(error, OSError) and not show_traceback:  # Hydra could not make or write the run directory
-            print(f"Error: {environment_fault(error, 'write the run directory')}", file=sys.stderr)
+        refused = os_error_behind(error)
+        if refused is not None and not show_traceback:  # Hydra could not make or write the run directory
+            print(f"Error: {environment_fault(refused, 'write the run directory')}", file=sys.stderr)
             sys.exit(EXIT_ENVIRONMENT)
         raise
     finally:
@@ -303,6 +310,16 @@ def report_config_errors(app: Callable[[], Any], config_name: str, new_keys: boo
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def os_error_behind(error: BaseException | None) -> OSError | None:
+    """The OSError an error was raised from, if any (logging's "Unable to configure handler 'file'"
+    hides a read-only train.log behind a ValueError)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def exit_on_config_error(command: Callable[..., Any], *args: Any) -> None:
@@ -319,12 +336,10 @@ def given(cfg: DictConfig, key: str) -> Any:
     return "???" if OmegaConf.is_missing(cfg, key) else cfg[key]
 
 
-def describe_hydra_error(error: Exception, overrides: list[str], config_name: str = "train",
-                         new_keys: bool = True) -> str | None:
+def describe_hydra_error(error: Exception, overrides: list[str], config_name: str = "train") -> str | None:
     """One line for a Hydra composition error (unknown choice, misspelled key, bad override syntax).
 
     Returns None for errors that are not about the config, which then keep their traceback.
-    ``new_keys``: whether the app takes new keys with a ``+`` prefix (worth saying in the message).
     """
     from hydra.errors import (
         ConfigCompositionException,
@@ -346,9 +361,11 @@ def describe_hydra_error(error: Exception, overrides: list[str], config_name: st
         value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == full_key), "")
         parent, _, key = full_key.rpartition(".")
         others = [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key]
-        known = ", ".join(_keys_of(parent, others, config_name))
+        names = _keys_of(parent, others, config_name)
+        known = ", ".join(names)
         allowed = (f"a key of {parent}: {known}" if parent else f"one of {known}") if known else "an existing key"
-        hint = " (prefix with + to add a new key)" if new_keys else ""
+        nearest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f" (did you mean {parent + '.' if parent else ''}{nearest[0]}?)" if nearest else ""
         return f"{full_key}={value} is not valid: {key!r} is not a config key; expected {allowed}{hint}"
     return None
 

@@ -88,7 +88,7 @@ class GradientMonitor:
 
     ``watch(step)`` before the forward pass, ``measure(step, loss)`` after backward (a non-finite
     loss or gradient is then caught before ``optimizer.step()``), ``after_update(step)`` after it;
-    ``finish()`` at the end (also after a stop).
+    ``finish()`` at the end (also after a stop); ``state()``/``load()`` for checkpoints.
     """
 
     def __init__(self, model: MLP, *, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
@@ -128,6 +128,25 @@ class GradientMonitor:
 
     def is_histogram_step(self, step: int) -> bool:
         return self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to measure and judge as an uninterrupted one would: the verdicts'
+        streaks and the dead-unit window (its measured batches so far), as plain values and a host
+        tensor (checkpoints load with weights_only=True). Called at checkpoint time only: the copy
+        to the host is the one synchronisation, never one per step."""
+        window = self.active_window.to("cpu", copy=True) if self.active_window is not None else None
+        return {"verdicts": self.verdicts.state(),
+                "monitor": {"active_window": window, "window_batches": self.window_batches}}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """The ``state`` keys of a checkpoint's extra; one from before a key existed starts it afresh."""
+        if state.get("verdicts") is not None:
+            self.verdicts.load(state["verdicts"])
+        saved = state.get("monitor") or {}
+        if saved.get("active_window") is not None:
+            self.active_window = saved["active_window"].to(self.weights[0].device)
+            self.window_batches = saved["window_batches"]
 
     # --- around one step --------------------------------------------------------------------------
     def watch(self, step: int) -> None:
@@ -235,7 +254,7 @@ class GradientMonitor:
         A unit is active on a batch when the sum of its squared outputs is above 0: some output is
         not 0 (or smaller than 1e-22 in magnitude, whose square float32 rounds to 0)."""
         patience = self.verdicts.thresholds.patience
-        if self.active_window is None or self.active_window.shape[1] != square_sums.numel():
+        if self.active_window is None or self.active_window.shape != (patience, square_sums.numel()):
             self.active_window = torch.zeros((patience, square_sums.numel()), device=square_sums.device)
             self.window_batches = 0
         torch.gt(square_sums, 0, out=self.active_window[self.window_batches % patience])  # written as 0.0/1.0

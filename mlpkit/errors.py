@@ -49,7 +49,10 @@ class CheckpointError(ConfigError):
 
 
 class TrainingStopped(Exception):
-    """The run stopped before its last epoch: a signal (exit code 128+signum) or a non-finite loss (3)."""
+    """The run stopped before its last epoch: a signal (exit code 128+signum) or a non-finite loss (3).
+    ``completed``: a signal that came after the last step, once the run's files were written."""
+
+    completed = False
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -66,8 +69,8 @@ class TrainingStopped(Exception):
 
 def environment_fault(error: OSError, doing: str) -> TrainingStopped:
     """One line for an OSError met while ``doing`` something (writing a checkpoint, the run directory)."""
-    where = f" {error.filename}" if getattr(error, "filename", None) else ""
-    return TrainingStopped(f"could not {doing}:{where}: {error.strerror or error}", EXIT_ENVIRONMENT)
+    where = f": {error.filename}" if getattr(error, "filename", None) else ""
+    return TrainingStopped(f"could not {doing}{where}: {error.strerror or error}", EXIT_ENVIRONMENT)
 
 
 def _restore_error(cls: type, args: tuple, state: dict) -> Exception:

@@ -5,7 +5,6 @@ keys. The run is read through mlpkit.runs.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
+from mlpkit.rundir import write_json
 from mlpkit.runs import check_same_data, find_checkpoint, find_run, load_trained, logits_of, run_config
 
 
@@ -102,7 +102,7 @@ def evaluate_run(run: Any, checkpoint: str = "auto", device: str = "cpu", allow_
         figure_path = run_dir / "predicted_vs_true.png"
     figures.save_png(figure, figure_path)
     report_path = run_dir / "evaluation.json"
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report_path, report)  # replaced in one step: a kill mid-write leaves the old report whole
     print(f"wrote {report_path} and {figure_path}")
     return report
 
@@ -115,4 +115,4 @@ def _evaluate(cfg: DictConfig) -> None:
 
 def evaluate_main() -> None:
     """`python scripts/evaluate.py run=<run dir>` and `mlpkit-evaluate run=<run dir>`."""
-    report_config_errors(_evaluate, "evaluate", new_keys=False)
+    report_config_errors(_evaluate, "evaluate")

@@ -1,22 +1,41 @@
 """Matplotlib figures. Matplotlib is imported inside each function: importing it costs about a
 second, which a run that draws no figure should not pay. Figures are drawn on matplotlib's Agg
-canvas directly, without pyplot: no backend to choose, no figure manager to close, and pyplot's
-own import (about a tenth of matplotlib's) is not paid."""
+canvas directly, without pyplot: no backend to choose, no global figure manager to close, and
+pyplot's own import (about a tenth of matplotlib's) is not paid.
+
+Every function here that builds, draws or saves a figure holds one lock: matplotlib is not
+thread-safe (two threads laying out a log axis's labels at once break its shared mathtext parser),
+and runs trained in threads (``mlpkit.train``, a notebook) draw their figures at the same time."""
 from __future__ import annotations
 
+import functools
 import math
-import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlpkit.cache import disk_cached, source_digest
 
 FLOOR = 1e-12  # bars at or below zero are drawn at this height so a log axis can show them
+_MATPLOTLIB = threading.RLock()  # reentrant: a locked function calls others
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def _drawing(function: Function) -> Function:
+    """``function`` run while holding the matplotlib lock: one thread uses matplotlib at a time."""
+
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _MATPLOTLIB:
+            return function(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
-    """``plt.subplots`` on an Agg canvas (draws to memory without a display: servers and tests)."""
+    """A figure and its axes as pyplot's subplots would make them, on an Agg canvas of its own (draws to
+    memory without a display: servers and tests)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -32,13 +51,7 @@ def _colormap(name: str) -> Any:
     return matplotlib.colormaps[name]
 
 
-def _close(figure: Any) -> None:
-    """Release a figure pyplot made (one from another caller); ours are freed with their last reference."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(figure)
-
-
+@_drawing
 def gradient_flow_figure(layer_names: Sequence[str], measures: dict[str, Sequence[float]], title: str) -> Any:
     """Bars on a log axis: one group per measure, one bar per layer (input side first, dark to light).
 
@@ -65,6 +78,7 @@ def gradient_flow_figure(layer_names: Sequence[str], measures: dict[str, Sequenc
     return figure
 
 
+@_drawing
 def _redraw_gradient_flow(figure: Any, measures: dict[str, Sequence[float]], title: str) -> Any:
     """``figure`` (a gradient_flow_figure of the same layers and measures) showing ``measures``
     instead: its bars' heights, hatches, title and y range change; its layout is kept. About a third
@@ -80,6 +94,7 @@ def _redraw_gradient_flow(figure: Any, measures: dict[str, Sequence[float]], tit
     return figure
 
 
+@_drawing
 def log_gradient_flow(logger: Any, run_dir: Path | None, monitor: Any, activation: str) -> None:
     """A run's gradient-flow figures: a TensorBoard image at each of the monitor's figure steps, and
     gradient_flow.png in the run directory from its last measured step. One figure is built and
@@ -96,27 +111,25 @@ def log_gradient_flow(logger: Any, run_dir: Path | None, monitor: Any, activatio
         else:
             _redraw_gradient_flow(figure, measures, title)
         if step is not None:
-            logger.log_image("gradient_flow", figure_to_rgb(figure, close=False), step)
+            logger.log_image("gradient_flow", figure_to_rgb(figure), step)
         else:
             save_png(figure, Path(run_dir) / "gradient_flow.png")
 
 
-def figure_to_rgb(figure: Any, close: bool = True) -> Any:
-    """The figure as an (height, width, 3) uint8 array, then closed (unless ``close`` is false)."""
+@_drawing
+def figure_to_rgb(figure: Any) -> Any:
+    """The figure as an (height, width, 3) uint8 array."""
     import numpy as np
 
     figure.canvas.draw()
-    rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    if close:
-        _close(figure)
-    return rgb
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
+@_drawing
 def save_png(figure: Any, path: Path) -> Path:
-    """Write the figure as PNG, then close it."""
+    """Write the figure as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
-    _close(figure)
     return path
 
 
@@ -178,6 +191,7 @@ def _draw_activation(axes: Any, name: str, params: dict[str, Any] | None, legend
         axes.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
+@_drawing
 def activation_figure(name: str, params: dict[str, Any] | None = None) -> Any:
     """One activation and its derivative (autograd), the derivative's maximum marked."""
     figure, axes = _subplots(figsize=(5.5, 3.8), dpi=90)
@@ -199,6 +213,7 @@ def _cached_activation_image(name: str, params: dict[str, Any], code: str) -> An
     return figure_to_rgb(activation_figure(name, params))
 
 
+@_drawing
 def activation_gallery_figure(names: Sequence[str] | None = None, columns: int = 4) -> Any:
     """Every registered activation (torch's default arguments) and its derivative, one panel each."""
     from mlpkit.activations import ACTIVATIONS, SATURATED_BELOW
@@ -263,6 +278,7 @@ def _grid_axis(values: Any, resolution: int) -> Any:
     return np.linspace(low - margin, high + margin, resolution)
 
 
+@_drawing
 def decision_boundary_figure(model: Any, objective: Any, data: Any, resolution: int = 200,
                              max_points: int = 1500) -> Any:
     """Predicted class regions of a 2-input classifier, with the training points on top.
@@ -306,6 +322,7 @@ def decision_boundary_figure(model: Any, objective: Any, data: Any, resolution: 
     return figure
 
 
+@_drawing
 def regression_fit_figure(model: Any, objective: Any, data: Any, resolution: int = 400,
                           max_points: int = 1500) -> Any:
     """The fitted curve of a 1-input regression over the training points, in original units."""
@@ -340,6 +357,7 @@ def prediction_figure(model: Any, objective: Any, data: Any) -> Any | None:
 
 
 # --- evaluation -------------------------------------------------------------------------------
+@_drawing
 def confusion_matrix_figure(matrix: Any, class_names: Sequence[str], title: str) -> Any:
     """Counts per (true, predicted) class; the diagonal is what the model got right."""
     import numpy as np
@@ -364,6 +382,7 @@ def confusion_matrix_figure(matrix: Any, class_names: Sequence[str], title: str)
     return figure
 
 
+@_drawing
 def predicted_vs_true_figure(true: Any, predicted: Any, title: str, target: str = "target") -> Any:
     """One point per sample; a perfect model puts every point on the diagonal."""
     import numpy as np
@@ -383,13 +402,13 @@ def predicted_vs_true_figure(true: Any, predicted: Any, title: str, target: str 
     return figure
 
 
+@_drawing
 def save_figure(figure: Any, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
-    """Write the figure once per format (``path`` with each suffix), then close it."""
+    """Write the figure once per format (``path`` with each suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in formats:
         target = path.with_suffix(f".{suffix}")
         figure.savefig(target, format=suffix)
         written.append(target)
-    _close(figure)
     return written

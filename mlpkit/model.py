@@ -190,9 +190,13 @@ def no_residual_layer(hidden_sizes: Sequence[int]) -> tuple[str, bool, str, str]
             "output widths match, so h + act(linear(h)) cannot be added")
 
 
-def check_batch_norm_batches(norm: str, train_rows: int, batch_size: int, drop_last: bool = False) -> None:
+def check_batch_norm_batches(norm: str, train_rows: int, batch_size: int, drop_last: bool = False,
+                             limit_batches: int | None = None) -> None:
     """ConfigError (key trainer.batch_size) when model.norm=batch would meet a training batch of one
-    row, which BatchNorm cannot normalise (torch stops mid-epoch with a traceback)."""
+    row, which BatchNorm cannot normalise (torch stops mid-epoch with a traceback). ``limit_batches``:
+    an epoch of only its first batches (trainer.overfit_batches, fast_dev_run)."""
+    if limit_batches:
+        train_rows = min(train_rows, limit_batches * batch_size)
     last = train_rows % batch_size
     if norm == "batch" and (batch_size == 1 or (last == 1 and not drop_last)):
         raise ConfigError("trainer.batch_size", batch_size, "a size that leaves no batch of one row with model.norm=batch, "

@@ -48,12 +48,15 @@ class Objective:
         return self.task != "regression"
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        """Probabilities (softmax/sigmoid head) or values in the target's original units."""
+        """Probabilities (softmax/sigmoid head) or values in the target's original units, float64:
+        float32 holds a target mean of 1e8 in steps of 8 (mps has no float64: there on the CPU).
+        Nothing per step calls it; the metrics stay in standardised units."""
         if self.head == "softmax":
             return logits.softmax(dim=-1)
         if self.head == "sigmoid":
             return logits.sigmoid()
-        return logits * self.target_std + self.target_mean
+        values = logits.cpu() if logits.device.type == "mps" else logits
+        return values.double() * self.target_std + self.target_mean
 
     def predict_class(self, logits: torch.Tensor) -> torch.Tensor:
         if self.head == "sigmoid":
@@ -66,11 +69,13 @@ class Objective:
         if self.is_classification:
             values["accuracy"] = (self.predict_class(logits) == targets).float().mean()
             return values
-        predicted, true = self.predict(logits), targets * self.target_std + self.target_mean
-        error = predicted - true
-        values["rmse"] = error.pow(2).mean().sqrt()
-        values["mae"] = error.abs().mean()
-        values["r2"] = 1 - error.pow(2).sum() / (true - true.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+        # In standardised units, scaled by the std: the error is the same, and float32 keeps its
+        # digits where it would round both values at a target mean of 1e8 (steps of 8); r2 has no units.
+        targets = targets.to(logits.dtype)
+        error = logits - targets
+        values["rmse"] = error.pow(2).mean().sqrt() * self.target_std
+        values["mae"] = error.abs().mean() * self.target_std
+        values["r2"] = 1 - error.pow(2).sum() / (targets - targets.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
         return values
 
 

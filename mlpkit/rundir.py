@@ -30,6 +30,10 @@ def register_resolvers() -> None:
     """The resolvers configs/hydra/default.yaml uses; called before Hydra composes."""
     OmegaConf.register_new_resolver("mlpkit_run_dir", run_dir_for, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("mlpkit_output_subdir", output_subdir, replace=True, use_cache=True)
+    # Cached in the config: Hydra copies a sweep's resolved values into every job's config (its
+    # load_sweep_config), so each job, in whichever process, gets the directory the sweep took.
+    OmegaConf.register_new_resolver("mlpkit_sweep_dir", unique_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("mlpkit_job_dirname", job_dirname, replace=True)
 
 
 def holds_run(path: Path) -> bool:
@@ -90,6 +94,7 @@ def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Se
                    ) -> tuple[DictConfig, dict[str, Any]]:
     """The config a resume continues with: the run's saved config, with only the RESUMABLE keys of
     the command line changed (and trainer.max_epochs only upward). Returns it and the changes."""
+    refuse_interpolations(saved, resume)
     cfg = OmegaConf.create(dict(saved))
     changes: dict[str, Any] = {}
     for override in overrides:
@@ -111,6 +116,20 @@ def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Se
         OmegaConf.update(cfg, key, value)
     cfg.resume = resume
     return cfg, changes
+
+
+def refuse_interpolations(saved: Any, resume: str, key: str = "") -> None:
+    """A checkpoint's config was saved resolved: an interpolation in it (``${oc.env:...}``, a resolver
+    that makes directories) was written by hand, and resolving it would run code the run never chose."""
+    if isinstance(saved, Mapping):
+        for name, value in saved.items():
+            refuse_interpolations(value, resume, f"{key}.{name}" if key else str(name))
+    elif isinstance(saved, (list, tuple)):
+        for index, value in enumerate(saved):
+            refuse_interpolations(value, resume, f"{key}[{index}]")
+    elif isinstance(saved, str) and "${" in saved:
+        raise ConfigError("resume", resume, "a checkpoint whose config holds plain values, as python train.py "
+                          "saves it", f"its {key}={saved} is an interpolation; the checkpoint was refused")
 
 
 def _plain(value: Any) -> Any:
@@ -135,3 +154,30 @@ def write_json(path: Path, value: Any) -> None:
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+NAME_MAX_BYTES = 255  # Linux's limit on one file name: a longer job directory cannot be created
+_QUOTED = frozenset("/\\%")  # a path separator on some system, and the quoting character itself
+
+
+def job_dirname(name: str) -> str:
+    """hydra.sweep.subdir: one directory name inside the sweep whatever the swept values hold.
+
+    ``/``, ``\\``, ``%`` and control characters are %-quoted (``../x.csv`` -> ``..%2Fx.csv``), as is a
+    leading ``.`` or ``-``, so urllib.parse.unquote gives the overrides back; a name over
+    NAME_MAX_BYTES keeps its start and ends in a hash of the whole, so two long names stay apart."""
+    quoted = "".join(_quote(char) if char in _QUOTED or not char.isprintable() else char for char in name)
+    if quoted[:1] in (".", "-"):
+        quoted = _quote(quoted[0]) + quoted[1:]
+    if len(quoted.encode()) <= NAME_MAX_BYTES:
+        return quoted or "_"
+    import hashlib  # only a name too long to create needs it
+
+    suffix = "~" + hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:16]
+    start = quoted.encode()[:NAME_MAX_BYTES - len(suffix)].decode(errors="ignore")  # whole characters only
+    return start[:start.rfind("%")] + suffix if "%" in start[-2:] else start + suffix  # and whole %XX
+
+
+def _quote(char: str) -> str:
+    # each UTF-8 byte as %XX, as urllib.parse.quote writes it (a file name's undecodable bytes too)
+    return "".join(f"%{byte:02X}" for byte in char.encode(errors="surrogatepass"))

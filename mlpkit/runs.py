@@ -7,9 +7,11 @@ been checked, so a mistyped path costs a fraction of a second.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from mlpkit.rundir import CHECKPOINT_DIR
 
 RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
+# What a run and the tools on it write into its directory: folders whose every file is the run's,
+# and names at its top (metrics.json, labels.json, preprocessing.json, evaluation.json, train.log,
+# the figures, TensorBoard's event files). predict never writes over one of them, by any name.
+RUN_FOLDERS = (CHECKPOINT_DIR, ".hydra")
+RUN_FILES = ("*.json", "*.log", "*.png", "*.pt", "events.out.tfevents.*")
 
 
 # --- the run directory ---------------------------------------------------------------------------
@@ -69,7 +76,43 @@ def read_preprocessing(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("run", run_dir, "a run directory holding preprocessing.json (written by "
                           "every training run since mlpkit 0.1)", f"{path.resolve()} does not exist")
-    return json.loads(path.read_text())
+    return read_json(path, run_dir)
+
+
+def read_json(path: Path, run_dir: Path) -> Any:
+    """A JSON file of the run; a damaged one (a disk that filled, a hand edit) is one ConfigError."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError("run", run_dir, "a run directory whose files are as the run wrote them",
+                          f"{path.resolve()} is not valid JSON ({error})") from None
+
+
+def run_file(path: Path, run_dir: Path) -> str | None:
+    """Which of the run's own files (RUN_FOLDERS, RUN_FILES) ``path`` is, by any spelling, symlink
+    or hard link, or None: what predict must not write over."""
+    target = path.expanduser().resolve()  # symlinks followed, ".." gone
+    for folder in RUN_FOLDERS:
+        inside = next((parent for parent in (target, *target.parents) if same_file(parent, run_dir / folder)), None)
+        if inside is not None:
+            return f"{folder}/{target.relative_to(inside)}".removesuffix("/.")
+    if same_file(target.parent, run_dir) and any(fnmatch(target.name, pattern) for pattern in RUN_FILES):
+        return target.name
+    if target.is_file():  # a hard link elsewhere: the same file under another name
+        own = [*(p for pattern in RUN_FILES for p in run_dir.glob(pattern)),
+               *(p for folder in RUN_FOLDERS for p in (run_dir / folder).rglob("*"))]
+        for file in own:
+            if same_file(file, target):
+                return str(file.relative_to(run_dir))
+    return None
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (os.path.samefile); False when either does not exist."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -108,8 +151,8 @@ def load_trained(run_dir: Path, cfg: DictConfig, checkpoint: Path, task: str, cl
 def logits_of(model: Any, inputs: Any, chunk: int = 8192) -> Any:
     import torch
 
-    with torch.no_grad():
-        return torch.cat([model.logits(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
+    with torch.no_grad():  # no rows: one empty chunk, so the result still has the model's columns
+        return torch.cat([model.logits(inputs[i:i + chunk]) for i in range(0, max(len(inputs), 1), chunk)])
 
 
 def check_same_data(run_dir: Path, fingerprint: str, key: str, value: Any, allowed: str, allow: bool = False) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
+
+from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +34,22 @@ class SweepCallback(Callback):
     """Records each job's status next to its outputs and writes the sweep report when the sweep ends.
 
     Hydra's basic sweeper raises after a batch with a failed job and skips ``on_multirun_end``; the
-    report is then written at exit, so a sweep with failures still gets one (failed rows included).
+    report is then written at exit, so a sweep with failures still gets one (failed rows included),
+    and the command exits 1. Optuna's sweeper marks a failed trial failed and goes on to the end:
+    ``on_multirun_end`` then writes the report and exits 1 too, as every sweep with a failed job does.
     """
 
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
         self.objective: tuple[str, str] = ("loss", "min")
         self.reported = False
+        self.earlier_jobs: set[Path] = set()  # jobs of an earlier run of the same study, not this sweep's
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         # Optuna opens its SQLite storage in the sweep directory before any launcher creates it.
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.earlier_jobs = set(find_jobs(self.sweep_dir))
         self.objective = (str(config.objective.metric), str(config.objective.mode))
         continue_optuna_study(config)
         atexit.register(self._report_once)
@@ -66,6 +73,12 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._report_once()
+        jobs = [job for job in find_jobs(self.sweep_dir) if job not in self.earlier_jobs]
+        not_completed = [job for job in jobs if read_job(job)["status"] != "completed"]
+        if not_completed:
+            print(f"{len(not_completed)} of {len(jobs)} jobs of this sweep did not complete: their errors are in "
+                  f"the status column of {self.sweep_dir / REPORT_NAME}.md", file=sys.stderr, flush=True)
+            sys.exit(SWEEP_FAILED)  # SystemExit: Hydra turns a callback's exception into a warning
 
     def _report_once(self) -> None:
         if self.reported or self.sweep_dir is None or not self.sweep_dir.is_dir():
@@ -307,10 +320,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """The table as CSV; a text cell (an override the user typed, an error) that a spreadsheet would run
+    as a formula gets a leading ', numbers stay numbers."""
+    from mlpkit.prediction import spreadsheet_cell  # the one rule for CSV cells, needed only here
+
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow([spreadsheet_cell(str(cell)) for cell in header])
+        writer.writerows([spreadsheet_cell(str(cell)) for cell in row] for row in rows)
 
 
 def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None) -> str:

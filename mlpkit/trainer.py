@@ -127,6 +127,10 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": f"{metric}/val", "mode": mode, "value": None, "epoch": None}
         self.stop_signal: int | None = None  # set by a signal handler; checked after every step
         self.skipped_steps = 0
+        # time and rows trained over every session of the run (a resume adds to them)
+        self.train_seconds, self.samples_trained, self.wall_seconds_before = 0.0, 0, 0.0
+        self.session_started = time.perf_counter()
+        self.epoch_started: tuple[float, int] | None = None  # the epoch in progress: when, from which batch
         # The epoch in progress: its batch order, the next batch, and each batch's loss so far (on
         # the device: one copy per step, read at the epoch's end, at checkpoints and when stopping).
         self.epoch_order: torch.Tensor | None = None
@@ -149,7 +153,7 @@ class Trainer:
         self.step_loss = compile_loss(self.forward_loss, cuda_graphs) if self.drop_last else self.forward_loss
         # remedies: the learning-rate schedule, gradient clipping, early stopping
         self.schedule = build_schedule(optimizer, scheduler, total_steps=total_steps,
-                                       steps_per_epoch=self.batches_per_epoch(), mode=mode)
+                                       steps_per_epoch=self.batches_per_epoch(), mode=mode, dev_run=fast_dev_run)
         self.clipper = (GradientClipper(model.parameters(), gradient_clip_val, gradient_clip_algorithm, self.device)
                         if gradient_clip_val > 0 else None)
         self.early_stopping = EarlyStopping(early_stopping_patience, early_stopping_min_delta, mode)
@@ -238,7 +242,7 @@ class Trainer:
         self.skipped_steps += 1
         log.warning("step %d: loss %s or a gradient is not finite; step skipped "
                     "(trainer.on_nonfinite=skip)", self.step, loss.item())
-        return torch.zeros((), device=self.device)
+        return torch.full((), math.nan, device=self.device)  # the epoch's loss leaves it out
 
     def stop_on_nonfinite(self, layers: dict[str, dict[str, float]] | None = None) -> None:
         """Stop with the first non-finite step and the input-most layer whose gradient is not finite."""
@@ -256,12 +260,12 @@ class Trainer:
             f"good checkpoint is kept; lower optimizer.lr, change model.init, or set "
             f"trainer.on_nonfinite=skip", exit_code=EXIT_NONFINITE)
 
-    def gradient_health(self) -> dict[str, Any] | None:
+    def gradient_health(self, log: bool = True) -> dict[str, Any] | None:
         """The monitor's verdicts so far (metrics.json's ``gradient_health``); None without a monitor."""
         if self.monitor is None:
             return None
         health = self.monitor.finish(self.log_every_n_steps)
-        if self.logger is not None:
+        if self.logger is not None and log:
             self.logger.log_text("gradient_health/summary", verdict_summary(health), self.step)
         return health
 
@@ -296,6 +300,7 @@ class Trainer:
             self.next_batch = 0
             self.epoch_losses = []
         losses, size, n_batches = self.epoch_losses, self.batch_size, self.batches_per_epoch()
+        self.epoch_started = (time.perf_counter(), self.next_batch)
         for x, y in split.batches(self.epoch_order, size, self.next_batch, n_batches, self.device):
             losses.append(self.train_step(x, y))
             self.step += 1
@@ -306,15 +311,33 @@ class Trainer:
                 self.save()
                 raise TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
                                                 f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal)
-        # the mean over the epoch's rows: a last, smaller batch weighs less (summed on the host: one transfer)
-        rows_seen = self.rows_per_epoch()
-        last_batch = rows_seen - size * (n_batches - 1)
-        *batch_losses, last_loss = self.losses_so_far().tolist()
-        epoch_loss = (math.fsum(batch_losses) * size + last_loss * last_batch) / rows_seen
-        if not math.isfinite(epoch_loss):
-            self.stop_on_nonfinite()
-        self.epoch_order = None
+        epoch_loss = self.epoch_loss(self.losses_so_far().tolist())
+        self.train_seconds, self.samples_trained = self.trained_so_far()
+        self.epoch_order, self.epoch_started = None, None
         return epoch_loss
+
+    def epoch_loss(self, batch_losses: list[float]) -> float:
+        """The mean over the epoch's rows: a last, smaller batch weighs less (summed on the host: one
+        transfer). Steps skipped for a non-finite loss (NaN) do not count; NaN when every one was."""
+        size, rows_seen = self.batch_size, self.rows_per_epoch()
+        weights = [size] * (len(batch_losses) - 1) + [rows_seen - size * (len(batch_losses) - 1)]
+        if all(math.isfinite(loss) for loss in batch_losses):
+            *full, last = batch_losses
+            return (math.fsum(full) * size + last * weights[-1]) / rows_seen
+        self.stop_on_nonfinite()  # returns only with trainer.on_nonfinite=skip
+        kept = [(loss, weight) for loss, weight in zip(batch_losses, weights) if math.isfinite(loss)]
+        if not kept:
+            return math.nan
+        return math.fsum(loss * weight for loss, weight in kept) / math.fsum(weight for _, weight in kept)
+
+    def trained_so_far(self) -> tuple[float, int]:
+        """Training seconds and rows over every session, the epoch in progress included."""
+        if self.epoch_started is None:
+            return self.train_seconds, self.samples_trained
+        started, first_batch = self.epoch_started
+        rows = self.rows_per_epoch()
+        done = min(self.next_batch * self.batch_size, rows) - min(first_batch * self.batch_size, rows)
+        return self.train_seconds + time.perf_counter() - started, self.samples_trained + done
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
@@ -339,11 +362,14 @@ class Trainer:
         done = self.losses_so_far() if mid_epoch else None
         if done is not None and not torch.isfinite(done).all():
             self.stop_on_nonfinite()  # never let a NaN-poisoned model replace a good checkpoint
+        train_seconds, samples_trained = self.trained_so_far()
         extra = {"history": self.history, "skipped_steps": self.skipped_steps,
+                 "train_seconds": train_seconds, "samples_trained": samples_trained,
+                 "wall_seconds": self.wall_seconds(),
                  "epoch_order": self.epoch_order.cpu() if mid_epoch else None,
                  "next_batch": self.next_batch if mid_epoch else 0,
                  "epoch_losses": done.cpu() if done is not None else None,
-                 "verdicts": self.monitor.verdicts.state() if self.monitor is not None else None,
+                 **(self.monitor.state() if self.monitor is not None else {"verdicts": None}),
                  **self.early_stopping.state()}
         return checkpoint_state(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                 step=self.step, batch_generator=self.batch_generator,
@@ -392,9 +418,11 @@ class Trainer:
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         extra = state["extra"]
         self.history, self.skipped_steps = extra.get("history", []), extra.get("skipped_steps", 0)
+        self.train_seconds, self.samples_trained = extra.get("train_seconds", 0.0), extra.get("samples_trained", 0)
+        self.wall_seconds_before = extra.get("wall_seconds", 0.0)
         self.early_stopping.load(extra)
-        if self.monitor is not None and extra.get("verdicts") is not None:
-            self.monitor.verdicts.load(extra["verdicts"])
+        if self.monitor is not None:
+            self.monitor.load(extra)
         if extra.get("epoch_order") is not None:
             self.epoch_order = extra["epoch_order"].to(self.data.train.x.device)
             self.next_batch = extra["next_batch"]
@@ -408,12 +436,10 @@ class Trainer:
         last_epoch = self.max_epochs if self.early_stopping.stopped is None else start_epoch  # a resume of a stopped run
         bar = tqdm(range(start_epoch, last_epoch), desc="epochs", unit="epoch", initial=start_epoch,
                    total=self.max_epochs, disable=not self.progress, dynamic_ncols=True)
-        train_seconds = 0.0
+        start_step = self.step
         try:
             for self.epoch in bar:
-                started = time.perf_counter()
                 train_loss = self.train_epoch()
-                train_seconds += time.perf_counter() - started
                 val = self.evaluate(self.data.val)
                 self.record_epoch(train_loss, val, bar)
                 self.epoch += 1  # epochs completed, as checkpoints count them
@@ -429,7 +455,6 @@ class Trainer:
                     break
         finally:
             bar.close()
-        samples = self.rows_per_epoch() * (self.epoch - start_epoch)
         final = {name: self.evaluate(split) for name, split in
                  (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
         final.update(self.evaluate_best())
@@ -444,11 +469,16 @@ class Trainer:
             "epochs": self.epoch,
             "steps": self.step,
             "skipped_steps": self.skipped_steps,
-            "train_seconds": train_seconds,
-            "samples_per_second": samples / train_seconds if train_seconds > 0 else 0.0,
+            "train_seconds": self.train_seconds,
+            "samples_per_second": self.samples_trained / self.train_seconds if self.train_seconds > 0 else 0.0,
             "history": self.history,
-            "gradient_health": self.gradient_health(),
+            # a resume that trains no step (of a finished run) has logged its summary already
+            "gradient_health": self.gradient_health(log=self.step > start_step or start_step == 0),
         }
+
+    def wall_seconds(self) -> float:
+        """Seconds since the run started, over every session (each from its Trainer's creation)."""
+        return self.wall_seconds_before + time.perf_counter() - self.session_started
 
     def checkpoint_due(self) -> bool:
         """Whether this epoch's end writes last.pt: the run's first and last epochs (and an early
@@ -501,12 +531,16 @@ class Trainer:
                               "optimizer.lr or change model.init", exit_code=EXIT_NONFINITE)
 
     def record_epoch(self, train_loss: float, val: dict[str, float], bar: tqdm) -> None:
-        entry = {"epoch": self.epoch + 1, "step": self.step, "loss/train_epoch": train_loss}
+        entry = {"epoch": self.epoch + 1, "step": self.step}
+        if math.isfinite(train_loss):  # NaN: every step of the epoch was skipped, nothing trained
+            entry["loss/train_epoch"] = train_loss
         entry.update({f"{name}/val": value for name, value in val.items()})
         self.history.append(entry)
         if self.logger is not None:
             self.logger.log_scalars({k: v for k, v in entry.items() if "/" in k}, self.step)
         summary = "  ".join(f"{k} {v:.4g}" for k, v in entry.items() if "/" in k)
+        if not math.isfinite(train_loss):
+            summary = f"every step skipped (trainer.on_nonfinite=skip)  {summary}"
         if self.progress:
             bar.set_postfix_str(summary)
         else:

@@ -31,7 +31,7 @@ def compose_config(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
 
 
-def hydra_error(*overrides: str, config_name: str = "train", new_keys: bool = True) -> str:
+def hydra_error(*overrides: str, config_name: str = "train") -> str:
     """The one line the command line prints (after ``Config error: ``) for a Hydra composition error,
     an unknown key or choice or an override that does not parse, composed in-process."""
     from mlpkit.config import describe_hydra_error
@@ -40,7 +40,7 @@ def hydra_error(*overrides: str, config_name: str = "train", new_keys: bool = Tr
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name=config_name, overrides=list(overrides))
     except Exception as error:  # described outside the context: describe_hydra_error composes again
-        line = describe_hydra_error(error, list(overrides), config_name, new_keys)
+        line = describe_hydra_error(error, list(overrides), config_name)
         assert line is not None, f"not a config mistake: {error!r}"
         return line
     raise AssertionError(f"{' '.join(overrides)} composed without an error")
@@ -79,6 +79,21 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
             for tag in accumulator.Tags()["scalars"]}
+
+
+def stop_after_saving_step(monkeypatch, step: int) -> None:
+    """Stop the run as a kill would, right after the checkpoint of ``step`` (mid-epoch) is written."""
+    from mlpkit.errors import TrainingStopped
+    from mlpkit.trainer import Trainer
+
+    save = Trainer.save
+
+    def save_then_stop(self, **kind):
+        save(self, **kind)
+        if self.step == step:
+            raise TrainingStopped.by_signal("killed for the test", signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
 
 
 def ctrl_c_reaches_it() -> None:

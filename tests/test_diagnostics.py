@@ -211,16 +211,44 @@ def test_a_unit_is_dead_after_patience_batches_of_zeros_and_a_tiny_output_keeps_
     monitor = GradientMonitor(model, thresholds=Thresholds(patience=3))
     with torch.no_grad():
         model.linear1.weight.zero_()  # each unit outputs relu(its bias) for every row
+    dead = measure_dead(monitor, model, objective, data, range(6), [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # units 2 and 4 (bias 0 and -1) are dead, but unit 2 output 1 on the third batch
+    assert dead == [0.5, 0.5, 0.25, 0.25, 0.25, 0.5]
+
+
+def measure_dead(monitor, model, objective, data, steps, second_biases):
     dead = []
-    for step, second_bias in enumerate([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]):
+    for step, second_bias in zip(steps, second_biases):
         with torch.no_grad():
             model.linear1.bias.copy_(torch.tensor([1e-10, second_bias, 1.0, -1.0]))
         monitor.watch(step)
         loss = objective.loss(model.logits(data.train.x[:32]), data.train.y[:32])
         loss.backward()
         dead.append(monitor.measure(step, loss).layers["linear1"]["dead_frac"])
-    # units 2 and 4 (bias 0 and -1) are dead, but unit 2 output 1 on the third batch
-    assert dead == [0.5, 0.5, 0.25, 0.25, 0.25, 0.5]
+    return dead
+
+
+def test_the_dead_unit_window_and_streaks_go_into_a_checkpoint_and_come_back(digits, tmp_path):
+    """A resumed run's monitor continues the dead-unit window of the measured batches before the
+    checkpoint (the batches of the same test above, split at its third); a checkpoint from before
+    the window was saved starts it afresh."""
+
+    data, objective = digits
+    model = build_model(data.in_features, objective.out_features, [4], "relu", {}, objective.head)
+    with torch.no_grad():
+        model.linear1.weight.zero_()
+    before = GradientMonitor(model, thresholds=Thresholds(patience=3))
+    assert measure_dead(before, model, objective, data, range(3), [0.0, 0.0, 1.0]) == [0.5, 0.5, 0.25]
+    torch.save(before.state(), tmp_path / "monitor.pt")
+
+    after = GradientMonitor(model, thresholds=Thresholds(patience=3))
+    after.load(torch.load(tmp_path / "monitor.pt", weights_only=True))  # as checkpoints are loaded
+    assert measure_dead(after, model, objective, data, range(3, 6), [0.0, 0.0, 0.0]) == [0.25, 0.25, 0.5]
+    assert after.verdicts.measurements == 6
+
+    old = GradientMonitor(model, thresholds=Thresholds(patience=3))
+    old.load({"verdicts": before.verdicts.state()})  # a checkpoint from before the window was in it
+    assert measure_dead(old, model, objective, data, [3], [0.0]) == [0.5]  # the window starts afresh
 
 
 @pytest.mark.slow

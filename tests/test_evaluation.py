@@ -75,7 +75,7 @@ def test_checkpoint_is_best_then_last(tmp_path):
 
 RUN_HINT = "expected a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 TYPO = ("chekpoint=last is not valid: 'chekpoint' is not a config key; expected one of run, checkpoint, device, "
-        "allow_changed_data")
+        "allow_changed_data (did you mean checkpoint?)")
 
 
 def test_evaluate_errors_name_the_run_and_what_is_allowed(tmp_path):
@@ -94,7 +94,7 @@ def test_evaluate_errors_name_the_run_and_what_is_allowed(tmp_path):
     with pytest.raises(ConfigError) as not_given:
         evaluate_run("???")  # what the script passes for a run= it was not given
     assert str(not_given.value).startswith("run=??? is not valid")
-    assert hydra_error("run=x", "chekpoint=last", config_name="evaluate", new_keys=False) == TYPO
+    assert hydra_error("run=x", "chekpoint=last", config_name="evaluate") == TYPO
 
 
 @pytest.mark.slow

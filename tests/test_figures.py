@@ -2,6 +2,10 @@
 model predicts over a 2-D or 1-D input space."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +14,7 @@ from mlpkit.activations import ACTIVATIONS
 from mlpkit.data import build_data
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
+from tests.conftest import ROOT
 
 POINTS = [-1.0, 1.0, 2.0, 3.0]
 
@@ -106,3 +111,66 @@ def test_a_redrawn_gradient_flow_figure_shows_what_a_new_one_would():
     assert redrawn.axes[0].get_ylim() == pytest.approx(fresh.axes[0].get_ylim())
     assert redrawn.axes[0].get_title() == "gradient flow, step 8"
     assert figures.figure_to_rgb(redrawn).shape == figures.figure_to_rgb(fresh).shape
+
+
+# Threads drawing a run's figures at once, in a fresh interpreter (matplotlib's text layout
+# caches what it parsed: a warm process would hide a race there).
+DRAW_IN_THREADS = """
+import pathlib, sys, threading
+from mlpkit import figures
+failures, start = [], threading.Barrier(4)
+def draw(offset):
+    start.wait()
+    try:
+        for k in range(8):
+            measures = {"grad_norm": [10.0 ** -(k + offset), 1.0, 10.0 ** (k + offset)], "grad_ratio": [0.1, 0.2, 0.3]}
+            figure = figures.gradient_flow_figure(["linear1", "linear2", "linear3"], measures, f"step {k}")
+            figures.figure_to_rgb(figure)
+            figures._redraw_gradient_flow(figure, measures, "again")
+            figures.save_png(figure, pathlib.Path(sys.argv[1]) / f"{offset}_{k}.png")
+        figures.figure_to_rgb(figures.activation_figure("tanh" if offset else "sigmoid"))
+    except Exception as error:
+        failures.append(repr(error))
+threads = [threading.Thread(target=draw, args=(offset,)) for offset in (0, 2, 4, 6)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(failures, "matplotlib.pyplot" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_threads_draw_figures_at_once_without_pyplot(tmp_path):
+    result = subprocess.run([sys.executable, "-c", DRAW_IN_THREADS, str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[] False"  # no failure, and pyplot never imported
+    assert len(list(tmp_path.glob("*.png"))) == 32
+
+
+TRAIN_IN_TWO_THREADS = """
+import sys, threading
+import mlpkit
+failures = []
+def train(name):
+    try:
+        mlpkit.train(["trainer.max_epochs=1", "data=moons", "trainer.progress=false", "model.hidden_sizes=[8]",
+                      "activation=" + name], run_dir=sys.argv[1] + "/" + name)
+    except Exception as error:
+        failures.append(repr(error))
+threads = [threading.Thread(target=train, args=(name,)) for name in ("tanh", "relu")]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(failures)
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_in_two_threads_both_finish_with_their_figures(tmp_path):
+    env = {**os.environ, "MLPKIT_CACHE_DIR": ""}  # the activation figure drawn in both threads too
+    result = subprocess.run([sys.executable, "-c", TRAIN_IN_TWO_THREADS, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", result.stderr
+    for name in ("tanh", "relu"):
+        assert (tmp_path / name / "metrics.json").is_file()
+        assert (tmp_path / name / "gradient_flow.png").is_file()

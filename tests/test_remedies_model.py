@@ -131,7 +131,7 @@ def test_a_norm_and_residual_run_resumes_evaluates_and_predicts(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     with open(tmp_path / "pred.csv") as file:
         rows = list(csv.DictReader(file))
-    assert [row["prediction"] for row in rows] == list(run.predict(frame))
+    assert [row["prediction"] for row in rows] == [str(label) for label in run.predict(frame)]  # digits: ints
 
 
 # --- class weights --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ clip/fraction), early stopping with the best checkpoint's test metrics, overfit_
 import json
 import logging
 import math
-import signal
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ import mlpkit
 from mlpkit.checkpoint import load_checkpoint
 from mlpkit.cli import run
 from mlpkit.errors import EXIT_CONFIG, ConfigError, TrainingStopped
-from mlpkit.trainer import Trainer
-from tests.conftest import compose_config, read_scalars, run_cli
+from tests.conftest import compose_config, read_scalars, run_cli, stop_after_saving_step
 
 # digits, batch 64: 20 steps an epoch
 SMALL = ("model.hidden_sizes=[16]", "trainer.progress=false", "trainer.device=cpu", "trainer.log_every_n_steps=1")
@@ -189,18 +187,6 @@ def _images(run_dir):
     return events.Tags()["images"]
 
 
-def interrupt_after_saving_step(monkeypatch, step):
-    """Stop the run as a kill would, right after the checkpoint of ``step`` (mid-epoch) is written."""
-    save = Trainer.save
-
-    def save_then_stop(self, **kind):
-        save(self, **kind)
-        if self.step == step:
-            raise TrainingStopped.by_signal("killed for the test", signal.SIGTERM)
-
-    monkeypatch.setattr(Trainer, "save", save_then_stop)
-
-
 RESUMABLE_RUNS = {
     "cosine+warmup+clip": ["scheduler=cosine", "scheduler.warmup_steps=15", "trainer.gradient_clip_val=0.5"],
     "onecycle+clip-value": ["scheduler=onecycle", "trainer.gradient_clip_val=0.01",
@@ -217,7 +203,7 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_lr_and_weights(tmp_pa
                  "trainer.log_every_n_steps=5", *settings]
     mlpkit.train(overrides, run_dir=tmp_path / "reference")
     with monkeypatch.context() as patch:
-        interrupt_after_saving_step(patch, 50)  # inside the third epoch
+        stop_after_saving_step(patch, 50)  # inside the third epoch
         with pytest.raises(TrainingStopped):
             mlpkit.train(overrides, run_dir=tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 50

@@ -13,8 +13,15 @@ import torch
 
 import mlpkit
 from mlpkit.checkpoint import load_checkpoint
-from mlpkit.errors import ConfigError
-from tests.conftest import ROOT, compose_config, ctrl_c_reaches_it, read_scalars, run_cli
+from mlpkit.errors import ConfigError, TrainingStopped
+from tests.conftest import (
+    ROOT,
+    compose_config,
+    ctrl_c_reaches_it,
+    read_scalars,
+    run_cli,
+    stop_after_saving_step,
+)
 
 # digits, batch 16: 79 steps an epoch; a mid-epoch checkpoint every 30 steps.
 LONG_RUN = ["trainer.max_epochs=6", "trainer.batch_size=16", "trainer.checkpoint_every_n_steps=30",
@@ -187,10 +194,11 @@ def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
 
     with sigint_handled_by(signal.default_int_handler):  # as in a terminal
         trainer = SimpleNamespace(stop_signal=None)
-        with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
+        with pytest.raises(TrainingStopped) as stopped, stop_on_signals(trainer):
             signal.raise_signal(signal.SIGINT)  # arrives while the final evaluation runs
             assert trainer.stop_signal == signal.SIGINT  # the trainer was asked to stop, nothing raised yet
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+        assert stopped.value.exit_code == 128 + signal.SIGINT and stopped.value.completed  # exit 130, one line
 
 
 def test_a_signal_the_parent_ignored_stays_ignored():
@@ -204,3 +212,32 @@ def test_a_signal_the_parent_ignored_stays_ignored():
             assert trainer.stop_signal is None  # the run goes on
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM still saves and stops
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_a_resumed_run_measures_the_same_dead_units_and_verdict_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    from mlpkit.errors import TrainingStopped
+
+    # relu at a high lr kills units of linear2 from step 5 on and the dead verdict fires at step 23;
+    # every step measures the statistics, so at the checkpoint of step 21 the dead-unit window
+    # (diagnostics.patience measured batches) and the verdict's streak hold steps before it
+    overrides = ["trainer.max_epochs=4", "trainer.progress=false", "trainer.device=cpu", "model.hidden_sizes=[32,32]",
+                 "optimizer.lr=0.15", "trainer.log_every_n_steps=1", "diagnostics.statistics_every=1",
+                 "trainer.checkpoint_every_n_steps=21"]
+    mlpkit.train(overrides, run_dir=tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        stop_after_saving_step(patch, 21)
+        with pytest.raises(TrainingStopped):
+            mlpkit.train(overrides, run_dir=tmp_path / "resumed")
+    mlpkit.train([*overrides, f"resume={tmp_path / 'resumed'}"])
+
+    expected, actual = (read_scalars(tmp_path / name) for name in ("reference", "resumed"))
+    dead_tags = sorted(tag for tag in expected if tag.startswith("dead_frac/"))
+    assert dead_tags == ["dead_frac/linear1", "dead_frac/linear2"]
+    assert any(value > 0 for tag in dead_tags for _, value in expected[tag])  # some units did die
+    for tag in dead_tags:
+        assert dict(actual[tag]) == dict(expected[tag]), tag
+    health = {name: json.loads((tmp_path / name / "metrics.json").read_text())["gradient_health"]
+              for name in ("reference", "resumed")}
+    assert list(health["reference"]["verdicts"]) == ["dead"]
+    assert health["resumed"] == health["reference"]

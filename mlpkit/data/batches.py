@@ -1,7 +1,7 @@
 """The common case at scale, read batch by batch: every feature column numeric, no categories.
 
 Each file is streamed (pyarrow's CSV stream reader, Parquet row groups, Feather record batches);
-each batch's feature columns go into a float32 block of their own and the pyarrow batch is dropped,
+each batch's feature columns go into a float32 block of their own, centred in float64 first and the pyarrow batch is dropped,
 so the whole table never sits in memory twice. The blocks are then copied into the final array,
 each freed as soon as it is copied. Anything unusual (a text column, a null, a value float32 cannot
 hold, a cell that breaks the first block's types) returns None: the column-wise path
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlpkit.data.formats import NULLS, TableFile
+from mlpkit.data.precision import FLOAT32_MAX, SAMPLE_ROWS, offsets_of
 
 BLOCK_ROWS_BYTES = 64 << 20  # float32 features gathered per block before the final copy
 
@@ -26,6 +27,7 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
     schema = table_file.schema()
     if any(name not in schema.names for name in [*names, target]):
         return None
+    table_file.check_types(schema, [*names, target])
     kinds = [schema.field(name).type for name in names]
     if not all(pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds):
         return None
@@ -39,7 +41,7 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
         return (reader.get_batch(i).select(columns) for i in range(reader.num_record_batches))
     csv_module = table_file._csv_module()
     target_kind = schema.field(target).type
-    types = {**{name: pa.float32() for name in names},
+    types = {**{name: pa.float64() for name in names},  # float64: centred before the float32 cast
              target: pa.float64() if pa.types.is_integer(target_kind) or pa.types.is_floating(target_kind)
              else pa.string()}
     convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
@@ -48,9 +50,10 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
 
 
 def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
-                 ) -> tuple[np.ndarray, list[Any]] | None:
-    """(N, F) float32 features of every file, stacked, and each file's target column (pyarrow), or
-    None when the column-wise path must take over."""
+                 ) -> tuple[np.ndarray, list[Any], np.ndarray, np.ndarray] | None:
+    """(N, F) float32 features of every file, stacked, each file's target column (pyarrow), the
+    float64 offsets subtracted from the features before their float32 cast (fitted on the first
+    batch's first rows) and those rows in float64; or None when the column-wise path must take over."""
     import pyarrow as pa
 
     # Blocks of 64 MiB: above glibc's largest mmap threshold (32 MiB), so each one is returned to
@@ -59,6 +62,7 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
     blocks: list[np.ndarray] = []
     targets: list[Any] = []
     used = capacity
+    offsets = sample = None
     for table_file in files:
         batches = numeric_batches(table_file, names, target)
         if batches is None:
@@ -73,13 +77,9 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
                             blocks[-1] = blocks[-1][:used]
                         blocks.append(np.empty((capacity, len(names)), dtype=np.float32))
                         used = 0
-                    rows = slice(used, used + piece.num_rows)
-                    for position in range(len(names)):
-                        column = piece.column(position)
-                        if column.null_count:
-                            return None
-                        blocks[-1][rows, position] = column.to_numpy(zero_copy_only=False)
-                    if not np.isfinite(blocks[-1][rows]).all():
+                    if offsets is None and piece.num_rows:
+                        offsets, sample = first_rows(piece, len(names))
+                    if not fill_block(blocks[-1][used:used + piece.num_rows], piece, offsets):
                         return None
                     used += piece.num_rows
                 chunks.append(batch.column(len(names)))
@@ -94,7 +94,7 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
     if blocks:
         blocks[-1] = blocks[-1][:used]
     if len(blocks) == 1:  # one block holds it all: no copy (its untouched tail takes no memory)
-        return blocks[0], targets
+        return blocks[0], targets, offsets, sample
     values = np.empty((sum(len(block) for block in blocks), len(names)), dtype=np.float32)
     start = 0
     blocks.reverse()
@@ -103,4 +103,25 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
         values[start:start + len(block)] = block
         start += len(block)
         del block
-    return values, targets
+    return values, targets, offsets, sample
+
+
+def first_rows(piece: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature column's offset (mlpkit.data.precision) and the first rows, in float64."""
+    sample = np.stack([np.asarray(piece.column(position).slice(0, SAMPLE_ROWS).to_numpy(zero_copy_only=False),
+                                  dtype=np.float64) for position in range(width)], axis=1)
+    return offsets_of(sample), sample
+
+
+def fill_block(rows: np.ndarray, piece: Any, offsets: np.ndarray) -> bool:
+    """Write a record batch's feature columns, less their offsets, into float32 ``rows``; False at a
+    null or a value float32 cannot hold (the column-wise path names its cell)."""
+    for position in range(rows.shape[1]):
+        column = piece.column(position)
+        if column.null_count:
+            return False
+        part = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not (np.abs(part) <= FLOAT32_MAX).all():
+            return False
+        rows[:, position] = part - offsets[position]
+    return True

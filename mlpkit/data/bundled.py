@@ -22,18 +22,18 @@ def _load(loader_name: str, **options: Any) -> dict[str, Any]:
 def load_digits() -> RawData:
     bunch = _load("load_digits")
     names = [f"pixel_{row}_{col}" for row in range(8) for col in range(8)]
-    return RawData(bunch["data"].astype(np.float32), bunch["target"].astype(np.int64), "multiclass",
+    return RawData(bunch["data"].astype(np.float64), bunch["target"].astype(np.int64), "multiclass",
                    names, bunch["target_names"])
 
 
 def load_breast_cancer() -> RawData:
     bunch = _load("load_breast_cancer")
-    return RawData(bunch["data"].astype(np.float32), bunch["target"].astype(np.int64), "binary",
+    return RawData(bunch["data"].astype(np.float64), bunch["target"].astype(np.int64), "binary",
                    bunch["feature_names"], bunch["target_names"])
 
 
 def load_diabetes() -> RawData:
     # scaled=False: the raw clinical measurements; mlpkit standardises with training statistics.
     bunch = _load("load_diabetes", scaled=False)
-    return RawData(bunch["data"].astype(np.float32), bunch["target"].astype(np.float32), "regression",
+    return RawData(bunch["data"].astype(np.float64), bunch["target"].astype(np.float64), "regression",
                    bunch["feature_names"], [])

@@ -1,4 +1,4 @@
-"""pyarrow columns -> one float32 feature array (categorical columns one-hot) and the targets.
+"""pyarrow columns -> one float32 feature array (categorical columns one-hot); targets.py: the targets.
 
 Whole columns at a time: no pandas, no per-row Python. A cell that cannot be used is found with
 vectorised compute (first null, first non-number, first non-finite value) and reported by
@@ -7,7 +7,6 @@ vectorised compute (first null, first non-number, first non-finite value) and re
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +14,10 @@ from typing import Any
 import numpy as np
 
 from mlpkit.data.formats import TableFile
+from mlpkit.data.precision import FLOAT32_MAX, SAMPLE_ROWS, offsets_of
 from mlpkit.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
 NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # a finite decimal number, as the cell is written
-MAX_AUTO_CLASSES = 20  # task=auto reads an integer target with at most this many values as classes
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -61,9 +58,10 @@ def numeric(column: Any) -> Any | None:
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind) \
-            or pa.types.is_decimal(kind):
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind):
         return column
+    if pa.types.is_decimal(kind):  # as float64: numpy would hold Decimal objects
+        return pc.cast(column, pa.float64())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         trimmed = pc.utf8_trim_whitespace(column)
         if pc.all(pc.match_substring_regex(trimmed, NUMBER)).as_py() is not False:
@@ -97,18 +95,36 @@ def check_nulls(rows: Rows, column: str, columns: Sequence[Any], describe: Calla
 
 
 def check_numbers(rows: Rows, column: str, columns: Sequence[Any], describe: Callable[[str], str]) -> list[Any]:
-    """Each file's column as numbers; the first cell that is not one is reported."""
+    """Each file's column as numbers; the first cell that is not one is reported (a column of dates
+    or times, whose cells may print as numbers, by its type)."""
     import pyarrow.compute as pc
 
     converted = []
-    for offset, values in zip(rows.offsets, columns):
+    for offset, table_file, values in zip(rows.offsets, rows.files, columns):
         number = numeric(values)
+        if temporal(values.type):
+            raise table_file.fail(f"column '{column}' holds dates or times ({values.type}); feature "
+                                  "columns must be numbers: convert it in the file (e.g. to days since a "
+                                  f"start date), one-hot encode it with data.categorical=[{column}], or "
+                                  "leave it out with data.features=[...]")
         if number is None:
-            bad = pc.invert(pc.match_substring_regex(text(values), NUMBER))
-            raise rows.problem(int(offset) + first(bad), column, describe)
+            bad = first(pc.invert(pc.match_substring_regex(text(values), NUMBER)))
+            if bad < 0:  # every cell prints as a number, yet the type is none pyarrow reads as one
+                raise table_file.fail(f"column '{column}' holds {values.type} values; feature columns "
+                                      "must be numbers or text")
+            raise rows.problem(int(offset) + bad, column, describe)
         converted.append(number)
     check_nulls(rows, column, converted, describe)
     return converted
+
+
+def temporal(kind: Any) -> bool:
+    """A date, time, timestamp or duration type (a dictionary of them too)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_temporal(kind)
 
 
 def categories_of(column: Any) -> list[str]:
@@ -128,24 +144,49 @@ def plan_features(rows: Rows, names: Sequence[str], categorical: Any,
             raise ConfigError("data.categorical", listed, f"feature columns; '{name}' is not one of: "
                               f"{', '.join(names)}")
     return {name: categories_of(rows.tables[0].column(name)) for name in names
-            if name in listed or (categorical == "auto" and numeric(rows.tables[0].column(name)) is None)}
+            if name in listed or (categorical == "auto" and is_text(rows.tables[0].column(name)))}
+
+
+def is_text(column: Any) -> bool:
+    """What data.categorical=auto one-hot encodes: a column that is not numbers, nor dates or times
+    (one category per day would be no encoding; those are refused by name)."""
+    return numeric(column) is None and not temporal(column.type)
 
 
 def encode_features(rows: Rows, names: Sequence[str], categorical: Any = "none",
                     categories: dict[str, list[str]] | None = None,
-                    hint: Callable[[str], str] = lambda column: "feature columns must be numeric") -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
+                    hint: Callable[[str], str] = lambda column: "feature columns must be numeric",
+                    offsets: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
     """(N, F) float32 features, their names (``color=red`` for one-hot columns) and the categories.
 
     Numeric columns are copied chunk by chunk into one preallocated array; a categorical column
     becomes one 0/1 column per category of the training file (sorted); a category the training
-    file did not hold is an error naming its cell.
+    file did not hold is an error naming its cell. ``offsets`` (F,) are subtracted from the features
+    in float64, before their float32 cast: a run's feature_mean keeps the digits of 1e8 + noise.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    values, feature_names, plan, _offsets, _sample = _encode(rows, names, categorical, categories, hint,
+                                                             offsets, fit=False)
+    return values, feature_names, plan
 
+
+def encode_training_features(rows: Rows, names: Sequence[str], categorical: Any, hint: Callable[[str], str]
+                             ) -> tuple[np.ndarray, list[str], dict[str, list[str]], np.ndarray, np.ndarray]:
+    """As encode_features, each numeric column centred in float64 (on the median of the training
+    file's first rows) before its float32 cast; also those offsets and the first rows in float64 (NaN for one-hot columns),
+    RawData's ``feature_offsets`` and ``feature_sample``."""
+    return _encode(rows, names, categorical, None, hint, None, fit=True)
+
+
+def _encode(rows: Rows, names: Sequence[str], categorical: Any, categories: dict[str, list[str]] | None,
+            hint: Callable[[str], str], offsets: Sequence[float] | None, fit: bool
+            ) -> tuple[np.ndarray, list[str], dict[str, list[str]], np.ndarray, np.ndarray]:
+    """The features, names, categories, the offsets subtracted (``fit``: each numeric column's
+    training mean; else ``offsets``, or none) and float64 sample rows."""
     plan = plan_features(rows, names, categorical, categories)
     feature_names = [f"{name}={value}" if name in plan else name
                      for name in names for value in (plan.get(name) or [None])]
+    offsets = np.zeros(len(feature_names)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    sample = np.full((min(SAMPLE_ROWS, int(rows.offsets[1])), len(feature_names)), np.nan)
     # Column-major, so filling column j touches only its own pages while the pyarrow column it
     # came from is released: the load peaks near one copy of the data, not two.
     values = np.empty((len(rows), len(feature_names)), dtype=np.float32, order="F")
@@ -155,97 +196,59 @@ def encode_features(rows: Rows, names: Sequence[str], categorical: Any = "none",
         rows.tables = [table.drop_columns([name]) for table in rows.tables]
         describe = functools.partial(cell_problem, what=hint(name))
         if name in plan:
-            known = plan[name]
-            check_nulls(rows, name, columns, describe)
-            values[:, position:position + len(known)] = 0
-            for offset, column in zip(rows.offsets, columns):
-                codes = pc.index_in(text(column), value_set=pa.array(known, pa.string()))
-                if codes.null_count:
-                    shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-                    raise rows.problem(int(offset) + first(pc.is_null(codes)), name, functools.partial(
-                        unseen_category, shown=shown))
-                codes = codes.to_numpy().astype(np.int64) if codes.num_chunks else np.zeros(0, np.int64)
-                values[np.arange(offset, offset + len(codes)), position + codes] = 1
-            position += len(known)
-            continue
-        for offset, column in zip(rows.offsets, check_numbers(rows, name, columns, describe)):
-            start, part, chunk = int(offset), None, None
-            for chunk in column.chunks:
-                part = chunk.to_numpy(zero_copy_only=False)
-                values[start:start + len(part), position] = part
-                if not np.isfinite(values[start:start + len(part), position]).all():
-                    bad = int(np.flatnonzero(~np.isfinite(values[start:start + len(part), position]))[0])
-                    raise rows.problem(start + bad, name, describe)
-                start += len(part)
-            del part, chunk
-        del column, columns  # the last references to this pyarrow column: its memory goes back
-        position += 1
-    return values, feature_names, plan
+            width = len(plan[name])
+            fill_one_hot(rows, name, columns, plan[name], values[:, position:position + width], describe)
+            if offsets[position:position + width].any():
+                values[:, position:position + width] -= offsets[position:position + width].astype(np.float32)
+            position += width
+        else:
+            offsets[position], sample[:, position] = fill_numbers(
+                rows, name, columns, values[:, position], describe, None if fit else offsets[position])
+            position += 1
+        del columns  # the last references to this pyarrow column: its memory goes back
+    return values, feature_names, plan, offsets, sample
+
+
+def fill_one_hot(rows: Rows, name: str, columns: Sequence[Any], known: list[str], block: np.ndarray,
+                 describe: Callable[[str], str]) -> None:
+    """``block`` (N, categories): 1 where a row holds the category, else 0."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    check_nulls(rows, name, columns, describe)
+    block[:] = 0
+    for offset, column in zip(rows.offsets, columns):
+        codes = pc.index_in(text(column), value_set=pa.array(known, pa.string()))
+        if codes.null_count:
+            shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+            raise rows.problem(int(offset) + first(pc.is_null(codes)), name, functools.partial(
+                unseen_category, shown=shown))
+        codes = codes.to_numpy().astype(np.int64) if codes.num_chunks else np.zeros(0, np.int64)
+        block[np.arange(offset, offset + len(codes)), codes] = 1
+
+
+def fill_numbers(rows: Rows, name: str, columns: Sequence[Any], column_values: np.ndarray,
+                 describe: Callable[[str], str], offset: float | None) -> tuple[float, np.ndarray]:
+    """Fill ``column_values`` (N,) with the column's numbers less ``offset`` (None: the training file's
+    rows' median), subtracted in float64 before the float32 cast; the offset and the first rows in float64."""
+    converted = check_numbers(rows, name, columns, describe)
+    first_rows = np.asarray(converted[0].slice(0, SAMPLE_ROWS).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if offset is None:
+        offset = float(offsets_of(first_rows[:, None])[0])
+    for start, column in zip(rows.offsets, converted):
+        start = int(start)
+        for chunk in column.chunks:
+            part = np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=np.float64)
+            bad = np.flatnonzero(~(np.abs(part) <= FLOAT32_MAX))  # NaN, inf, or beyond float32
+            if bad.size:
+                raise rows.problem(start + int(bad[0]), name, describe)
+            column_values[start:start + len(part)] = part - offset
+            start += len(part)
+    return offset, first_rows
 
 
 def unseen_category(cell: str, shown: str) -> str:
     return f"category {cell.strip()!r} is not one the training file holds ({shown})"
-
-
-def encode_target(rows: Rows, name: str, task: str, file_label: str) -> tuple[str, np.ndarray, list[str]]:
-    """The task, the targets (class indices or float32 values) and the class names."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    columns = [table.column(name) for table in rows.tables]
-    check_nulls(rows, name, columns, lambda cell: cell_problem(cell, ""))
-    numbers = [numeric(column) for column in columns]
-    if all(number is not None for number in numbers):
-        values = np.concatenate([number.to_numpy() for number in numbers]).astype(np.float64)
-        if not (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all():
-            bad = int(np.flatnonzero(~(np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)))[0])
-            raise rows.problem(bad, name, lambda cell: cell_problem(cell, ""))
-    else:
-        values = None
-    if task == "auto":
-        task = guess_task(name, values)
-    if task == "regression":
-        if values is None:
-            offset, column = next((o, c) for o, c, n in zip(rows.offsets, columns, numbers) if n is None)
-            bad = pc.invert(pc.match_substring_regex(text(column), NUMBER))
-            raise rows.problem(int(offset) + first(bad), name, lambda cell: (
-                f"{cell!r} is not a number; data.task=regression needs a numeric target (data.task=auto "
-                "reads it as class labels)"))
-        if values.min() == values.max():
-            raise DataError("data.target", name, f"column '{name}' of {file_label}: all {len(values)} values "
-                            f"are {label(float(values[0]))}: nothing to learn")
-        return task, values.astype(np.float32), []
-    if values is not None:
-        distinct, labels = np.unique(values, return_inverse=True)
-        class_names = [label(float(value)) for value in distinct]
-    else:
-        strings = pa.chunked_array([chunk for column in columns for chunk in text(column).chunks], pa.string())
-        class_names = sorted(pc.unique(strings).to_pylist())
-        labels = pc.index_in(strings, value_set=pa.array(class_names, pa.string())).to_numpy()
-    shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
-    if len(class_names) < 2:
-        raise DataError("data.target", name, f"column '{name}' of {file_label} holds a single class "
-                        f"({shown}) in all {len(rows)} rows; classification needs at least 2")
-    if task == "binary" and len(class_names) != 2:
-        raise DataError("data.task", task, f"column '{name}' holds {len(class_names)} classes ({shown}); "
-                        "use data.task=multiclass or auto")
-    if task == "classification":
-        task = "binary" if len(class_names) == 2 else "multiclass"
-    return task, np.asarray(labels, dtype=np.int64), class_names
-
-
-def guess_task(name: str, values: np.ndarray | None) -> str:
-    if values is None:
-        return "classification"
-    if not (values == np.round(values)).all():
-        return "regression"
-    distinct = len(np.unique(values))
-    task = "classification" if distinct <= MAX_AUTO_CLASSES else "regression"
-    other = "regression" if task == "classification" else "multiclass"
-    log.info("data.task=auto: column '%s' holds %d distinct integers, read as %s; set data.task=%s "
-             "to override", name, distinct, "class labels" if task == "classification" else
-             "a numeric target (regression)", other)
-    return task
 
 
 def cell_problem(cell: str, what: str) -> str:

@@ -44,7 +44,13 @@ GATHER_BYTES = 8 << 20  # features the training loop gathers at once, then steps
 
 @dataclass
 class RawData:
-    """What a source returns: features (N, F) float32, targets (N,) int64 classes or float32 values.
+    """What a source returns: features (N, F), targets (N,) int64 classes or float values.
+
+    Float64 (or integer) features are centred in float64 before build_data casts them to float32
+    (mlpkit.data.precision). Float32 features are taken as they are; ``feature_offsets`` (F,)
+    float64, when set, is what a reader already subtracted from each column before its own float32
+    cast (a table's), added back into the saved mean, and ``feature_sample`` (k, F) float64 a few
+    rows as the source holds them, for the check that float32 keeps a column's distinct values.
 
     ``feature_groups`` (F,) gives columns that share one standardisation (image channels); None
     standardises each column on its own. ``extra`` is carried to ``Data.extra`` (e.g. the target
@@ -65,6 +71,8 @@ class RawData:
     locate: Callable[[int], tuple[str, str, str]] | None = None
     splits: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None
     split_origin: str = ""
+    feature_offsets: np.ndarray | None = None
+    feature_sample: np.ndarray | None = None
 
 
 @dataclass

@@ -130,7 +130,20 @@ class TableFile:
             raise self._unreadable(error) from None
         if table.num_rows == 0:
             raise self.fail("has a header but no data rows" if self.kind == "text" else "holds no rows")
+        self.check_types(table.schema, columns)
         return table
+
+    def check_types(self, schema: Any, columns: Sequence[str]) -> None:
+        """One line for a column whose cells hold several values (Parquet or Feather lists, structs,
+        maps, unions): a cell must be one number or text value."""
+        import pyarrow as pa
+
+        for name in columns:
+            kind = schema.field(name).type
+            if pa.types.is_nested(kind.value_type if pa.types.is_dictionary(kind) else kind):
+                leave_out = ", or choose other columns (data.features, data.target)" if self.key.startswith("data.") else ""
+                raise self.fail(f"column '{name}' holds {kind} values; mlpkit reads one number or text value "
+                                f"per cell: spread its values over columns of their own{leave_out}")
 
     def allow_newlines_in_values(self, error: BaseException) -> bool:
         """True (and set for every later read) when ``error`` is pyarrow's block cut landing inside a

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mlpkit.cache import disk_cached
+from mlpkit.data.precision import FLOAT32_MAX, SAMPLE_ROWS, centred_float32, offsets_of, warn_lost_precision
 from mlpkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # dataset.py imports this module
@@ -72,24 +73,28 @@ def carve_splits(targets: np.ndarray, classify: bool,
     return np.asarray(train), np.asarray(carved["val"]), np.asarray(carved["test"])
 
 
-def standardization(values: np.ndarray, groups: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column (or shared by each group of columns); a constant gets std 1, and a
-    column whose float32 variance overflows gets std inf (build_data names it).
+def standardization(values: np.ndarray, groups: np.ndarray | None = None,
+                    offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column (or shared by each group of columns), float64; a constant gets std 1,
+    and a column whose float32 variance overflows gets std inf (build_data names it).
 
-    ``groups`` gives each column a group id: the columns of a group share one mean and std, as the
-    pixels of an image channel do (a per-pixel std would blow up pixels that are almost always 0).
+    ``offsets`` (F,) were subtracted from the columns before their float32 cast; the mean returned is
+    of the values as the source holds them. ``groups`` gives each column a group id: the columns of
+    a group share one mean and std, as the pixels of an image channel do (a per-pixel std would blow
+    up pixels that are almost always 0).
     """
     # torch reduces in one multi-threaded pass without a temporary copy of the data (numpy's
     # std would allocate one: 1.2 GB for CIFAR-10's training split).
     var, mean = (t.double().numpy() for t in torch.var_mean(torch.from_numpy(values), dim=0,
                                                                  correction=0))
+    if offsets is not None:
+        mean = mean + offsets
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow stays inf or NaN, reported by build_data
         return _per_group(mean, var, groups)
 
 
 def _per_group(mean: np.ndarray, var: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Means and stds as float32, shared within each group of columns when ``groups`` is given."""
+    """Means and stds (float64), shared within each group of columns when ``groups`` is given."""
     if groups is not None:
         # Every column has as many rows, so a group's mean is the mean of its column means and
         # its variance the mean of the column variances plus the spread of the column means.
@@ -100,35 +105,67 @@ def _per_group(mean: np.ndarray, var: np.ndarray, groups: np.ndarray | None) -> 
             mean[columns] = group_mean
     std = np.sqrt(var)
     # A constant column gets std 1; an overflowed one keeps its inf or NaN for the caller to report.
-    return mean.astype(np.float32), np.where(std == 0, 1.0, std).astype(np.float32)
+    return mean, np.where(std == 0, 1.0, std)
 
 
 def prepare_features(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
                      ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The rows of each split, standardised in place with the training split's statistics.
+    """The rows of each split as float32, standardised in place with the training split's
+    statistics; the mean (float64) and std returned are of the values as the source holds them.
 
-    A float32 table whose rows all go to some split (a table file's) is reordered in place, split
-    after split, and the splits are views of it: a large table is held once, not twice."""
-    original_rows = None
-    if reorderable(raw.features, splits):
-        original_rows = np.concatenate(splits)
-        reorder_rows(raw.features, original_rows)
+    Every column reaches float32 centred in float64 (mlpkit.data.precision): a table's reader did it
+    (``raw.feature_offsets``), and a float64 array is centred here on its training rows. A float32
+    table whose rows all go to some split (a table file's) is reordered in place, split after split,
+    and the splits are views of it: a large table is held once, not twice."""
+    parts, offsets, sample, original_rows = split_features(raw, splits, standardize)
+    if original_rows is not None:  # reordered: the splits are now consecutive rows of raw.features
         bounds = np.cumsum([0, *(len(rows) for rows in splits)])
         splits = [np.arange(start, stop) for start, stop in zip(bounds, bounds[1:])]
-        parts = [raw.features[start:stop] for start, stop in zip(bounds, bounds[1:])]
-    else:
-        parts = [np.asarray(raw.features[rows], dtype=np.float32) for rows in splits]
+    width = raw.features.shape[1]
     if not standardize:
-        width = raw.features.shape[1]
+        for part in parts:  # the values as the source holds them, added back in float64
+            for column in np.flatnonzero(offsets):
+                part[:, column] = np.add(part[:, column], offsets[column], dtype=np.float64)
+        stored = None if sample is None else sample.astype(np.float32)
+        warn_lost_precision(where_of(raw, source), raw.feature_names, sample, stored, standardize)
         return parts, np.zeros(width, np.float32), np.ones(width, np.float32)
-    mean, std = standardization(parts[0], raw.feature_groups)
+    mean, std = standardization(parts[0], raw.feature_groups, offsets)
+    centred_mean = (mean - offsets).astype(np.float32)
     # before the values change in place: a message names the value as the file holds it
-    check_standardized(raw, source, raw.features, raw.feature_names, splits, parts, mean, std, original_rows)
+    check_standardized(raw, source, raw.features, raw.feature_names, splits, parts, centred_mean, std,
+                       original_rows, offsets if raw.features.dtype == np.float32 else None)
     with np.errstate(over="ignore", invalid="ignore"):
         for part in parts:
-            part -= mean
-            part /= std
+            part -= centred_mean
+            part /= std.astype(np.float32)
+        if sample is not None:
+            stored = ((sample - offsets).astype(np.float32) - centred_mean) / std.astype(np.float32)
+            warn_lost_precision(where_of(raw, source), raw.feature_names, sample, stored, standardize)
     return parts, mean, std
+
+
+def split_features(raw: RawData, splits: list[np.ndarray], standardize: bool
+                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(float32 rows of each split, the offsets subtracted from them, float64 sample rows for the
+    precision check, the source's row of each reordered row or None)."""
+    features, width = raw.features, raw.features.shape[1]
+    if features.dtype != np.float32:  # float64 (or integers): centre on the training rows, then cast
+        sample = np.asarray(features[splits[0][:SAMPLE_ROWS]], dtype=np.float64)
+        offsets = offsets_of(sample) if standardize else np.zeros(width)
+        return [centred_float32(features, rows, offsets) for rows in splits], offsets, sample, None
+    offsets = np.zeros(width) if raw.feature_offsets is None else np.asarray(raw.feature_offsets, np.float64)
+    if not reorderable(features, splits):
+        return [np.asarray(features[rows], dtype=np.float32) for rows in splits], offsets, raw.feature_sample, None
+    original_rows = np.concatenate(splits)
+    reorder_rows(features, original_rows)
+    bounds = np.cumsum([0, *(len(rows) for rows in splits)])
+    return ([features[start:stop] for start, stop in zip(bounds, bounds[1:])], offsets,
+            raw.feature_sample, original_rows)
+
+
+def where_of(raw: RawData, source: str) -> str:
+    """The file or source a message names: ``data.path=...`` for a table, else ``data.source=...``."""
+    return f"data.path={raw.extra['path']}" if "path" in raw.extra else f"data.source={source}"
 
 
 def reorderable(values: np.ndarray, splits: list[np.ndarray]) -> bool:
@@ -147,15 +184,16 @@ def reorder_rows(values: np.ndarray, order: np.ndarray) -> None:
 
 def prepare_targets(raw: RawData, splits: list[np.ndarray], standardize: bool, source: str = ""
                     ) -> tuple[np.ndarray, float, float]:
-    """Class indices as they are; regression targets as (N, T) float32, standardised on train."""
+    """Class indices as they are; regression targets as (N, T) float32, standardised on train in
+    float64 (a target of 1e8 + noise keeps its noise)."""
     if raw.task != "regression":
         return raw.targets.astype(np.int64), 0.0, 1.0
-    targets = raw.targets.astype(np.float32).reshape(len(raw.targets), -1)
+    targets = raw.targets.astype(np.float64).reshape(len(raw.targets), -1)
     if not standardize:
-        return targets, 0.0, 1.0
+        return targets.astype(np.float32), 0.0, 1.0
     mean, std = standardization(targets[splits[0]])
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
-        standardized = (targets - mean) / std
+        standardized = ((targets - mean) / std).astype(np.float32)
     names = [str(raw.extra.get("target", "target"))] * targets.shape[1]
     check_standardized(raw, source, targets, names, splits, [targets[rows] for rows in splits],
                        mean, std)
@@ -164,15 +202,17 @@ def prepare_targets(raw: RawData, splits: list[np.ndarray], standardize: bool, s
 
 def check_standardized(raw: RawData, source: str, values: np.ndarray, names: list[str],
                        splits: list[np.ndarray], parts: list[np.ndarray], mean: np.ndarray,
-                       std: np.ndarray, original_rows: np.ndarray | None = None) -> None:
+                       std: np.ndarray, original_rows: np.ndarray | None = None,
+                       offsets: np.ndarray | None = None) -> None:
     """A DataError naming the line and column of a value that float32 standardisation cannot hold:
     one that makes the training split's variance overflow (1e25 among small numbers), or one the
     training mean and std would carry beyond float32 in another split. ``parts`` are not yet
-    standardised; ``original_rows`` maps a row of ``values`` to the source's row when it was reordered."""
+    standardised; ``original_rows`` maps a row of ``values`` to the source's row when it was reordered,
+    and ``offsets`` were subtracted from ``values`` (a table's columns, centred as they were read)."""
     row, column, consequence = _overflowing_value(values, splits, parts, mean, std)
     if row is None:
         return
-    value = float(values[row, column])
+    value = float(values[row, column]) + (0.0 if offsets is None else float(offsets[column]))
     if original_rows is not None:
         row = int(original_rows[row])
     if raw.locate is not None:
@@ -189,8 +229,8 @@ def check_standardized(raw: RawData, source: str, values: np.ndarray, names: lis
 
 def _overflowing_value(values: np.ndarray, splits: list[np.ndarray], parts: list[np.ndarray],
                        mean: np.ndarray, std: np.ndarray) -> tuple[int | None, int, str]:
-    """(row, column) in ``values`` of the value to blame for a non-finite statistic or result, and
-    what it did."""
+    """(row, column) in ``values`` of the value to blame for a non-finite statistic or a result float32
+    cannot hold, and what it did."""
     overflowed = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
     if overflowed.size:  # the largest training value in the column drives its variance
         column, train = int(overflowed[0]), splits[0]
@@ -201,11 +241,16 @@ def _overflowing_value(values: np.ndarray, splits: list[np.ndarray], parts: list
         with np.errstate(over="ignore", invalid="ignore"):
             low = (part.min(axis=0) - mean) / std
             high = (part.max(axis=0) - mean) / std
-        broken = np.flatnonzero(~np.isfinite(low) | ~np.isfinite(high))
+        broken = np.flatnonzero(beyond_float32(low) | beyond_float32(high))
         if broken.size:
             column = int(broken[0])
             with np.errstate(over="ignore", invalid="ignore"):
                 standardized = (part[:, column] - mean[column]) / std[column]
-            return (int(rows[np.flatnonzero(~np.isfinite(standardized))[0]]), column,
+            return (int(rows[np.flatnonzero(beyond_float32(standardized))[0]]), column,
                     "standardised with the training split's mean and std is beyond float32")
     return None, 0, ""
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """Where values (float32 or float64) are not finite or beyond float32's range."""
+    return ~(np.abs(values) <= FLOAT32_MAX)

@@ -27,7 +27,7 @@ def _check_noise(value: Any, key: str = "noise") -> float:
 def _classification(points: np.ndarray, labels: np.ndarray, class_names: list[str],
                     feature_names: list[str] = POINT_NAMES) -> RawData:
     task = "binary" if len(class_names) == 2 else "multiclass"
-    return RawData(points.astype(np.float32), labels.astype(np.int64), task, list(feature_names),
+    return RawData(points.astype(np.float64), labels.astype(np.int64), task, list(feature_names),
                    class_names)
 
 
@@ -103,4 +103,4 @@ def sine(n_samples: int = 1000, noise: float = 0.1, periods: float = 2.0, seed: 
     rng = np.random.default_rng(_check_int("seed", seed, 0))
     x = rng.uniform(-np.pi * periods, np.pi * periods, size=n_samples)
     y = np.sin(x) + noise * rng.standard_normal(n_samples)
-    return RawData(x[:, None].astype(np.float32), y.astype(np.float32), "regression", ["x"], [])
+    return RawData(x[:, None].astype(np.float64), y.astype(np.float64), "regression", ["x"], [])

@@ -8,6 +8,8 @@ column; no row or cell is dropped or filled in silently.
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,16 @@ from typing import Any
 import numpy as np
 
 from mlpkit.data.batches import read_numeric
-from mlpkit.data.columns import Rows, encode_features, encode_target
+from mlpkit.data.columns import Rows, encode_training_features
 from mlpkit.data.dataset import RawData, launch_path
 from mlpkit.data.formats import SUFFIXES, TableFile, open_text
+from mlpkit.data.targets import encode_target
 from mlpkit.errors import ConfigError, DataError, show_value
 
 TASKS = ("auto", "binary", "multiclass", "regression")
 CATEGORICAL = "auto (one-hot encode every text feature column), none, or a list of columns, e.g. [color]"
 Row = tuple[int, list[str]]  # (line number in the file, cells)
+log = logging.getLogger(__name__)
 
 
 def load_csv(path: str | None = None, target: str | None = None,
@@ -40,23 +44,35 @@ def load_csv(path: str | None = None, target: str | None = None,
     for key, value in (("val", val_path), ("test", test_path)):
         if value is not None and str(value).strip() != "":
             files.append(TableFile(table_path(value, f"data.{key}_path"), f"data.{key}_path", delimiter))
+            warn_if_training_file(files[0].file, files[-1].file, f"data.{key}_path", value)
     header = list(files[0].schema().names)
     target_column, feature_columns = pick_columns(files[0].file, header, target, features)
     names, target_name = [header[c] for c in feature_columns], header[target_column]
     streamed = read_numeric(files, names, target_name) if categorical in ("none", "auto", [], ()) else None
     if streamed is not None:  # every feature numeric and clean: read batch by batch
-        values, target_tables = streamed
+        values, target_tables, offsets, sample = streamed
         rows, feature_names, categories = Rows(files, target_tables), names, {}
     else:  # the column-wise path: categories, and the exact cell behind any problem
         rows = Rows(files, [read_columns(table_file, [*names, target_name]) for table_file in files])
-        values, feature_names, categories = encode_features(rows, names, categorical, hint=_hint)
+        values, feature_names, categories, offsets, sample = encode_training_features(rows, names, categorical,
+                                                                                       _hint)
     task, labels, class_names = encode_target(rows, target_name, task, str(files[0].file))
     splits, origin = given_splits(rows)
     rows.tables = []  # the pyarrow columns go: the float32 array holds the data now
     return RawData(values, labels, task, feature_names, class_names,
                    extra={"path": str(files[0].file), "target": target_name, "input_columns": names,
                           "categories": categories},
-                   locate=rows.where, splits=splits, split_origin=origin)
+                   locate=rows.where, splits=splits, split_origin=origin, feature_offsets=offsets,
+                   feature_sample=sample)
+
+
+def warn_if_training_file(train: Path, other: Path, key: str, value: Any) -> None:
+    """One warning line when data.val_path or data.test_path is data.path's file (under any spelling
+    or link): its metrics would be measured on rows the model trains on."""
+    if os.path.samefile(train, other):
+        split = "validation" if key == "data.val_path" else "test"
+        log.warning("%s=%s is the training file data.path=%s: the %s metrics are measured on rows the "
+                    "model trains on", key, value, train, split)
 
 
 def _hint(column: str) -> str:
@@ -87,7 +103,7 @@ def check_delimiter(delimiter: Any, key: str = "data.delimiter") -> str:
 
 def read_columns(table_file: TableFile, columns: list[str]) -> Any:
     """The named columns of a file; a text file's numeric columns (judged on its first block) are
-    parsed straight into float32, the target's into float64, the others as text."""
+    parsed into float64 (centred before their float32 cast: mlpkit.data.precision), the others as text."""
     import pyarrow as pa
 
     schema = table_file.schema()
@@ -97,11 +113,10 @@ def read_columns(table_file: TableFile, columns: list[str]) -> Any:
     if table_file.kind != "text":
         return table_file.read(columns)
     types = {}
-    for position, name in enumerate(columns):
+    for name in columns:
         kind = schema.field(name).type
         number = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
-        types[name] = (pa.float64() if position == len(columns) - 1 else pa.float32()) if number \
-            else pa.string()
+        types[name] = pa.float64() if number else pa.string()
     return table_file.read(columns, types)
 
 

@@ -1,0 +1,103 @@
+"""``resume=``: which checkpoint, which config and which directory a resumed run goes on with.
+
+A run directory's checkpoint continues in that directory. A checkpoint resumed into another
+directory (a bare ``.pt`` file, which has none, or ``hydra.run.dir=<new>``) continues the same
+training there: a new run directory that starts where the checkpoint ended, with the run's saved
+config. Nothing is written before the resume is accepted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlpkit.errors import ConfigError
+from mlpkit.rundir import CHECKPOINT_DIR, check_new_run_dir, resumed_config
+
+log = logging.getLogger("mlpkit")
+
+
+@dataclass
+class Resume:
+    path: Path  # the checkpoint file
+    state: dict[str, Any]  # what it holds (mlpkit.checkpoint.load_checkpoint)
+    changes: dict[str, Any] = field(default_factory=dict)  # the RESUMABLE keys the command line changed
+    source_dir: Path | None = None  # the run directory the checkpoint belongs to; None for a bare file
+    here: bool = True  # whether it goes on in that directory (else in a new one)
+
+
+def checkpoint_run_dir(path: Path) -> Path | None:
+    """The run directory of a checkpoint in its ``checkpoints/`` folder (None for a bare file)."""
+    path = path.resolve()
+    if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / ".hydra").is_dir():
+        return path.parent.parent
+    return None
+
+
+def accept_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Resume]:
+    """The config a resume continues with and what it resumes; ConfigError (nothing written) if refused."""
+    import hydra
+
+    from mlpkit.checkpoint import load_checkpoint, resolve_resume_path
+
+    path = resolve_resume_path(hydra.utils.to_absolute_path(str(cfg.resume)))
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise ConfigError("resume", cfg.resume, "a checkpoint written by python train.py (it holds the run's "
+                          "config)", f"{path} holds no config")
+    resumed_cfg, changes = resumed_config(state["config"], cfg, overrides, str(cfg.resume))
+    source_dir = checkpoint_run_dir(path)
+    here = source_dir is not None and source_dir == Path(run_dir).resolve()
+    if not here:
+        check_new_run_dir(run_dir)  # a checkpoint goes on in a new directory, never in another run's
+    return resumed_cfg, Resume(path, state, changes, source_dir, here)
+
+
+def write_continued_config(run_dir: Path, cfg: DictConfig) -> None:
+    """A run continued in a new directory: its .hydra/config.yaml is the config it trains with (Hydra
+    wrote the command line's there), so that loading the run rebuilds the right model."""
+    config_file = Path(run_dir) / ".hydra" / "config.yaml"
+    if config_file.parent.is_dir():
+        OmegaConf.save(cfg, config_file)
+
+
+def start_continued_dir(resume: Resume, trainer: Any, checkpoint_dir: Path) -> None:
+    """A new directory holds its checkpoint from the start (a resume that trains no further epoch
+    leaves a loadable run too); the source run's best.pt comes along, as the best it names."""
+    import shutil
+
+    from mlpkit.checkpoint import BEST
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    source_best = resume.source_dir / CHECKPOINT_DIR / BEST if resume.source_dir is not None else None
+    if source_best is not None and source_best.is_file():
+        shutil.copyfile(source_best, checkpoint_dir / BEST)
+    trainer.save()
+
+
+def wall_seconds_before(resume: Resume) -> float:
+    """The run's wall time before this session: its metrics.json's when that describes the checkpoint's
+    step (a finished run's end, after its last checkpoint, counts too), else the checkpoint's own."""
+    import json
+
+    saved = float(resume.state["extra"].get("wall_seconds", 0.0))
+    if resume.source_dir is None:
+        return saved
+    try:
+        metrics = json.loads((resume.source_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return saved
+    if metrics.get("steps") == resume.state["step"] and isinstance(metrics.get("wall_seconds"), (int, float)):
+        return max(saved, float(metrics["wall_seconds"]))
+    return saved
+
+
+def describe(resume: Resume, run_dir: Path) -> str:
+    """The start line of a resumed run."""
+    state, changes = resume.state, resume.changes
+    where = "" if resume.here else f" into the new run directory {run_dir}"
+    changed = f"; changed {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else ""
+    return f"resumed from {resume.path}{where}: {state['epoch']} epochs done, step {state['step']}{changed}"
