@@ -199,8 +199,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> float:
                            ("overrides.yaml", cfg.hydra.overrides.task)):
             (hydra_dir / name).write_text(OmegaConf.to_yaml(node))
     logging_config = cfg.hydra.job_logging
-    with _logging_into(Path(logging_config.handlers.file.filename), logging_config.formatters), \
-            _keeping_matplotlib_backend():
+    with _logging_into(Path(logging_config.handlers.file.filename), logging_config.formatters):
         return run(task_cfg, run_dir, list(cfg.hydra.overrides.task))
 
 
@@ -242,20 +241,3 @@ def _logging_into(log_file: Path, formats: DictConfig) -> Iterator[None]:
         logger.removeHandler(file)
         file.close()
 
-
-@contextmanager
-def _keeping_matplotlib_backend() -> Iterator[None]:
-    """mlpkit.figures switches matplotlib to Agg to draw a run's figures; the backend chosen before
-    (a notebook's inline plots) comes back afterwards."""
-    import matplotlib  # the run's figures import it anyway
-
-    from mlpkit.cli import in_notebook
-
-    backend = matplotlib.rcParams._get("backend")  # without resolving it: that would import pyplot
-    try:
-        yield
-    finally:
-        if isinstance(backend, str) and matplotlib.rcParams._get("backend") != backend:
-            matplotlib.use(backend)
-            if backend.endswith("backend_inline") and in_notebook():  # its display hooks, as the magic sets them
-                sys.modules["IPython"].get_ipython().run_line_magic("matplotlib", "inline")

@@ -403,6 +403,42 @@ def predicted_vs_true_figure(true: Any, predicted: Any, title: str, target: str 
 
 
 @_drawing
+def sweep_curves_figure(curves: dict[str, list[tuple[int, float, float]]], metric: str) -> Any:
+    """A sweep's validation curves: per configuration, (epoch, mean, std) over its seeds, with a ±std band."""
+    figure, axes = _subplots(figsize=(8, 4.5), dpi=120)
+    for label, points in curves.items():
+        epochs, means, stds = zip(*points)
+        line, = axes.plot(epochs, means, marker="o", label=label)
+        low = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        high = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set(xlabel="epoch", ylabel=f"val_{metric}",
+             title=f"val_{metric} per configuration: mean over seeds, band = ±1 std")
+    return _with_legend(figure, axes)
+
+
+@_drawing
+def sweep_grad_norms_figure(lines: dict[str, list[float]]) -> Any:
+    """One line per job across its layers (input side first), on a log axis."""
+    figure, axes = _subplots(figsize=(8, 4.5), dpi=120)
+    for label, norms in lines.items():
+        shown = [max(norm, FLOOR) if math.isfinite(norm) else math.nan for norm in norms]
+        axes.plot(range(1, len(shown) + 1), shown, marker="o", label=label)
+    axes.set_yscale("log")
+    axes.set_xticks(range(1, max(len(norms) for norms in lines.values()) + 1))
+    axes.set(xlabel="layer (linear1 = input side, last = output layer)",
+             ylabel="gradient L2 norm (last measured step)", title="Per-layer gradient norms by job")
+    return _with_legend(figure, axes)
+
+
+def _with_legend(figure: Any, axes: Any) -> Any:
+    axes.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    return figure
+
+
+@_drawing
 def save_figure(figure: Any, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Write the figure once per format (``path`` with each suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -377,19 +377,11 @@ def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
     return "loss", "min"
 
 
-# --- figures --------------------------------------------------------------------------------------
-def _pyplot():
-    # matplotlib is slow to import and needs no display here: only when there is something to draw.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+# --- figures (drawn by mlpkit.figures: no pyplot, no process-wide backend) ---------------------
 def plot_val_curves(groups: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
     """Each configuration's validation curve: the mean over its seeds, with a ±std band."""
+    from mlpkit import figures
+
     tag = f"{metric}/val"
     curves = {}
     for group in groups:
@@ -399,44 +391,21 @@ def plot_val_curves(groups: list[dict[str, Any]], metric: str, path: Path) -> Pa
                 if entry.get(tag) is not None:
                     by_epoch.setdefault(int(entry["epoch"]), []).append(float(entry[tag]))
         if by_epoch:
-            curves[f"{group['name']} (n={len(group['completed'])})"] = sorted(by_epoch.items())
+            curves[f"{group['name']} (n={len(group['completed'])})"] = [
+                (epoch, *spread(values)) for epoch, values in sorted(by_epoch.items())]
     if not curves:
         return None
-    figure, axes = _pyplot().subplots(figsize=(8, 4.5))
-    for label, points in curves.items():
-        epochs = [epoch for epoch, _ in points]
-        means, stds = zip(*(spread(values) for _, values in points))
-        line, = axes.plot(epochs, means, marker="o", label=label)
-        low = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-        high = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-        axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.set(xlabel="epoch", ylabel=f"val_{metric}",
-             title=f"val_{metric} per configuration: mean over seeds, band = ±1 std")
-    return _save(figure, axes, path)
+    figures.save_figure(figures.sweep_curves_figure(curves, metric), path)
+    return path
 
 
 def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -> Path | None:
     """One line per job across its layers: vanishing gradients show as a line falling to the left."""
-    plotted = [job for job in jobs if job["grad_norms"]]
-    if not plotted:
+    from mlpkit import figures
+
+    lines = {",".join(o for o in job["overrides"] if o not in shared) or job["dir"].name:
+             list(job["grad_norms"].values()) for job in jobs if job["grad_norms"]}
+    if not lines:
         return None
-    figure, axes = _pyplot().subplots(figsize=(8, 4.5))
-    depth = max(len(job["grad_norms"]) for job in plotted)
-    for job in plotted:
-        norms = [max(norm, 1e-12) if math.isfinite(norm) else math.nan for norm in job["grad_norms"].values()]
-        label = ",".join(o for o in job["overrides"] if o not in shared) or job["dir"].name
-        axes.plot(range(1, len(norms) + 1), norms, marker="o", label=label)
-    axes.set_yscale("log")
-    axes.set_xticks(range(1, depth + 1))
-    axes.set(xlabel="layer (linear1 = input side, last = output layer)",
-             ylabel="gradient L2 norm (last measured step)", title="Per-layer gradient norms by job")
-    return _save(figure, axes, path)
-
-
-def _save(figure: Any, axes: Any, path: Path) -> Path:
-    axes.legend(fontsize="small", loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    _pyplot().close(figure)
+    figures.save_figure(figures.sweep_grad_norms_figure(lines), path)
     return path

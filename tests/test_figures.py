@@ -14,7 +14,7 @@ from mlpkit.activations import ACTIVATIONS
 from mlpkit.data import build_data
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
-from tests.conftest import ROOT
+from tests.conftest import ROOT, python_c
 
 POINTS = [-1.0, 1.0, 2.0, 3.0]
 
@@ -174,3 +174,28 @@ def test_two_runs_in_two_threads_both_finish_with_their_figures(tmp_path):
     for name in ("tanh", "relu"):
         assert (tmp_path / name / "metrics.json").is_file()
         assert (tmp_path / name / "gradient_flow.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_sweep_figures_leave_the_process_backend_alone_and_never_import_pyplot(tmp_path):
+    """A notebook's inline backend survives mlpkit.sweep: its figures are drawn on a canvas of their own."""
+    code = f"""
+import sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("svg")
+from mlpkit.sweeps import plot_grad_norms, plot_val_curves
+out = Path({str(tmp_path)!r})
+jobs = [{{"grad_norms": {{"linear1": 1e-7, "linear2": 0.3}}, "overrides": ["activation=sigmoid"], "dir": out}},
+        {{"grad_norms": {{"linear1": 0.2, "linear2": 0.3}}, "overrides": ["activation=relu"], "dir": out}}]
+groups = [{{"name": "relu", "completed": [{{"metrics": {{"history": [{{"epoch": 1, "loss/val": 0.5}},
+                                                                    {{"epoch": 2, "loss/val": 0.3}}]}}}}]}}]
+assert plot_grad_norms(jobs, [], out / "norms.png") == out / "norms.png"
+assert plot_val_curves(groups, "loss", out / "curves.png") == out / "curves.png"
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    result = python_c(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "norms.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
