@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -174,7 +174,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     )
     from mlpkit.objective import build_objective
     from mlpkit.optimizers import build_optimizer
-    from mlpkit.resume import accept_resume, start_continued_dir, wall_seconds_before, write_continued_config
+    from mlpkit.resume import accept_resume, start_continued_dir, write_continued_config
     from mlpkit.resume import describe as describe_resume
     from mlpkit.runs import check_same_data
     from mlpkit.tensorboard import TensorBoardLogger
@@ -251,7 +251,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
     if resume is not None:
         trainer.resume_from(resume.state)
-        trainer.wall_seconds_before = wall_seconds_before(resume)
+        trainer.wall_seconds_before = resume.wall_seconds_before()
         if not resume.here:
             start_continued_dir(resume, trainer, run_dir / CHECKPOINT_DIR)
         resumes = record_resume(run_dir, resume.path, resume.state, resume.changes)
@@ -267,7 +267,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         logger.log_image(f"activation/{cfg.activation.name}",
                          figures.activation_image(cfg.activation.name, activation_params(cfg.activation)), step=0)
     with stop_on_signals(trainer):  # over the end of the run too: a Ctrl-C there still gets metrics.json
-        result = fit_and_log(trainer, logger, run_dir, cfg, resume)
+        result = fit_and_log(trainer, logger, run_dir, cfg, resume.ended_already if resume is not None else None)
         if resume is not None:
             result["resumes"] = resumes
         result = {
@@ -281,8 +281,9 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
     return result["val"][cfg.objective.metric]
 
 
-def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, resume) -> dict:
-    """Train; log the end of the run (or, when it stops, its verdicts and metrics.json)."""
+def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, ended_already: Callable[[int], bool] | None) -> dict:
+    """Train; log the end of the run (or, when it stops, its verdicts and metrics.json).
+    ``ended_already(step)``: whether the run's end is logged already (a finished run resumed)."""
     from mlpkit import figures
 
     try:
@@ -296,31 +297,19 @@ def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, resume) -> dict
         raise
     else:
         # a signal after the last step skips the figures: metrics.json is written, then the run stops
-        if trainer.stop_signal is None and not reported_already(resume, trainer.step, run_dir):
-            log_end_of_run(logger, run_dir, cfg, trainer.monitor, trainer, result)
+        if trainer.stop_signal is None and not (ended_already and ended_already(trainer.step)):
+            log_end_of_run(logger, run_dir, cfg, trainer, result)
     finally:
         logger.close()
     return result
 
 
-def reported_already(resume, step: int, run_dir: Path) -> bool:
-    """A resume of a completed run that trains no further step: its end was logged to TensorBoard."""
-    import json
-
-    if resume is None or not resume.here or step != resume.state["step"]:
-        return False
-    try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
-
-
-def log_end_of_run(logger, run_dir: Path, cfg: DictConfig, monitor, trainer, result: dict) -> None:
+def log_end_of_run(logger, run_dir: Path, cfg: DictConfig, trainer, result: dict) -> None:
     """The end-of-run figures and the HParams entry with the final metrics."""
     from mlpkit import figures
     from mlpkit.tensorboard import final_metrics, run_hparams
 
-    figures.log_gradient_flow(logger, run_dir, monitor, cfg.activation.name)
+    figures.log_gradient_flow(logger, run_dir, trainer.monitor, cfg.activation.name)
     prediction = figures.prediction_figure(trainer.model, trainer.objective, trainer.data)  # 2-D or 1-D sets
     if prediction is not None:
         tag = "decision_boundary/train" if trainer.objective.is_classification else "regression_fit/train"

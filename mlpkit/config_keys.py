@@ -41,7 +41,7 @@ def documented_keys() -> tuple[dict[str, dict[Any, frozenset[str]]], frozenset[s
     from mlpkit.config import CONFIG_DIR
 
     groups: dict[str, dict[Any, frozenset[str]]] = {}
-    top = set(leaf_keys(_read(CONFIG_DIR / "train.yaml"))) - {"defaults"}
+    top = set(leaf_keys(yaml.safe_load((CONFIG_DIR / "train.yaml").read_text()))) - {"defaults"}
     for path in sorted(CONFIG_DIR.glob("*/*.yaml")):
         group, text = path.parent.name, path.read_text()
         content = yaml.safe_load(text) or {}
@@ -55,10 +55,6 @@ def documented_keys() -> tuple[dict[str, dict[Any, frozenset[str]]], frozenset[s
         keys = groups.setdefault(group, {}).get(choice, frozenset())
         groups[group][choice] = keys | frozenset(leaf_keys(content))
     return groups, frozenset(top)
-
-
-def _read(path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def group_keys(group: str, node: Mapping[str, Any]) -> frozenset[str]:

@@ -7,7 +7,7 @@ config. Nothing is written before the resume is accepted.
 """
 from __future__ import annotations
 
-import logging
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from mlpkit.errors import ConfigError
 from mlpkit.rundir import CHECKPOINT_DIR, check_new_run_dir, resumed_config
 
-log = logging.getLogger("mlpkit")
-
 
 @dataclass
 class Resume:
@@ -27,6 +25,21 @@ class Resume:
     changes: dict[str, Any] = field(default_factory=dict)  # the RESUMABLE keys the command line changed
     source_dir: Path | None = None  # the run directory the checkpoint belongs to; None for a bare file
     here: bool = True  # whether it goes on in that directory (else in a new one)
+    metrics: dict[str, Any] = field(default_factory=dict)  # its run's metrics.json ({} when none)
+
+    def ended_already(self, step: int) -> bool:
+        """A resume of a completed run in its own directory that trained no further step: the run's
+        end (figures, HParams) is in its TensorBoard already."""
+        return self.here and step == self.state["step"] and self.metrics.get("status") == "completed"
+
+    def wall_seconds_before(self) -> float:
+        """The run's wall time before this session: its metrics.json's when that describes the
+        checkpoint's step (a finished run's end, after its last checkpoint, counts), else the checkpoint's."""
+        saved = float(self.state["extra"].get("wall_seconds", 0.0))
+        ended = self.metrics.get("wall_seconds")
+        if self.metrics.get("steps") == self.state["step"] and isinstance(ended, (int, float)):
+            return max(saved, float(ended))
+        return saved
 
 
 def checkpoint_run_dir(path: Path) -> Path | None:
@@ -53,7 +66,17 @@ def accept_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple
     here = source_dir is not None and source_dir == Path(run_dir).resolve()
     if not here:
         check_new_run_dir(run_dir)  # a checkpoint goes on in a new directory, never in another run's
-    return resumed_cfg, Resume(path, state, changes, source_dir, here)
+    return resumed_cfg, Resume(path, state, changes, source_dir, here, run_metrics(source_dir))
+
+
+def run_metrics(run_dir: Path | None) -> dict[str, Any]:
+    """A run's metrics.json as a dict; {} when there is none or it cannot be read (a run killed
+    mid-epoch has none: the checkpoint alone tells where it stands)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text()) if run_dir is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def write_continued_config(run_dir: Path, cfg: DictConfig) -> None:
@@ -76,23 +99,6 @@ def start_continued_dir(resume: Resume, trainer: Any, checkpoint_dir: Path) -> N
     if source_best is not None and source_best.is_file():
         shutil.copyfile(source_best, checkpoint_dir / BEST)
     trainer.save()
-
-
-def wall_seconds_before(resume: Resume) -> float:
-    """The run's wall time before this session: its metrics.json's when that describes the checkpoint's
-    step (a finished run's end, after its last checkpoint, counts too), else the checkpoint's own."""
-    import json
-
-    saved = float(resume.state["extra"].get("wall_seconds", 0.0))
-    if resume.source_dir is None:
-        return saved
-    try:
-        metrics = json.loads((resume.source_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return saved
-    if metrics.get("steps") == resume.state["step"] and isinstance(metrics.get("wall_seconds"), (int, float)):
-        return max(saved, float(metrics["wall_seconds"]))
-    return saved
 
 
 def describe(resume: Resume, run_dir: Path) -> str:
