@@ -62,6 +62,8 @@ def accept_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple
         raise ConfigError("resume", cfg.resume, "a checkpoint written by python train.py (it holds the run's "
                           "config)", f"{path} holds no config")
     resumed_cfg, changes = resumed_config(state["config"], cfg, overrides, str(cfg.resume))
+    if resumed_cfg.data.get("download"):  # a checkpoint's word never writes outside the run: the files are
+        resumed_cfg.data.download = False  # where the run found them (data.root), or the resume stops
     source_dir = checkpoint_run_dir(path)
     here = source_dir is not None and source_dir == Path(run_dir).resolve()
     if not here:

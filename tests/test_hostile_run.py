@@ -280,3 +280,15 @@ def test_an_epoch_whose_steps_were_all_skipped_has_no_training_loss(caplog):
 def test_an_os_error_without_a_file_name_reads_cleanly():
     stop = environment_fault(OSError(28, "No space left on device"), "write checkpoint last.pt")
     assert str(stop) == "could not write checkpoint last.pt: No space left on device"
+
+
+@pytest.mark.slow
+def test_a_resume_never_downloads_on_its_checkpoints_word(finished_run, tmp_path):
+    """data.download=true in a checkpoint would let the file choose where the run writes (data.root)."""
+    from mlpkit.resume import accept_resume
+
+    run_dir = tampered_checkpoint(finished_run, tmp_path, lambda config: config["data"].update(
+        source="mnist", root=str(tmp_path / "elsewhere"), download=True))
+    cfg, resume = accept_resume(compose_config(f"resume={run_dir}"), run_dir, [f"resume={run_dir}"])
+    assert cfg.data.download is False and cfg.data.root == str(tmp_path / "elsewhere")
+    assert resume.here
