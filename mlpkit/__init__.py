@@ -1,13 +1,14 @@
 """mlpkit: configurable MLP training with gradient diagnostics.
 
 The Python API (README, "Python API"): ``mlpkit.train``, ``mlpkit.load_run``, ``mlpkit.sweep``,
-``mlpkit.Run``, ``mlpkit.ConfigError``. Torch loads only when they are first used, so ``import
+``mlpkit.Run``, ``mlpkit.Callback``, ``mlpkit.ConfigError``. Torch loads only when they are first used, so ``import
 mlpkit`` (and ``python train.py --help``) stays quick.
 """
+from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Run", "SweepResult", "load_run", "sweep", "train"]
+__all__ = ["Callback", "ConfigError", "Run", "SweepResult", "load_run", "sweep", "train"]
 
 
 def __getattr__(name: str):

@@ -2,23 +2,26 @@
 
 A name is resolved once, by ``resolve_activation``, into an ``Activation`` (the spec and the checked
 parameters); the model keeps it, and init, the gradient monitor and the figures read it from there.
+Importing it imports no torch: config validation and the verdicts (``mlpkit.verdicts``) read the
+table, and only building a module (``Activation.module``) needs torch.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mlpkit.errors import ConfigError, is_int, is_number
 
-SATURATED_BELOW = 0.05  # a unit is saturated where its derivative is below this share of the maximum
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-# (module, its input, its output) -> f'(input) / max f', elementwise, from what the layer computed
-DerivativeShare = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    # (module, its input, its output) -> f'(input) / max f', elementwise, from what the layer computed
+    DerivativeShare = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SATURATED_BELOW = 0.05  # a unit is saturated where its derivative is below this share of the maximum
 
 
 def _sigmoid_share(module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -37,6 +40,7 @@ def _hardtanh_share(module: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> 
 class ActivationSpec:
     """One registered activation.
 
+    ``torch_class`` names its class in ``torch.nn`` (a name, not the class: the table imports no torch).
     ``family`` groups activations by how they fail: ``relu`` units can die (output exactly 0),
     ``squashing`` units saturate (derivative near 0 far from the origin), ``smooth`` ones do neither.
     ``max_derivative`` is the derivative's largest value, the factor that bounds how much gradient
@@ -48,7 +52,7 @@ class ActivationSpec:
     ``SATURATED_BELOW`` is saturated. ``reads_input``: the rule needs the input, not only the output.
     """
 
-    module: Callable[..., nn.Module]
+    torch_class: str
     family: str
     max_derivative: float
     gain: str
@@ -63,24 +67,24 @@ class ActivationSpec:
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
-    "relu": ActivationSpec(nn.ReLU, "relu", 1.0, "relu"),
-    "sigmoid": ActivationSpec(nn.Sigmoid, "squashing", 0.25, "sigmoid", derivative_share=_sigmoid_share),
-    "tanh": ActivationSpec(nn.Tanh, "squashing", 1.0, "tanh", derivative_share=_tanh_share),
-    "leaky": ActivationSpec(nn.LeakyReLU, "relu", 1.0, "leaky_relu", ("negative_slope",),
+    "relu": ActivationSpec("ReLU", "relu", 1.0, "relu"),
+    "sigmoid": ActivationSpec("Sigmoid", "squashing", 0.25, "sigmoid", derivative_share=_sigmoid_share),
+    "tanh": ActivationSpec("Tanh", "squashing", 1.0, "tanh", derivative_share=_tanh_share),
+    "leaky": ActivationSpec("LeakyReLU", "relu", 1.0, "leaky_relu", ("negative_slope",),
                             slope=lambda p: p.get("negative_slope", 0.01)),
-    "prelu": ActivationSpec(nn.PReLU, "relu", 1.0, "leaky_relu", ("num_parameters", "init"),
+    "prelu": ActivationSpec("PReLU", "relu", 1.0, "leaky_relu", ("num_parameters", "init"),
                             slope=lambda p: p.get("init", 0.25)),
-    "elu": ActivationSpec(nn.ELU, "smooth", 1.0, "relu", ("alpha",)),
-    "hardtanh": ActivationSpec(nn.Hardtanh, "squashing", 1.0, "tanh", ("min_val", "max_val"),
+    "elu": ActivationSpec("ELU", "smooth", 1.0, "relu", ("alpha",)),
+    "hardtanh": ActivationSpec("Hardtanh", "squashing", 1.0, "tanh", ("min_val", "max_val"),
                                derivative_share=_hardtanh_share, reads_input=True),
-    "rrelu": ActivationSpec(nn.RReLU, "relu", 1.0, "leaky_relu", ("lower", "upper"),
+    "rrelu": ActivationSpec("RReLU", "relu", 1.0, "leaky_relu", ("lower", "upper"),
                             slope=lambda p: (p.get("lower", 1 / 8) + p.get("upper", 1 / 3)) / 2),
-    "gelu": ActivationSpec(nn.GELU, "smooth", 1.129, "relu", ("approximate",)),
-    "silu": ActivationSpec(nn.SiLU, "smooth", 1.1, "relu"),
-    "selu": ActivationSpec(nn.SELU, "smooth", 1.7581, "selu"),
-    "celu": ActivationSpec(nn.CELU, "smooth", 1.0, "relu", ("alpha",)),
-    "softplus": ActivationSpec(nn.Softplus, "smooth", 1.0, "relu", ("beta", "threshold")),
-    "mish": ActivationSpec(nn.Mish, "smooth", 1.09, "relu"),
+    "gelu": ActivationSpec("GELU", "smooth", 1.129, "relu", ("approximate",)),
+    "silu": ActivationSpec("SiLU", "smooth", 1.1, "relu"),
+    "selu": ActivationSpec("SELU", "smooth", 1.7581, "selu"),
+    "celu": ActivationSpec("CELU", "smooth", 1.0, "relu", ("alpha",)),
+    "softplus": ActivationSpec("Softplus", "smooth", 1.0, "relu", ("beta", "threshold")),
+    "mish": ActivationSpec("Mish", "smooth", 1.09, "relu"),
 }
 
 
@@ -135,10 +139,12 @@ class Activation:
 
     def module(self, width: int) -> nn.Module:
         """A fresh module for one layer (PReLU gets its own parameters in every layer)."""
+        from torch import nn  # here, not at the top: the registry's readers need no torch
+
         kwargs = dict(self.params)
         if self.name == "prelu" and kwargs.get("num_parameters") not in (None, 1):
             kwargs["num_parameters"] = width  # one learned slope per unit of this layer
-        return self.spec.module(**kwargs)
+        return getattr(nn, self.spec.torch_class)(**kwargs)
 
     def init_gain_args(self) -> tuple[str, float | None]:
         """(nonlinearity, param) for ``nn.init.calculate_gain`` and kaiming init."""

@@ -22,22 +22,25 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mlpkit.api_run import Run
+from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError, TrainingStopped, show_value
-from mlpkit.runs import find_run
+from mlpkit.finished_run import Run
+from mlpkit.rundir import CONFIG_FILE, HYDRA_FILE, METRICS_FILE, OVERRIDES_FILE, find_run
 
 __all__ = ["Run", "SweepResult", "load_run", "sweep", "train"]
 
 _compose_lock = threading.Lock()  # Hydra's compose API holds one global state per process
 
 
-def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = None) -> Run:
+def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = None,
+          callbacks: Sequence[Callback] = ()) -> Run:
     """Train one run, as ``python train.py <overrides>`` would, and return it.
 
     ``overrides``: the strings typed on the command line, e.g. ``["activation=tanh",
     "model.hidden_sizes=[64,64]", "trainer.max_epochs=3"]``; ``resume=<run dir>`` continues a run in
     its own directory. ``run_dir``: where the run goes (the command line's ``hydra.run.dir``); by
-    default a new ``outputs/<date>/<time>`` under the current directory. A config mistake raises
+    default a new ``outputs/<date>/<time>`` under the current directory. ``callbacks``: your own
+    ``mlpkit.Callback`` instances, called after the built-in ones. A config mistake raises
     ConfigError with the command line's one-line message; a run stopped by a signal or a non-finite
     loss raises TrainingStopped.
     """
@@ -49,16 +52,16 @@ def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = N
     if run_dir is None:  # the command line's rule: a resume goes on in its run's directory, else a new one
         run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     run_dir = Path(run_dir).expanduser().resolve()
-    _run_job(cfg, run_dir)
+    _run_job(cfg, run_dir, callbacks)
     return Run(run_dir)
 
 
 def load_run(path: str | Path) -> Run:
     """A finished run directory, written by ``python train.py`` or ``mlpkit.train``."""
     run_dir = find_run(path)
-    if not (run_dir / "metrics.json").is_file():
-        raise ConfigError("run", path, "a finished run directory (it holds metrics.json)",
-                          f"{run_dir.resolve()} has no metrics.json: the run has not ended, or was killed "
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ConfigError("run", path, f"a finished run directory (it holds {METRICS_FILE})",
+                          f"{run_dir.resolve()} has no {METRICS_FILE}: the run has not ended, or was killed "
                           "(resume it with mlpkit.train(['resume=...']))")
     return Run(run_dir.resolve())
 
@@ -76,7 +79,7 @@ class SweepResult:
     @property
     def table(self) -> Any:
         """sweep_report.csv as a pandas DataFrame: a row per job, best first."""
-        from mlpkit.api_run import require_pandas
+        from mlpkit.finished_run import require_pandas
 
         return require_pandas("SweepResult.table").read_csv(self.dir / "sweep_report.csv")
 
@@ -156,7 +159,7 @@ def compose(overrides: Sequence[str]) -> DictConfig:
     from hydra import initialize_config_dir
 
     from mlpkit.config import CONFIG_DIR, describe_hydra_error
-    from mlpkit.rundir import register_resolvers
+    from mlpkit.new_dirs import register_resolvers
 
     register_resolvers()  # configs/hydra/default.yaml names run directories through them
     with _compose_lock:
@@ -172,6 +175,15 @@ def compose(overrides: Sequence[str]) -> DictConfig:
     raise problem
 
 
+def run_config(overrides: Sequence[str] | None = None) -> DictConfig:
+    """The config ``python train.py <overrides>`` trains with (without Hydra's own node), for
+    ``mlpkit.assemble.assemble`` and the tools built on it."""
+    cfg = compose(_override_list(overrides))
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def _override_list(overrides: Sequence[str] | None) -> list[str]:
     if overrides is None:
         return []
@@ -181,7 +193,7 @@ def _override_list(overrides: Sequence[str] | None) -> list[str]:
     return list(overrides)
 
 
-def _run_job(cfg: DictConfig, run_dir: Path) -> float:
+def _run_job(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> float:
     """What Hydra's run_job does for ``python train.py``, then mlpkit.cli.run; returns its objective."""
     from mlpkit.cli import run
 
@@ -195,12 +207,12 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> float:
     if subdir is not None:
         hydra_dir = run_dir / str(subdir)
         hydra_dir.mkdir(parents=True, exist_ok=True)
-        for name, node in (("config.yaml", task_cfg), ("hydra.yaml", OmegaConf.masked_copy(cfg, "hydra")),
-                           ("overrides.yaml", cfg.hydra.overrides.task)):
+        for name, node in ((CONFIG_FILE, task_cfg), (HYDRA_FILE, OmegaConf.masked_copy(cfg, "hydra")),
+                           (OVERRIDES_FILE, cfg.hydra.overrides.task)):
             (hydra_dir / name).write_text(OmegaConf.to_yaml(node))
     logging_config = cfg.hydra.job_logging
     with _logging_into(Path(logging_config.handlers.file.filename), logging_config.formatters):
-        return run(task_cfg, run_dir, list(cfg.hydra.overrides.task))
+        return run(task_cfg, run_dir, list(cfg.hydra.overrides.task), callbacks)
 
 
 class _Console(logging.StreamHandler):

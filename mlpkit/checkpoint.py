@@ -23,11 +23,10 @@ import torch
 
 from mlpkit.errors import CheckpointError, ConfigError, show_value
 from mlpkit.rng import RNG_KEYS, capture_rng_state, restore_rng_state
-from mlpkit.rundir import CHECKPOINT_DIR
+from mlpkit.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 FORMAT = "mlpkit-checkpoint"
 VERSION = 1
-LAST, BEST = "last.pt", "best.pt"
 REQUIRED_KEYS = ("model", "optimizer", "optimizer_class", "epoch", "step", "rng", "config", "best")
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 
@@ -43,7 +42,6 @@ def checkpoint_state(
     config: Mapping[str, Any] | None,
     best: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-    scheduler: Any = None,  # anything with state_dict(): the trainer passes its mlpkit.schedules.Schedule
 ) -> dict[str, Any]:
     """The checkpoint dict; ``epoch`` counts the epochs completed (the next one to run).
 
@@ -62,8 +60,6 @@ def checkpoint_state(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "optimizer_class": type(optimizer).__name__,
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "scheduler_class": None if scheduler is None else type(scheduler).__name__,
         "epoch": int(epoch),
         "step": int(step),
         "rng": capture_rng_state(batch_generator),
@@ -191,15 +187,15 @@ def resolve_resume_path(value: str | os.PathLike) -> Path:
     """``resume=`` a run directory (its checkpoints/last.pt) or a checkpoint file, as a Path."""
     path = Path(value).expanduser()
     if path.is_dir():
-        for candidate in (path / CHECKPOINT_DIR / LAST, path / LAST):
+        for candidate in (path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT):
             if candidate.is_file():
                 return candidate
-        raise ConfigError("resume", value, f"a run directory holding {CHECKPOINT_DIR}/{LAST}, or a "
-                          "checkpoint file", f"{path} has no {CHECKPOINT_DIR}/{LAST} (did the run "
+        raise ConfigError("resume", value, f"a run directory holding {CHECKPOINT_DIR}/{LAST_CHECKPOINT}, or a "
+                          "checkpoint file", f"{path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} (did the run "
                           "end its first epoch?)")
     if path.is_file():
         return path
-    raise ConfigError("resume", value, f"a run directory holding {CHECKPOINT_DIR}/{LAST}, or a "
+    raise ConfigError("resume", value, f"a run directory holding {CHECKPOINT_DIR}/{LAST_CHECKPOINT}, or a "
                       "checkpoint file", f"{path} does not exist")
 
 
@@ -262,9 +258,9 @@ def restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     batch_generator: torch.Generator | None = None,
-    scheduler: Any = None,
 ) -> None:
-    """Load weights, optimizer and scheduler state, and every RNG state, after checking they fit.
+    """Load weights, optimizer state and every RNG state, after checking they fit (the callbacks'
+    states, the learning-rate schedule's among them, are the trainer's to load).
 
     Everything is checked before anything is changed, so a checkpoint that does not fit leaves
     the model and optimizer untouched.
@@ -273,15 +269,10 @@ def restore(
     check_model_fits(state, model)
     if optimizer is not None:
         _check_optimizer(state, optimizer, path)
-    if scheduler is not None and state.get("scheduler_class") != type(scheduler).__name__:
-        raise CheckpointError(path, f"has scheduler {state.get('scheduler_class')} but the run uses "
-                              f"{type(scheduler).__name__}")
     try:
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"], batch_generator)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
         raise CheckpointError(path, f"is damaged: restoring it failed with {type(error).__name__}: "

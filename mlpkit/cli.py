@@ -7,14 +7,12 @@ takes over a second to import).
 from __future__ import annotations
 
 import logging
-import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,8 +20,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
-from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped
-from mlpkit.rundir import check_new_run_dir, record_resume, register_resolvers, write_json
+from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped, show_value
+from mlpkit.new_dirs import register_resolvers
+from mlpkit.rundir import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    check_new_run_dir,
+    check_same_data,
+    record_resume,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from mlpkit.assemble import Parts
+    from mlpkit.resume import Resume
+    from mlpkit.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("mlpkit")
 
@@ -47,39 +59,6 @@ def train(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (EXIT_CONFIG, EXIT_NONFINITE):
             raise  # the launcher marks this job failed and the sweep goes on
         sys.exit(exit_code)  # a signal stops a whole sweep too
-
-
-@contextmanager
-def stop_on_signals(trainer):
-    """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before time runs out) ask the trainer to save
-    a checkpoint and stop after the current step; a second Ctrl-C interrupts at once. Off the main
-    thread (mlpkit.train from a worker thread) Python allows no handlers: the signals keep their own."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum, frame):
-        trainer.stop_signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    # A signal the parent set to be ignored stays ignored (Python's own rule for SIGINT): a script's
-    # shell starts a command run in the background with `&` so, and a Ctrl-C to the script must
-    # not stop it.
-    handling = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, request_stop) for sig in handling}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if trainer.stop_signal is not None:
-        # It came after the last step (the run's checkpoints and metrics.json are written): pass it
-        # on as the exit code, so that a Ctrl-C during the final evaluation still stops the process,
-        # or a sweep of many runs.
-        stop = TrainingStopped.by_signal(f"stopped by signal {trainer.stop_signal} after the last step; the run "
-                                         "is complete", trainer.stop_signal)
-        stop.completed = True
-        raise stop
 
 
 @contextmanager
@@ -109,45 +88,11 @@ def held_run_log(run_dir: Path, holding: bool):
             handler.handle(record)
 
 
-def limit_threads(setting: int | str) -> None:
-    """Jobs x threads <= cores when a launcher runs jobs side by side."""
-    import torch  # here, not at the top: see the module docstring
-
-    from mlpkit.acceleration import torch_threads
-
-    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
-    threads = torch_threads(setting, launcher)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np  # here, not at the top: see the module docstring
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def show_progress(setting: str | bool) -> bool:
-    if str(setting) == "auto":  # a terminal, or a Jupyter notebook: its output is no tty, but tqdm.auto draws there
-        return (sys.stdout.isatty() and sys.stderr.isatty()) or in_notebook()
-    return bool(setting)
-
-
-def in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel (the test tqdm.auto makes, without importing IPython)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = ()) -> float:
     """Everything one run does, from a composed config (and the command-line ``overrides`` it was
-    composed with) to metrics.json; errors logged once."""
+    composed with) to metrics.json; errors logged once. ``callbacks``: a user's own (mlpkit.train's)."""
     try:
-        return train_run(cfg, run_dir, overrides)
+        return train_run(cfg, run_dir, overrides, callbacks)
     except ConfigError as error:
         log.error("Config error: %s", error)
         raise
@@ -158,107 +103,89 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
         raise
 
 
-def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
-    from mlpkit import figures  # cheap: matplotlib is imported inside the figure functions
-    from mlpkit.acceleration import check_settings, resolve_device, resolve_fused, set_matmul_precision
-    from mlpkit.checkpoint import CHECKPOINT_DIR
-    from mlpkit.data import build_data, save_label_mapping, save_preprocessing
-    from mlpkit.diagnostics import GradientMonitor, layout
-    from mlpkit.model import (
-        activation_params,
-        check_batch_norm_batches,
-        check_fits_memory,
-        count_parameters,
-        model_from_config,
-        model_summary,
-    )
-    from mlpkit.objective import build_objective
-    from mlpkit.optimizers import build_optimizer
-    from mlpkit.resume import accept_resume, start_continued_dir, write_continued_config
-    from mlpkit.resume import describe as describe_resume
-    from mlpkit.runs import check_same_data
-    from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import CHECKPOINT_MIN_SECONDS, Trainer
-    from mlpkit.verdicts import Thresholds
+def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = ()) -> float:
+    from mlpkit.assemble import assemble, load_data, prepare_device
+    from mlpkit.model import count_parameters
+    from mlpkit.resume import accept_resume
+    from mlpkit.runtime import show_progress, stop_on_signals
 
     started = time.perf_counter()
     resume = None
     with held_run_log(run_dir, holding=bool(cfg.get("resume"))):
         if cfg.get("resume"):  # the run goes on with its saved config: nothing is written before it is accepted
             cfg, resume = accept_resume(cfg, run_dir, list(overrides))
+            forget_checkpoint_callbacks(cfg, overrides)
         else:
             check_new_run_dir(run_dir)
         validate(cfg)  # before anything is loaded
-        device = resolve_device(str(cfg.trainer.device))
-        check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
-        set_matmul_precision(device, cfg.trainer.tf32)
-        limit_threads(cfg.trainer.num_threads)
-        data = build_data(OmegaConf.to_container(cfg.data, resolve=True), device)
+        data = load_data(cfg, prepare_device(cfg))
         log.info(data.describe())
         if resume is not None and resume.source_dir is not None:
             check_same_data(resume.source_dir, data.fingerprint(), "resume", cfg.resume,
                             "a run whose data is unchanged")
+    parts = assemble(cfg, data, checkpoint_dir=run_dir / CHECKPOINT_DIR, callbacks=callbacks,
+                     progress=show_progress(cfg.trainer.progress))  # every refusal comes before a write
+    trainer = parts.trainer
+    trainer.run_dir = run_dir
+    trainer.session_started = started  # the wall clock a checkpoint keeps counts from the command's start
+    if trainer.settings.fast_dev_run:
+        log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
+    logger, resumes = start_run_files(cfg, run_dir, parts, resume)
+    with stop_on_signals(trainer):  # over the end of the run too: a Ctrl-C there still gets metrics.json
+        result = fit_and_log(trainer, logger, run_dir, cfg, resume.ended_already if resume is not None else None)
+        result = {
+            "status": "completed", "dataset": data.name, "task": data.task, "head": parts.objective.head,
+            "loss": parts.objective.loss_name, "activation": cfg.activation.name,
+            "hidden_sizes": list(cfg.model.hidden_sizes), "parameters": count_parameters(parts.model),
+            "device": str(parts.device), **result, **resumes,
+            "wall_seconds": trainer.wall_seconds(),  # over every session
+        }
+        write_metrics(run_dir, result)
+        report(result, run_dir)
+    return result["val"][cfg.objective.metric]
+
+
+def forget_checkpoint_callbacks(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A resume imports no code its checkpoint names: ``trainer.callbacks`` comes from the command line."""
+    typed = any(override.lstrip("+~").partition("=")[0] == "trainer.callbacks" for override in overrides)
+    saved = OmegaConf.select(cfg, "trainer.callbacks", default=None)
+    if not typed and saved:
+        log.warning("the run was trained with trainer.callbacks=%s; a resume imports no code its checkpoint names: "
+                    "give trainer.callbacks=... again to use them", show_value(list(saved)))
+        cfg.trainer.callbacks = []
+
+
+def start_run_files(cfg: DictConfig, run_dir: Path, parts: Parts, resume: Resume | None
+                    ) -> tuple[TensorBoardLogger, dict]:
+    """The run directory's own files (label mapping, preprocessing, the config a continued run trains
+    with), the TensorBoard logger, and the resume's place and record (metrics.json's ``resumes``, from
+    resumes.json); the model, config and layout are logged once per run directory."""
+    from mlpkit import figures
+    from mlpkit.data import save_label_mapping, save_preprocessing
+    from mlpkit.diagnostics import layout
+    from mlpkit.model import activation_params, model_summary
+    from mlpkit.resume import describe, start_continued_dir, write_continued_config
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    trainer, model, data = parts.trainer, parts.model, parts.data
     fresh = resume is None or not resume.here  # a new directory: the run's own files are written there
-    thresholds = Thresholds.from_mapping(cfg.diagnostics)
-    objective = build_objective(
-        cfg.head.name, cfg.loss.name, data.task, data.name, data.n_classes, data.n_targets,
-        label_smoothing=cfg.loss.get("label_smoothing", 0.0), pos_weight=cfg.loss.get("pos_weight"),
-        target_mean=data.target_mean, target_std=data.target_std,
-        class_weights=cfg.loss.get("class_weights"), train_targets=data.train.y,
-    )
-    if objective.class_weights is not None:
-        log.info("loss.class_weights=%s: %s", cfg.loss.class_weights, ", ".join(
-            f"{name} {weight:.3g}" for name, weight in zip(data.class_names, objective.class_weights)))
-    if cfg.objective.metric not in objective.metric_names:
-        raise ConfigError("objective.metric", cfg.objective.metric,
-                          f"one of {', '.join(objective.metric_names)} for a {data.task} task")
-
-    check_fits_memory(data.in_features, objective.out_features, list(cfg.model.hidden_sizes), device)
-    check_batch_norm_batches(cfg.model.get("norm", "none"), len(data.train), cfg.trainer.batch_size,
-                             drop_last=cfg.trainer.compile or cfg.trainer.cuda_graphs,
-                             limit_batches=1 if cfg.trainer.get("fast_dev_run") else cfg.trainer.get("overfit_batches"))
-    seed_everything(cfg.trainer.seed)
-    model = model_from_config(cfg, data.in_features, objective.out_features, objective.head).to(device)
-    log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
-             count_parameters(model), device, model, model_summary(model))
-    fused = resolve_fused(cfg.optimizer.get("fused"), device)
-    optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), model.parameters(),
-                                **({"fused": fused} if "fused" in cfg.optimizer else {}))
-
     if fresh:
         save_label_mapping(data, run_dir)
         save_preprocessing(data, run_dir)
     if resume is not None and not resume.here:
         write_continued_config(run_dir, cfg)
-    logger = TensorBoardLogger(run_dir, purge_step=purge_step(resume.state) if resume and resume.here else None)
-    monitor = GradientMonitor(model, histogram_every_n_steps=cfg.diagnostics.histogram_every_n_steps,
-                              figure_every_n_steps=cfg.diagnostics.figure_every_n_steps,
-                              statistics_every=cfg.diagnostics.get("statistics_every", "auto"), thresholds=thresholds)
-    trainer = Trainer(
-        model, objective, optimizer, data, logger=logger, monitor=monitor,
-        max_epochs=cfg.trainer.max_epochs, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, progress=show_progress(cfg.trainer.progress),
-        checkpoint_dir=run_dir / CHECKPOINT_DIR,
-        checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
-        checkpoint_min_seconds=cfg.trainer.get("checkpoint_min_seconds", CHECKPOINT_MIN_SECONDS),
-        config=OmegaConf.to_container(cfg, resolve=True), metric=cfg.objective.metric,
-        mode=cfg.objective.mode, on_nonfinite=cfg.trainer.on_nonfinite,
-        precision=str(cfg.trainer.precision), compile_step=cfg.trainer.compile, cuda_graphs=cfg.trainer.cuda_graphs,
-        **remedy_settings(cfg),
-    )
-    trainer.session_started = started  # the wall clock a checkpoint keeps counts from the command's start
-    if trainer.fast_dev_run:
-        log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
+    logger = trainer.logger = TensorBoardLogger(
+        run_dir, purge_step=purge_step(resume.state) if resume is not None and resume.here else None)
     if resume is not None:
         trainer.resume_from(resume.state)
         trainer.wall_seconds_before = resume.wall_seconds_before()
         if not resume.here:
-            start_continued_dir(resume, trainer, run_dir / CHECKPOINT_DIR)
-        resumes = record_resume(run_dir, resume.path, resume.state, resume.changes)
-        log.info(describe_resume(resume, run_dir))
+            start_continued_dir(resume, trainer, parts.checkpointer)
+        resumes = {"resumes": record_resume(run_dir, resume.path, resume.state, resume.changes)}
+        log.info(describe(resume, run_dir))
         warn_if_schedule_ended(trainer)
-    if resume is not None and resume.here and resume.changes:  # the config it goes on with, at its step
-        logger.log_text("config", OmegaConf.to_yaml(cfg), trainer.step)
+        if resume.here and resume.changes:  # the config it goes on with, at its step
+            logger.log_text("config", OmegaConf.to_yaml(cfg), trainer.step)
     if fresh:  # once per run directory; a run resumed in its own logged them already
         logger.log_layout(layout())
         logger.log_text("model", f"{model}\n\n{model_summary(model)}")
@@ -266,19 +193,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> 
         logger.log_graph(model, data.train.x[:2])
         logger.log_image(f"activation/{cfg.activation.name}",
                          figures.activation_image(cfg.activation.name, activation_params(cfg.activation)), step=0)
-    with stop_on_signals(trainer):  # over the end of the run too: a Ctrl-C there still gets metrics.json
-        result = fit_and_log(trainer, logger, run_dir, cfg, resume.ended_already if resume is not None else None)
-        if resume is not None:
-            result["resumes"] = resumes
-        result = {
-            "status": "completed", "dataset": data.name, "task": data.task, "head": objective.head,
-            "loss": objective.loss_name, "activation": cfg.activation.name,
-            "hidden_sizes": list(cfg.model.hidden_sizes), "parameters": count_parameters(model),
-            "device": str(device), **result, "wall_seconds": trainer.wall_seconds(),  # over every session
-        }
-        write_metrics(run_dir, result)
-        report(result, run_dir)
-    return result["val"][cfg.objective.metric]
+    return logger, resumes if resume is not None else {}
 
 
 def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, ended_already: Callable[[int], bool] | None) -> dict:
@@ -320,29 +235,14 @@ def log_end_of_run(logger, run_dir: Path, cfg: DictConfig, trainer, result: dict
 def warn_if_schedule_ended(trainer) -> None:
     """A schedule over the run (cosine, onecycle) keeps the length it started with on a longer resume:
     say that the added steps train at the lr it ended on (0 for a cosine to eta_min=0)."""
-    schedule = trainer.schedule
+    from mlpkit.schedules import Schedule
+
+    schedule = next((callback for callback in trainer.callbacks.callbacks if isinstance(callback, Schedule)), None)
     total_steps = trainer.max_epochs * trainer.batches_per_epoch()
     if schedule is not None and schedule.name in ("cosine", "onecycle") and schedule.length < total_steps:
         log.warning("scheduler=%s spans the run's first %d steps; steps %d to %d train at the lr it ended on, %g "
                     "(start a new run for a schedule over the longer run)", schedule.name, schedule.length,
                     schedule.length, total_steps, trainer.optimizer.param_groups[0]["lr"])
-
-
-def remedy_settings(cfg: DictConfig) -> dict:
-    """The Trainer's scheduler, clipping, early-stopping and sanity-check arguments (a run saved
-    before they existed resumes with them off)."""
-    trainer = cfg.trainer
-    early = trainer.get("early_stopping") or {}
-    scheduler = cfg.get("scheduler")
-    return {
-        "scheduler": OmegaConf.to_container(scheduler, resolve=True) if scheduler is not None else None,
-        "gradient_clip_val": float(trainer.get("gradient_clip_val", 0.0)),
-        "gradient_clip_algorithm": str(trainer.get("gradient_clip_algorithm", "norm")),
-        "early_stopping_patience": int(early.get("patience", 0)),
-        "early_stopping_min_delta": float(early.get("min_delta", 0.0)),
-        "overfit_batches": int(trainer.get("overfit_batches", 0)),
-        "fast_dev_run": bool(trainer.get("fast_dev_run", False)),
-    }
 
 
 def purge_step(resumed: dict | None) -> int | None:
@@ -358,13 +258,13 @@ def purge_step(resumed: dict | None) -> int | None:
 def write_metrics(run_dir: Path, result: dict) -> None:
     """metrics.json, replaced atomically; a disk that refuses it loses the file, not the run's line."""
     try:
-        write_json(run_dir / "metrics.json", result)
+        write_json(run_dir / METRICS_FILE, result)
     except OSError as error:
-        log.error("could not write %s: %s", run_dir / "metrics.json", error.strerror or error)
+        log.error("could not write %s: %s", run_dir / METRICS_FILE, error.strerror or error)
 
 
 def report(result: dict, run_dir: Path) -> None:
-    from mlpkit.verdicts import summary as verdict_summary  # imports torch (through mlpkit.activations)
+    from mlpkit.verdicts import summary as verdict_summary
 
     def line(split: str) -> str:
         return ", ".join(f"{name} {value:.4g}" for name, value in result[split].items())
@@ -380,7 +280,8 @@ def report(result: dict, run_dir: Path) -> None:
     for split in ("train", "val", "test"):
         log.info("  %-5s %s", split, line(split))
     if result.get("test_best") is not None:
-        log.info("  test with checkpoints/best.pt (epoch %d): %s", result["best"]["epoch"], line("test_best"))
+        log.info("  test with %s/%s (epoch %d): %s", CHECKPOINT_DIR, BEST_CHECKPOINT, result["best"]["epoch"],
+                 line("test_best"))
     overfit = result.get("overfit_batches")
     if overfit:
         verdict = ("went near zero: the net can learn them" if overfit["reached"] else

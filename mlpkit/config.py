@@ -1,4 +1,8 @@
-"""The config schema's checks (run once, before any data is loaded) and the Hydra error reporter."""
+"""The config's checks (run once, before any data is loaded) and the Hydra error reporter.
+
+``CONSTRAINTS`` is the table of what each key allows (a range, a choice, ``auto`` or a number), each
+rule's words written once and used by every message that names it; the rules that relate two keys
+follow it as code. Types and defaults are mlpkit/schema.py's."""
 from __future__ import annotations
 
 import difflib
@@ -6,14 +10,15 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from mlpkit.config_keys import check_known_keys
+from mlpkit import schema  # importing it registers the groups' schemas with Hydra, before any compose
+from mlpkit.config_keys import CONFIG_DIR, check_known_keys
 from mlpkit.errors import (
     EXIT_ENVIRONMENT,
     ConfigError,
@@ -25,22 +30,10 @@ from mlpkit.errors import (
 )
 from mlpkit.optimizers import check_optimizer_keys
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
-NORMS = ("none", "batch", "layer")  # model.norm (mlpkit.model.NORMS builds them)
-HEADS = ("auto", "softmax", "sigmoid", "identity")
-LOSSES = ("auto", "ce", "bce", "mse")
-OBJECTIVE_MODES = ("min", "max")
-PRECISIONS = ("32", "bf16-mixed")  # trainer.precision
-SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")  # configs/scheduler/<name>.yaml
-CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm
-
-
 SWEEP_FAILED = 1  # exit code of a multirun in which a job failed, as Hydra's own
 SEED_RANGE = (0, 2**32 - 1)  # numpy.random.seed and sklearn's random_state take this; torch takes more
-SEED = f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")  # my_pkg.callbacks.PrintLoss
 ABSENT = object()  # what OmegaConf.select returns for a key that is not there
 
 
@@ -70,12 +63,6 @@ def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) ->
     return value
 
 
-def check_optional(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
-    """``check`` for a key that a config may leave out (an optimizer's momentum, a loss's pos_weight)."""
-    if OmegaConf.select(cfg, key, default=ABSENT) is not ABSENT:
-        check(cfg, key, ok, allowed)
-
-
 def is_finite(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
@@ -88,22 +75,175 @@ def is_seed(value: Any) -> bool:
     return is_int(value) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
 
 
+def is_list(value: Any) -> bool:
+    return isinstance(value, (ListConfig, list))
+
+
+# --- the rules: what a value must be, and the words every message uses for it ---------------------
+@dataclass(frozen=True)
+class Rule:
+    """``test`` passes the values a key allows; ``allowed`` says which, after "expected".
+    ``optional``: a config may lack the key (a loss's pos_weight, an optimizer's momentum, a run
+    saved before the key existed); a required key that is missing is a MissingKeyError."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+    optional: bool = False
+
+
+def optional(rule: Rule) -> Rule:
+    return replace(rule, optional=True)
+
+
+def integer(least: int, note: str = "") -> Rule:
+    return Rule(at_least(least, integer=True), f"an integer >= {least}{note}")
+
+
+def number(least: float, note: str = "", what: str = "a number") -> Rule:
+    return Rule(at_least(least), f"{what} >= {least}{note}")
+
+
+def within(low: float, high: float, closed: str, what: str = "a number") -> Rule:
+    """A finite number between ``low`` and ``high``; ``closed``: left, right, both or neither end included."""
+    left, right = closed in ("left", "both"), closed in ("right", "both")
+    return Rule(lambda v: is_finite(v) and (low <= v if left else low < v) and (v <= high if right else v < high),
+                f"{what} in {'[' if left else '('}{low:g}, {high:g}{']' if right else ')'}")
+
+
+def choice(names: Collection[str], as_text: bool = False) -> Rule:
+    """One of ``names`` (a registry's keys); ``as_text``: compared as text (trainer.precision's 32)."""
+    names = tuple(names)
+    return Rule(lambda v: (str(v) if as_text else v) in names,
+                " or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}")
+
+
+def auto_or(rule: Rule) -> Rule:
+    return Rule(lambda v: v == "auto" or rule.test(v), f"auto or {rule.allowed}")
+
+
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
+SEED = Rule(is_seed, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
+NON_NEGATIVE = number(0)
+OFF = " (0 = off)"
+FRACTION = within(0, 1, "neither", what="a fraction")
+
+# Every key's rule, in the order validate meets them (the first mistake is the one reported).
+CONSTRAINTS: dict[str, Rule] = {
+    "model.hidden_sizes": Rule(lambda sizes: is_list(sizes) and all(is_int(s) and s > 0 for s in sizes),
+                               "a list of positive integers, e.g. [128,64] ([] for a linear model)"),
+    "model.dropout": within(0, 1, "left"),
+    "model.init": choice(schema.INITS),
+    "model.bias": optional(BOOLEAN),
+    "model.norm": optional(choice(schema.NORMS)),
+    "model.residual": optional(BOOLEAN),
+    "head.name": choice(schema.HEADS),
+    "loss.name": choice(schema.LOSSES),
+    "loss.label_smoothing": optional(within(0, 1, "both")),
+    "loss.pos_weight": optional(Rule(lambda w: w is None or (is_finite(w) and w > 0), "a positive number or null")),
+    "loss.class_weights": optional(Rule(
+        lambda w: w is None or w in ("none", "balanced") or (
+            is_list(w) and len(w) > 0 and all(is_finite(x) and x > 0 for x in w)),
+        "none, balanced or a list of positive weights, one per class, e.g. [1,3]")),
+    "optimizer.lr": Rule(lambda lr: is_finite(lr) and lr > 0, "a finite positive number, e.g. 0.001"),
+    "optimizer.weight_decay": optional(NON_NEGATIVE),
+    "optimizer.eps": optional(NON_NEGATIVE),
+    "optimizer.betas": optional(Rule(lambda betas: is_list(betas) and len(betas) == 2
+                                     and all(is_number(b) and 0 <= b < 1 for b in betas),
+                                     "two numbers in [0, 1), e.g. [0.9,0.999]")),
+    "optimizer.momentum": optional(NON_NEGATIVE),
+    "optimizer.dampening": optional(Rule(is_finite, "a number")),
+    "optimizer.nesterov": optional(BOOLEAN),
+    "optimizer.amsgrad": optional(BOOLEAN),
+    "optimizer.maximize": optional(BOOLEAN),
+    "optimizer.fused": optional(Rule(lambda fused: fused == "auto" or fused is None or isinstance(fused, bool),
+                                     "auto, true, false or null")),
+    "trainer.max_epochs": integer(0),
+    "trainer.batch_size": integer(1),
+    "trainer.log_every_n_steps": auto_or(integer(1)),
+    "trainer.seed": SEED,
+    "trainer.device": Rule(lambda device: DEVICE.fullmatch(str(device)) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "trainer.progress": Rule(lambda progress: str(progress) in ("auto", "True", "False"), "auto, true or false"),
+    "trainer.checkpoint_every_n_steps": integer(0),
+    "trainer.checkpoint_min_seconds": optional(number(0, what="a number of seconds")),
+    "trainer.num_threads": optional(auto_or(integer(1))),
+    "trainer.on_nonfinite": choice(schema.ON_NONFINITE),
+    "trainer.compile": BOOLEAN,
+    "trainer.cuda_graphs": BOOLEAN,
+    "trainer.tf32": BOOLEAN,
+    "trainer.precision": choice(schema.PRECISIONS, as_text=True),
+    "trainer.gradient_clip_val": optional(number(0, OFF)),
+    "trainer.gradient_clip_algorithm": optional(choice(schema.CLIP_ALGORITHMS)),
+    "trainer.early_stopping.patience": optional(integer(0, OFF)),
+    "trainer.early_stopping.min_delta": optional(NON_NEGATIVE),
+    "trainer.overfit_batches": optional(integer(0, OFF)),
+    "trainer.fast_dev_run": optional(BOOLEAN),
+    "trainer.callbacks": optional(Rule(
+        lambda paths: is_list(paths) and all(isinstance(p, str) and DOTTED_PATH.fullmatch(p) for p in paths),
+        "a list of Callback classes as dotted import paths, e.g. [my_pkg.callbacks.PrintLoss]")),
+    "diagnostics.histogram_every_n_steps": integer(0, OFF),
+    "diagnostics.figure_every_n_steps": integer(0, OFF),
+    "diagnostics.statistics_every": optional(auto_or(integer(1))),
+    "scheduler.name": choice(schema.SCHEDULERS),
+    "scheduler.warmup_steps": optional(integer(0, " (0 = no warmup)")),
+    "scheduler.step_size": optional(integer(1, " (epochs between decays)")),
+    "scheduler.gamma": optional(within(0, 1, "right")),
+    "scheduler.eta_min": optional(NON_NEGATIVE),
+    "scheduler.t_max": optional(Rule(lambda t: t is None or at_least(1, integer=True)(t),
+                                     "null (the run's steps) or an integer >= 1")),
+    "scheduler.max_lr": optional(Rule(lambda lr: lr is None or (is_finite(lr) and lr > 0),
+                                      "null (optimizer.lr) or a positive number")),
+    "scheduler.pct_start": optional(FRACTION),
+    "scheduler.div_factor": optional(number(1)),
+    "scheduler.final_div_factor": optional(number(1)),
+    "scheduler.anneal_strategy": optional(choice(schema.ANNEAL_STRATEGIES)),
+    "scheduler.factor": optional(within(0, 1, "neither")),
+    "scheduler.patience": optional(integer(0, " (epochs without improvement)")),
+    "scheduler.threshold": optional(NON_NEGATIVE),
+    "scheduler.min_lr": optional(NON_NEGATIVE),
+    "data.val_fraction": FRACTION,
+    "data.test_fraction": FRACTION,
+    "data.split_seed": optional(SEED),
+    "data.seed": optional(SEED),  # the generator of a synthetic set
+    "data.standardize": optional(BOOLEAN),
+    "data.standardize_target": optional(BOOLEAN),
+    "data.split": optional(Rule(lambda split: split in ("official", "pooled"),  # torchvision sets
+                                "official (the official test set) or pooled (train and test pooled, split by "
+                                "fractions)")),
+    "data.categorical": optional(Rule(lambda value: value in ("auto", "none") or (
+        OmegaConf.is_list(value) and all(isinstance(name, str) for name in value)),
+        "auto, none, or a list of feature columns to one-hot encode, e.g. [color]")),
+    "data.val_path": optional(Rule(lambda path: path is None or (isinstance(path, str) and bool(path.strip())),
+                                   "a table file (.csv, .tsv, .parquet, .feather), or null to carve the split "
+                                   "from data.path")),
+    "objective.metric": Rule(lambda metric: isinstance(metric, str) and metric != "",
+                             "a validation metric: loss, accuracy, rmse, mae or r2"),
+    "objective.mode": choice(schema.OBJECTIVE_MODES),
+}
+CONSTRAINTS["data.test_path"] = CONSTRAINTS["data.val_path"]  # a table's given splits
+
+
+def check_rules(cfg: DictConfig, group: str) -> None:
+    """Check every key of ``group`` (``trainer``, ``data``, ...) against its rule in CONSTRAINTS."""
+    for key, rule in CONSTRAINTS.items():
+        if key.startswith(f"{group}.") and not (rule.optional and OmegaConf.select(cfg, key, default=ABSENT) is ABSENT):
+            check(cfg, key, rule.test, rule.allowed)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values a run needs; raise ConfigError on the first one that cannot work."""
     check_resolves(cfg)
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))
     validate_model(cfg)
     validate_activation(cfg)
-    check(cfg, "head.name", lambda name: name in HEADS, f"one of {', '.join(HEADS)}")
+    check_rules(cfg, "head")
     validate_loss(cfg)
     validate_optimizer(cfg)
-    validate_trainer(cfg)
+    for group in ("trainer", "diagnostics"):
+        check_rules(cfg, group)
     validate_remedies(cfg)
     validate_scheduler(cfg)
     validate_data(cfg)
-    check(cfg, "objective.metric", lambda metric: isinstance(metric, str) and metric != "",
-          "a validation metric: loss, accuracy, rmse, mae or r2")
-    check(cfg, "objective.mode", lambda mode: mode in OBJECTIVE_MODES, "min or max")
+    check_rules(cfg, "objective")
 
 
 def check_resolves(cfg: DictConfig) -> None:
@@ -130,15 +270,10 @@ def unresolved(cfg: DictConfig, full_key: str) -> Any:
         return ""
 
 
+# --- the rules between keys ---------------------------------------------------------------------
 def validate_model(cfg: DictConfig) -> None:
-    check(cfg, "model.hidden_sizes",
-          lambda sizes: isinstance(sizes, (ListConfig, list)) and all(is_int(s) and s > 0 for s in sizes),
-          "a list of positive integers, e.g. [128,64] ([] for a linear model)")
-    check(cfg, "model.dropout", lambda p: is_number(p) and 0 <= p < 1, "a number in [0, 1)")
-    check(cfg, "model.init", lambda init: init in INITS, f"one of {', '.join(INITS)}")
-    check_optional(cfg, "model.norm", lambda norm: norm in NORMS, f"one of {', '.join(NORMS)}")
-    check_optional(cfg, "model.residual", lambda flag: isinstance(flag, bool), "true or false")
-    if cfg.model.get("residual", False):
+    check_rules(cfg, "model")
+    if OmegaConf.select(cfg, "model.residual", default=False):
         from mlpkit.model import no_residual_layer, residual_layers
 
         if not residual_layers(list(cfg.model.hidden_sizes)):
@@ -154,14 +289,7 @@ def validate_activation(cfg: DictConfig) -> None:
 
 
 def validate_loss(cfg: DictConfig) -> None:
-    check(cfg, "loss.name", lambda name: name in LOSSES, f"one of {', '.join(LOSSES)}")
-    check_optional(cfg, "loss.label_smoothing", lambda p: is_number(p) and 0 <= p <= 1, "a number in [0, 1]")
-    check_optional(cfg, "loss.pos_weight", lambda w: w is None or (is_finite(w) and w > 0),
-                   "a positive number or null")
-    check_optional(cfg, "loss.class_weights",
-                   lambda w: w is None or w in ("none", "balanced") or (
-                       isinstance(w, (ListConfig, list)) and len(w) > 0 and all(is_finite(x) and x > 0 for x in w)),
-                   "none, balanced or a list of positive weights, one per class, e.g. [1,3]")
+    check_rules(cfg, "loss")
     class_weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
     if class_weights not in (None, "none") and OmegaConf.select(cfg, "loss.pos_weight", default=None) is not None:
         raise ConfigError("loss.class_weights", class_weights, "none when loss.pos_weight is set",
@@ -173,19 +301,7 @@ def validate_optimizer(cfg: DictConfig) -> None:
     """The keys torch.optim checks when the optimizer is built, checked before any data loads."""
     check_optimizer_keys(OmegaConf.to_container(read(cfg, "optimizer", "an optimizer group, e.g. optimizer=adam"),
                                                 resolve=True))
-    check(cfg, "optimizer.lr", lambda lr: is_finite(lr) and lr > 0, "a finite positive number, e.g. 0.001")
-    check_optional(cfg, "optimizer.weight_decay", at_least(0), "a number >= 0")
-    check_optional(cfg, "optimizer.eps", at_least(0), "a number >= 0")
-    check_optional(cfg, "optimizer.betas",
-                   lambda betas: isinstance(betas, (ListConfig, list)) and len(betas) == 2
-                   and all(is_number(b) and 0 <= b < 1 for b in betas),
-                   "two numbers in [0, 1), e.g. [0.9,0.999]")
-    check_optional(cfg, "optimizer.momentum", at_least(0), "a number >= 0")
-    check_optional(cfg, "optimizer.dampening", is_finite, "a number")
-    for key in ("nesterov", "amsgrad", "maximize"):
-        check_optional(cfg, f"optimizer.{key}", lambda flag: isinstance(flag, bool), "true or false")
-    check_optional(cfg, "optimizer.fused", lambda fused: fused == "auto" or fused is None or isinstance(fused, bool),
-                   "auto, true, false or null")
+    check_rules(cfg, "optimizer")
     optimizer = cfg.optimizer
     momentum, dampening = optimizer.get("momentum", 0), optimizer.get("dampening", 0)
     if optimizer.get("nesterov") and (momentum <= 0 or dampening != 0):
@@ -194,41 +310,10 @@ def validate_optimizer(cfg: DictConfig) -> None:
                           "momentum > 0 and dampening 0")
 
 
-def validate_trainer(cfg: DictConfig) -> None:
-    check(cfg, "trainer.max_epochs", at_least(0, integer=True), "an integer >= 0")
-    check(cfg, "trainer.batch_size", at_least(1, integer=True), "an integer >= 1")
-    check(cfg, "trainer.log_every_n_steps", lambda n: n == "auto" or at_least(1, integer=True)(n),
-          "auto or an integer >= 1")
-    check(cfg, "trainer.seed", is_seed, SEED)
-    check(cfg, "trainer.device", lambda device: DEVICE.fullmatch(str(device)) is not None,
-          "auto, cpu, cuda, cuda:N or mps")
-    check(cfg, "trainer.progress", lambda progress: str(progress) in ("auto", "True", "False"),
-          "auto, true or false")
-    check(cfg, "trainer.checkpoint_every_n_steps", at_least(0, integer=True), "an integer >= 0")
-    check_optional(cfg, "trainer.checkpoint_min_seconds", at_least(0), "a number of seconds >= 0")
-    for key in ("histogram_every_n_steps", "figure_every_n_steps"):
-        check(cfg, f"diagnostics.{key}", at_least(0, integer=True), "an integer >= 0 (0 = off)")
-    check_optional(cfg, "diagnostics.statistics_every", lambda n: n == "auto" or at_least(1, integer=True)(n),
-                   "auto or an integer >= 1")
-    check_optional(cfg, "trainer.num_threads", lambda n: n == "auto" or at_least(1, integer=True)(n),
-                   "auto or an integer >= 1")
-    check(cfg, "trainer.on_nonfinite", lambda action: action in ("stop", "skip"), "stop or skip")
-    for key in ("compile", "cuda_graphs", "tf32"):
-        check(cfg, f"trainer.{key}", lambda flag: isinstance(flag, bool), "true or false")
-    check(cfg, "trainer.precision", lambda precision: str(precision) in PRECISIONS, " or ".join(PRECISIONS))
-
-
 def validate_remedies(cfg: DictConfig) -> None:
-    """Clipping, early stopping and the sanity checks (optional keys: a checkpoint written before
-    they existed resumes without them)."""
-    check_optional(cfg, "trainer.gradient_clip_val", at_least(0), "a number >= 0 (0 = off)")
-    check_optional(cfg, "trainer.gradient_clip_algorithm", lambda a: a in CLIP_ALGORITHMS,
-                   " or ".join(CLIP_ALGORITHMS))
-    check_optional(cfg, "trainer.early_stopping.patience", at_least(0, integer=True), "an integer >= 0 (0 = off)")
-    check_optional(cfg, "trainer.early_stopping.min_delta", at_least(0), "a number >= 0")
-    check_optional(cfg, "trainer.overfit_batches", at_least(0, integer=True), "an integer >= 0 (0 = off)")
-    check_optional(cfg, "trainer.fast_dev_run", lambda flag: isinstance(flag, bool), "true or false")
-    if cfg.trainer.get("fast_dev_run") and cfg.trainer.get("overfit_batches"):
+    """A dev run takes one batch of each split: overfitting N batches would contradict it."""
+    if OmegaConf.select(cfg, "trainer.fast_dev_run", default=False) and \
+            OmegaConf.select(cfg, "trainer.overfit_batches", default=0):
         raise ConfigError("trainer.overfit_batches", cfg.trainer.overfit_batches,
                           "0 with trainer.fast_dev_run=true (a dev run takes one batch of each split)")
 
@@ -237,45 +322,17 @@ def validate_scheduler(cfg: DictConfig) -> None:
     """The scheduler group (absent from a checkpoint written before it existed: no schedule)."""
     if OmegaConf.select(cfg, "scheduler", default=None) is None:
         return
-    check(cfg, "scheduler.name", lambda name: name in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}")
-    checks = {
-        "warmup_steps": (at_least(0, integer=True), "an integer >= 0 (0 = no warmup)"),
-        "step_size": (at_least(1, integer=True), "an integer >= 1 (epochs between decays)"),
-        "gamma": (lambda g: is_finite(g) and 0 < g <= 1, "a number in (0, 1]"),
-        "eta_min": (at_least(0), "a number >= 0"),
-        "t_max": (lambda t: t is None or at_least(1, integer=True)(t), "null (the run's steps) or an integer >= 1"),
-        "max_lr": (lambda lr: lr is None or (is_finite(lr) and lr > 0), "null (optimizer.lr) or a positive number"),
-        "pct_start": (lambda p: is_finite(p) and 0 < p < 1, "a fraction in (0, 1)"),
-        "div_factor": (lambda d: is_finite(d) and d >= 1, "a number >= 1"),
-        "final_div_factor": (lambda d: is_finite(d) and d >= 1, "a number >= 1"),
-        "anneal_strategy": (lambda s: s in ("cos", "linear"), "cos or linear"),
-        "factor": (lambda f: is_finite(f) and 0 < f < 1, "a number in (0, 1)"),
-        "patience": (at_least(0, integer=True), "an integer >= 0 (epochs without improvement)"),
-        "threshold": (at_least(0), "a number >= 0"),
-        "min_lr": (at_least(0), "a number >= 0"),
-    }
-    for key, (ok, allowed) in checks.items():
-        check_optional(cfg, f"scheduler.{key}", ok, allowed)
-    if cfg.scheduler.name == "onecycle" and cfg.scheduler.get("warmup_steps", 0):
+    check_rules(cfg, "scheduler")
+    if cfg.scheduler.name == "onecycle" and OmegaConf.select(cfg, "scheduler.warmup_steps", default=0):
         raise ConfigError("scheduler.warmup_steps", cfg.scheduler.warmup_steps, "0 with scheduler=onecycle",
                           "onecycle warms up itself: set scheduler.pct_start")
 
 
 def validate_data(cfg: DictConfig) -> None:
-    fractions = [check(cfg, f"data.{key}", lambda f: is_number(f) and 0 < f < 1, "a fraction in (0, 1)")
-                 for key in ("val_fraction", "test_fraction")]
-    require(sum(fractions) < 1, "data.val_fraction + data.test_fraction", sum(fractions),
+    check_rules(cfg, "data")
+    fractions = cfg.data.val_fraction + cfg.data.test_fraction
+    require(fractions < 1, "data.val_fraction + data.test_fraction", fractions,
             "a sum below 1, leaving samples to train on")
-    check_optional(cfg, "data.split_seed", is_seed, SEED)
-    check_optional(cfg, "data.seed", is_seed, SEED)  # the generator of a synthetic set
-    check_optional(cfg, "data.split", lambda split: split in ("official", "pooled"),  # torchvision sets
-                   "official (the official test set) or pooled (train and test pooled, split by fractions)")
-    check_optional(cfg, "data.categorical", lambda value: value in ("auto", "none") or (
-        OmegaConf.is_list(value) and all(isinstance(name, str) for name in value)),
-        "auto, none, or a list of feature columns to one-hot encode, e.g. [color]")
-    for key in ("val_path", "test_path"):  # a table's given splits
-        check_optional(cfg, f"data.{key}", lambda path: path is None or (isinstance(path, str) and path.strip()),
-                       "a table file (.csv, .tsv, .parquet, .feather), or null to carve the split from data.path")
 
 
 def report_config_errors(app: Callable[[], Any], config_name: str) -> None:
@@ -358,7 +415,10 @@ def describe_hydra_error(error: Exception, overrides: list[str], config_name: st
         full_key = getattr(error.__cause__, "full_key", None)
         if not full_key:
             return str(error).splitlines()[0]
-        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == full_key), "")
+        value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").split("=")[0] == full_key), "")
+        refusal = _refused_by_schema(error.__cause__, full_key, value, overrides)
+        if refusal is not None:
+            return str(refusal)
         parent, _, key = full_key.rpartition(".")
         others = [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key]
         names = _keys_of(parent, others, config_name)
@@ -367,6 +427,24 @@ def describe_hydra_error(error: Exception, overrides: list[str], config_name: st
         nearest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         hint = f" (did you mean {parent + '.' if parent else ''}{nearest[0]}?)" if nearest else ""
         return f"{full_key}={value} is not valid: {key!r} is not a config key; expected {allowed}{hint}"
+    return None
+
+
+def _refused_by_schema(cause: BaseException | None, full_key: str, value: str, overrides: list[str]
+                       ) -> ConfigError | None:
+    """What the groups' schemas refuse at composition, said as validate would: a key deleted
+    (``~trainer.seed``: a schema keeps all its keys) or one value given for a group of keys
+    (``trainer.early_stopping=5``); None for any other error."""
+    from omegaconf.errors import ConfigTypeError, ValidationError
+
+    if isinstance(cause, ConfigTypeError) and f"~{full_key}" in (o.split("=")[0] for o in overrides):
+        rule = CONSTRAINTS.get(full_key)
+        return MissingKeyError(full_key, rule.allowed if rule else "a value (a key of the schema can be set, "
+                               "not removed)")
+    keys = [key for key in CONSTRAINTS if key.startswith(f"{full_key}.")]
+    if isinstance(cause, ValidationError) and keys:
+        return ConfigError(full_key, value, f"a value for each of its keys: {', '.join(keys)}, "
+                           f"e.g. {keys[0]}=1")
     return None
 
 

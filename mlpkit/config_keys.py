@@ -13,11 +13,14 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mlpkit.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # configs/, beside the package
 
 # The value that names a group's choice (a checkpoint's config has no Hydra choices to read).
 CHOICE_KEY = {"head": "name", "loss": "name", "scheduler": "name", "optimizer": "_target_",
@@ -38,7 +41,6 @@ def leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
 @functools.cache
 def documented_keys() -> tuple[dict[str, dict[Any, frozenset[str]]], frozenset[str]]:
     """``({group: {choice value: keys}}, top-level keys)`` from the YAML files of configs/."""
-    from mlpkit.config import CONFIG_DIR
 
     groups: dict[str, dict[Any, frozenset[str]]] = {}
     top = set(leaf_keys(yaml.safe_load((CONFIG_DIR / "train.yaml").read_text()))) - {"defaults"}
@@ -51,6 +53,7 @@ def documented_keys() -> tuple[dict[str, dict[Any, frozenset[str]]], frozenset[s
             continue
         if group == "hydra":
             continue
+        content.pop("defaults", None)  # the schema it extends (mlpkit/schema.py), not a key
         choice = content.get(CHOICE_KEY.get(group, ""), path.stem)
         keys = groups.setdefault(group, {}).get(choice, frozenset())
         groups[group][choice] = keys | frozenset(leaf_keys(content))

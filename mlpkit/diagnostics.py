@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from mlpkit.activations import SATURATED_BELOW
+from mlpkit.callbacks import Callback
 from mlpkit.model import MLP
+from mlpkit.patches import foreach_copy_, foreach_norm, foreach_sub_
 from mlpkit.verdicts import Thresholds, Verdicts
 
 FIGURE_MEASURES = ("grad_norm", "grad_ratio", "update_ratio")  # the gradient-flow figure's bar groups
@@ -83,13 +85,16 @@ def layout() -> dict[str, dict[str, list[str]]]:
     return {**charts, "loss": {"loss": [r"^loss/"]}}
 
 
-class GradientMonitor:
+class GradientMonitor(Callback):
     """What the trainer calls around a measured step; idle on every other step.
 
     ``watch(step)`` before the forward pass, ``measure(step, loss)`` after backward (a non-finite
     loss or gradient is then caught before ``optimizer.step()``), ``after_update(step)`` after it;
-    ``finish()`` at the end (also after a stop); ``state()``/``load()`` for checkpoints.
+    ``finish()`` at the end (also after a stop). A callback for its checkpoint state: the measured
+    step itself is the trainer's, whose one host transfer it shares.
     """
+
+    state_key = "monitor"
 
     def __init__(self, model: MLP, *, histogram_every_n_steps: int = 0, figure_every_n_steps: int = 0,
                  statistics_every: int | str = "auto", thresholds: Thresholds = Thresholds()):
@@ -130,7 +135,7 @@ class GradientMonitor:
         return self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
 
     # --- checkpoints ------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to measure and judge as an uninterrupted one would: the verdicts'
         streaks and the dead-unit window (its measured batches so far), as plain values and a host
         tensor (checkpoints load with weights_only=True). Called at checkpoint time only: the copy
@@ -139,8 +144,8 @@ class GradientMonitor:
         return {"verdicts": self.verdicts.state(),
                 "monitor": {"active_window": window, "window_batches": self.window_batches}}
 
-    def load(self, state: dict[str, Any]) -> None:
-        """The ``state`` keys of a checkpoint's extra; one from before a key existed starts it afresh."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A checkpoint's monitor state; one from before a key existed starts it afresh."""
         if state.get("verdicts") is not None:
             self.verdicts.load(state["verdicts"])
         saved = state.get("monitor") or {}
@@ -174,7 +179,7 @@ class GradientMonitor:
         captured, self.captured = self.captured, {}
         grads = [_grad(weight) for weight in self.weights]
         # the loss, then every gradient, weight and bias-gradient norm: one norm call, one stack
-        norms = torch._foreach_norm(grads + self.weights + [_grad(bias) for bias in self.biases])
+        norms = foreach_norm(grads + self.weights + [_grad(bias) for bias in self.biases])
         packed = Packed()
         packed.add("figures", torch.stack([loss, *norms]))
         if captured:
@@ -196,7 +201,7 @@ class GradientMonitor:
             # kept for the run: a fresh allocation of a large model's size costs more than the copy
             if self.snapshot is None:
                 self.snapshot = [torch.empty_like(weight) for weight in self.weights]
-            torch._foreach_copy_(self.snapshot, self.weights)
+            foreach_copy_(self.snapshot, self.weights)
             self.before_update = (step, values["weight_norm"])
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
         if statistics:
@@ -212,8 +217,8 @@ class GradientMonitor:
             return {}
         _, weight_norms = self.before_update
         self.before_update = None
-        torch._foreach_sub_(self.snapshot, self.weights)  # in place: the buffers now hold the update
-        norms = torch.stack(torch._foreach_norm(self.snapshot)).tolist()
+        foreach_sub_(self.snapshot, self.weights)  # in place: the buffers now hold the update
+        norms = torch.stack(foreach_norm(self.snapshot)).tolist()
         ratios = {name: norm / (weight or math.nan) for name, norm, weight in zip(self.names, norms, weight_norms)}
         if self.last is not None and self.last.step == step:
             for name, ratio in ratios.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlpkit.cache import disk_cached, source_digest
+from mlpkit.rundir import GRADIENT_FLOW_FIGURE
 
 FLOOR = 1e-12  # bars at or below zero are drawn at this height so a log axis can show them
 _MATPLOTLIB = threading.RLock()  # reentrant: a locked function calls others
@@ -113,7 +114,7 @@ def log_gradient_flow(logger: Any, run_dir: Path | None, monitor: Any, activatio
         if step is not None:
             logger.log_image("gradient_flow", figure_to_rgb(figure), step)
         else:
-            save_png(figure, Path(run_dir) / "gradient_flow.png")
+            save_png(figure, Path(run_dir) / GRADIENT_FLOW_FIGURE)
 
 
 @_drawing

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mlpkit.activations import Activation, resolve_activation
 from mlpkit.errors import ConfigError, show_value
+from mlpkit.schema import INITS, NORMS, Model, with_defaults
 
 HEAD_MODULES = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "identity": nn.Identity}
-NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}  # model.norm: between Linear and activation
+DEFAULTS = Model()  # model.* defaults (mlpkit/schema.py): build_model's keyword defaults
 
 
 def residual_layers(hidden_sizes: Sequence[int]) -> list[int]:
@@ -92,6 +94,7 @@ def _blocks(names: Sequence[str], residual: set[int]) -> tuple[tuple[tuple[str, 
     return tuple((tuple(block), skip) for block, skip in blocks)
 
 
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating or predicting a whole split (the trainer, mlpkit.Run)
 # Bytes per parameter while training: float32 weights, their gradients and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 4 * 4
 
@@ -131,11 +134,11 @@ def build_model(
     activation: str,
     activation_params: dict[str, Any],
     head: str,
-    dropout: float = 0.0,
-    init: str = "default",
-    bias: bool = True,
-    norm: str = "none",
-    residual: bool = False,
+    dropout: float = DEFAULTS.dropout,
+    init: str = DEFAULTS.init,
+    bias: bool = DEFAULTS.bias,
+    norm: str = DEFAULTS.norm,
+    residual: bool = DEFAULTS.residual,
 ) -> MLP:
     """An MLP from plain values; input and output sizes come from the data.
 
@@ -143,8 +146,11 @@ def build_model(
     activation; ``residual`` adds skip connections, h + act(norm(linear(h))), around the hidden
     layers ``residual_layers`` names (ConfigError when there is none)."""
     act = resolve_activation(activation, activation_params)
-    if norm not in NORMS:
-        raise ConfigError("model.norm", norm, f"one of {', '.join(NORMS)}")
+    for key, value, names in (("model.norm", norm, NORMS), ("model.init", init, INITS)):
+        if value not in names:
+            raise ConfigError(key, value, f"one of {', '.join(names)}")
+    if not isinstance(bias, bool):  # nn.Linear would take any truthy value, "false" included
+        raise ConfigError("model.bias", bias, "true or false")
     skips = residual_layers(hidden_sizes) if residual else []
     if residual and not skips:
         raise ConfigError(*no_residual_layer(hidden_sizes))
@@ -153,13 +159,13 @@ def build_model(
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]), start=1):
         layers[f"linear{index}"] = nn.Linear(fan_in, fan_out, bias=bias)
         if NORMS[norm] is not None:
-            layers[f"norm{index}"] = NORMS[norm](fan_out)
+            layers[f"norm{index}"] = getattr(nn, NORMS[norm])(fan_out)
         layers[f"act{index}"] = act.module(fan_out)
         if dropout > 0:
             layers[f"dropout{index}"] = nn.Dropout(dropout)
     layers[f"linear{len(widths)}"] = nn.Linear(widths[-1], out_features, bias=bias)
     model = MLP(layers, HEAD_MODULES[head](), act, skips, describe_residual(hidden_sizes, norm) if skips else "")
-    if init != "default":
+    if INITS[init] is not None:  # default: torch's own init
         initialize(model, init, *act.init_gain_args())
     return model
 
@@ -172,14 +178,15 @@ def activation_params(activation_cfg: Any) -> dict[str, Any]:
 def model_from_config(cfg: Any, in_features: int, out_features: int, head: str, *, weights_follow: bool = False
                       ) -> MLP:
     """The model a run's config (its ``model`` and ``activation`` groups) describes, for training and
-    for loading a trained run alike; a key a run saved before it existed takes its default.
-    ``weights_follow``: a checkpoint's weights replace the initial ones (no ``model.init``, which
-    would draw from torch's random generator for nothing)."""
-    init = "default" if weights_follow else cfg.model.get("init", "default")
-    return build_model(in_features, out_features, list(cfg.model.hidden_sizes), cfg.activation.name,
-                       activation_params(cfg.activation), head, dropout=cfg.model.dropout,
-                       init=init, bias=cfg.model.get("bias", True),
-                       norm=cfg.model.get("norm", "none"), residual=cfg.model.get("residual", False))
+    for loading a trained run alike; a key a run saved before it existed takes its default
+    (``schema.with_defaults``). ``weights_follow``: a checkpoint's weights replace the initial ones
+    (no ``model.init``, which would draw from torch's random generator for nothing)."""
+    saved = OmegaConf.to_container(cfg.model, resolve=True) if OmegaConf.is_config(cfg.model) else dict(cfg.model)
+    model = with_defaults({"model": saved}).model  # resolved: its interpolations point outside the group
+    return build_model(in_features, out_features, list(model.hidden_sizes), cfg.activation.name,
+                       activation_params(cfg.activation), head, dropout=model.dropout,
+                       init=DEFAULTS.init if weights_follow else model.init, bias=model.bias,
+                       norm=model.norm, residual=model.residual)
 
 
 def no_residual_layer(hidden_sizes: Sequence[int]) -> tuple[str, bool, str, str]:
@@ -214,16 +221,11 @@ def initialize(model: MLP, init: str, nonlinearity: str, param: float | None) ->
     for index, layer in enumerate(linears):
         is_output = index == len(linears) - 1
         layer_nonlinearity, layer_param = ("linear", None) if is_output else (nonlinearity, param)
-        gain = nn.init.calculate_gain(layer_nonlinearity, layer_param)
-        if init == "xavier_uniform":
-            nn.init.xavier_uniform_(layer.weight, gain=gain)
-        elif init == "xavier_normal":
-            nn.init.xavier_normal_(layer.weight, gain=gain)
-        elif init in ("kaiming_uniform", "kaiming_normal"):
-            kaiming = nn.init.kaiming_uniform_ if init == "kaiming_uniform" else nn.init.kaiming_normal_
-            kaiming(layer.weight, a=layer_param or 0.0, nonlinearity=layer_nonlinearity)
-        elif init == "orthogonal":
-            nn.init.orthogonal_(layer.weight, gain=gain)
+        fill = getattr(nn.init, INITS[init])
+        if init.startswith("kaiming"):  # kaiming takes the nonlinearity itself, not a gain
+            fill(layer.weight, a=layer_param or 0.0, nonlinearity=layer_nonlinearity)
+        else:
+            fill(layer.weight, gain=nn.init.calculate_gain(layer_nonlinearity, layer_param))
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
 

@@ -1,9 +1,10 @@
 """New rows of a table file (CSV/TSV, compressed or not, Parquet, Feather), predicted with a trained run.
 
 `python scripts/predict.py run=<run dir> input=new.csv output=pred.csv` (also `mlpkit-predict`);
-configs/predict.yaml holds its keys. The run is found and loaded through mlpkit.runs; the
-input's feature columns are encoded and standardised with the run's preprocessing.json. Torch is imported only
-once the run directory has been checked, so a mistyped path costs a fraction of a second.
+configs/predict.yaml holds its keys. The run is mlpkit.finished_run.Run; this command reads the
+input file's feature columns (encoded and standardised with the run's preprocessing.json, as
+mlpkit.model_inputs does a DataFrame's) and writes the table. Torch is imported only once the run
+directory has been checked, so a mistyped path costs a fraction of a second.
 """
 from __future__ import annotations
 
@@ -23,16 +24,13 @@ from omegaconf import DictConfig
 
 from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
 from mlpkit.errors import ConfigError, DataError
-from mlpkit.runs import (
+from mlpkit.finished_run import Run, TrainedModel, class_probabilities
+from mlpkit.rundir import (
     RUN_FILES,
     RUN_FOLDERS,
-    TrainedRun,
     find_checkpoint,
     find_run,
-    load_trained,
-    logits_of,
     read_preprocessing,
-    run_config,
     run_file,
     same_file,
 )
@@ -59,6 +57,7 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     from mlpkit.data.columns import Rows, encode_features
     from mlpkit.data.formats import TableFile
     from mlpkit.data.table import check_delimiter
+    from mlpkit.model_inputs import standardize_columns
 
     if not path.is_file():
         raise DataError("input", path, f"{path.resolve()} {'is a directory' if path.is_dir() else 'does not exist'}")
@@ -82,35 +81,22 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     values, names, _plan = encode_features(rows, columns, categories=categories,
                                            hint=lambda column: "the run reads it as a number", offsets=offsets)
     if standardize:
+        std = np.asarray(preprocessing["feature_std"], dtype=np.float64)
         sources = [name if name in columns else name.partition("=")[0] for name in names]  # color=red: color
-        scale_columns(values, np.asarray(preprocessing["feature_std"], dtype=np.float64), rows, sources)
+
+        def beyond(problems: list[tuple[int, int]]) -> Exception:
+            row, column = problems[0]  # the first column, as the reader checks them
+            return rows.problem(row, sources[column], lambda cell: (
+                f"{cell.strip()!r} standardised with the run's feature_std {std[column]:.6g} is beyond float32's "
+                "range; expected values of the scale the run trained on"))
+
+        standardize_columns(values, std, values, beyond)
     return values
 
 
-def scale_columns(values: np.ndarray, std: np.ndarray, rows: Any, sources: Sequence[str]) -> None:
-    """Divide each centred column of ``values`` (N, F) by its std in float64, in place; a result
-    float32 cannot hold is one DataError naming the input's line and column (``sources``: each
-    feature's input column)."""
-    from mlpkit.data.precision import FLOAT32_MAX
-
-    for column, scale in enumerate(std):
-        with np.errstate(over="ignore", invalid="ignore"):
-            scaled = values[:, column] / scale  # a float64 scale: divided in float64
-        beyond = np.flatnonzero(~(np.abs(scaled) <= FLOAT32_MAX))
-        if beyond.size:
-            raise rows.problem(int(beyond[0]), sources[column], lambda cell, scale=scale: (
-                f"{cell.strip()!r} standardised with the run's feature_std {scale:.6g} is beyond float32's "
-                "range; expected values of the scale the run trained on"))
-        values[:, column] = scaled
-
-
-def prediction_table(trained: TrainedRun, features: np.ndarray, class_names: Sequence[str]
+def prediction_table(trained: TrainedModel, logits: Any, class_names: Sequence[str]
                      ) -> tuple[list[str], list[list[str]]]:
     """Header and rows: the predicted class label and one probability per class, or the value."""
-    import torch
-
-    parameter = next(trained.model.parameters())
-    logits = logits_of(trained.model, torch.as_tensor(features, device=parameter.device))
     objective = trained.objective
     predicted = objective.predict(logits).cpu().numpy()
     if not objective.is_classification:
@@ -118,12 +104,11 @@ def prediction_table(trained: TrainedRun, features: np.ndarray, class_names: Seq
             [f"prediction_{i}" for i in range(predicted.shape[1])]
         spec = value_format(predicted, objective.target_std)
         return header, [[format(value, spec) for value in row] for row in predicted]
-    if objective.head == "sigmoid":  # one output: the probability of class_names[1]
-        predicted = np.concatenate([1 - predicted, predicted], axis=1)
+    probabilities = class_probabilities(objective, predicted)
     labels = objective.predict_class(logits).cpu().numpy()
     header = [spreadsheet_cell(name) for name in ("prediction", *(f"probability_{name}" for name in class_names))]
     cells = [spreadsheet_cell(str(name)) for name in class_names]
-    return header, [[cells[label], *(f"{p:.6g}" for p in row)] for label, row in zip(labels, predicted)]
+    return header, [[cells[label], *(f"{p:.6g}" for p in row)] for label, row in zip(labels, probabilities)]
 
 
 def value_format(predicted: np.ndarray, target_std: float) -> str:
@@ -155,13 +140,9 @@ def predict_csv(run: Any, input: Any, output: Any = None, checkpoint: str = "aut
     features = read_feature_rows(Path(str(input)).expanduser(), names, str(delimiter), preprocessing,
                                  standardize=True)
 
-    from mlpkit.acceleration import resolve_device
-
-    torch_device = resolve_device(str(device))
     class_names = list(preprocessing.get("class_names") or [])
-    trained = load_trained(run_dir, run_config(run_dir), checkpoint_path, preprocessing["task"], class_names,
-                           len(names), preprocessing["target_mean"], preprocessing["target_std"], torch_device)
-    header, rows = prediction_table(trained, features, class_names)
+    trained, logits = Run(run_dir).outputs(features, str(checkpoint), str(device))
+    header, rows = prediction_table(trained, logits, class_names)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)

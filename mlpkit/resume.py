@@ -15,7 +15,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.errors import ConfigError
-from mlpkit.rundir import CHECKPOINT_DIR, check_new_run_dir, resumed_config
+from mlpkit.rundir import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    HYDRA_DIR,
+    METRICS_FILE,
+    RUN_CONFIG,
+    check_new_run_dir,
+    resumed_config,
+)
 
 
 @dataclass
@@ -45,7 +53,7 @@ class Resume:
 def checkpoint_run_dir(path: Path) -> Path | None:
     """The run directory of a checkpoint in its ``checkpoints/`` folder (None for a bare file)."""
     path = path.resolve()
-    if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / ".hydra").is_dir():
+    if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / HYDRA_DIR).is_dir():
         return path.parent.parent
     return None
 
@@ -75,7 +83,7 @@ def run_metrics(run_dir: Path | None) -> dict[str, Any]:
     """A run's metrics.json as a dict; {} when there is none or it cannot be read (a run killed
     mid-epoch has none: the checkpoint alone tells where it stands)."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if run_dir is not None else {}
+        metrics = json.loads((run_dir / METRICS_FILE).read_text()) if run_dir is not None else {}
     except (OSError, ValueError):
         return {}
     return metrics if isinstance(metrics, dict) else {}
@@ -84,23 +92,22 @@ def run_metrics(run_dir: Path | None) -> dict[str, Any]:
 def write_continued_config(run_dir: Path, cfg: DictConfig) -> None:
     """A run continued in a new directory: its .hydra/config.yaml is the config it trains with (Hydra
     wrote the command line's there), so that loading the run rebuilds the right model."""
-    config_file = Path(run_dir) / ".hydra" / "config.yaml"
+    config_file = Path(run_dir) / RUN_CONFIG
     if config_file.parent.is_dir():
         OmegaConf.save(cfg, config_file)
 
 
-def start_continued_dir(resume: Resume, trainer: Any, checkpoint_dir: Path) -> None:
+def start_continued_dir(resume: Resume, trainer: Any, checkpointer: Any) -> None:
     """A new directory holds its checkpoint from the start (a resume that trains no further epoch
     leaves a loadable run too); the source run's best.pt comes along, as the best it names."""
     import shutil
 
-    from mlpkit.checkpoint import BEST
-
+    checkpoint_dir = checkpointer.directory
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    source_best = resume.source_dir / CHECKPOINT_DIR / BEST if resume.source_dir is not None else None
+    source_best = resume.source_dir / CHECKPOINT_DIR / BEST_CHECKPOINT if resume.source_dir is not None else None
     if source_best is not None and source_best.is_file():
-        shutil.copyfile(source_best, checkpoint_dir / BEST)
-    trainer.save()
+        shutil.copyfile(source_best, checkpoint_dir / BEST_CHECKPOINT)
+    checkpointer.save(trainer)
 
 
 def describe(resume: Resume, run_dir: Path) -> str:

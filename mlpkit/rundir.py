@@ -1,16 +1,18 @@
-"""Run directories: a new one for every new run, the run's own one for a resume, and nothing written
-into a directory that holds another run.
+"""The run directory: the names of the files a run writes (here, and only here), finding a run and
+its checkpoint, reading and writing its files, the new-run check and the record of its resumes.
 
-configs/hydra/default.yaml names directories through the resolvers registered here. Hydra writes
-``.hydra/`` into a run directory before any mlpkit code runs, so the decision whether that directory
-is new is made inside the resolvers, when Hydra resolves them, and remembered for the run.
+Every module that names one of a run's files imports the name from here. This module imports
+nothing heavy (no torch, no numpy): the data package and ``python train.py --help`` import it.
+Naming NEW run and sweep directories (Hydra's resolvers) is mlpkit.new_dirs.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -18,62 +20,169 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.errors import ConfigError, show_value
 
+# --- the files a run directory holds ---------------------------------------------------------------
+HYDRA_DIR = ".hydra"                  # Hydra's record of the run, written before any mlpkit code runs:
+CONFIG_FILE = "config.yaml"           #   the composed config,
+HYDRA_FILE = "hydra.yaml"             #   Hydra's own settings (hydra.runtime.cwd: where the run was launched),
+OVERRIDES_FILE = "overrides.yaml"     #   the command line's overrides
 CHECKPOINT_DIR = "checkpoints"
-RESUMES = "resumes.json"  # what each resume of a run changed, in order
+BEST_CHECKPOINT = "best.pt"           # the best validation epoch's state
+LAST_CHECKPOINT = "last.pt"           # the latest state: what resume= continues
+CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}  # the commands' checkpoint= choices
+METRICS_FILE = "metrics.json"         # final metrics, history, gradient health: written when the run ends
+LABELS_FILE = "labels.json"           # class index -> label (classification runs)
+PREPROCESSING_FILE = "preprocessing.json"  # raw rows -> model inputs, outputs -> values; the data fingerprint
+RESUMES_FILE = "resumes.json"         # what each resume of a run changed, in order
+JOB_STATUS_FILE = "job_status.json"   # a sweep job's status, written by the sweep callback
+EVALUATION_FILE = "evaluation.json"   # the evaluate command's report
+CONFUSION_MATRIX_FIGURE = "confusion_matrix.png"    # the evaluate command's figure for a classifier
+PREDICTED_VS_TRUE_FIGURE = "predicted_vs_true.png"  # and for a regression
+GRADIENT_FLOW_FIGURE = "gradient_flow.png"
+RUN_CONFIG = f"{HYDRA_DIR}/{CONFIG_FILE}"  # what makes a directory a run directory
+# What a run and the tools on it write into its directory: folders whose every file is the run's,
+# and names at its top (metrics.json, labels.json, preprocessing.json, evaluation.json, train.log,
+# the figures, TensorBoard's event files). predict never writes over one of them, by any name.
+RUN_FOLDERS = (CHECKPOINT_DIR, HYDRA_DIR)
+RUN_FILES = ("*.json", "*.log", "*.png", "*.pt", "events.out.tfevents.*")
+
+RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 # What a resume may change: where and how it runs, and how long (trainer.max_epochs upward only).
 RESUMABLE = ("trainer.max_epochs", "trainer.progress", "trainer.device", "trainer.num_threads",
-             "trainer.checkpoint_min_seconds")
+             "trainer.checkpoint_min_seconds", "trainer.callbacks")
 _held_a_run: dict[str, bool] = {}  # run directory -> whether it held a run before this process started
 
 
-def register_resolvers() -> None:
-    """The resolvers configs/hydra/default.yaml uses; called before Hydra composes."""
-    OmegaConf.register_new_resolver("mlpkit_run_dir", run_dir_for, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("mlpkit_output_subdir", output_subdir, replace=True, use_cache=True)
-    # Cached in the config: Hydra copies a sweep's resolved values into every job's config (its
-    # load_sweep_config), so each job, in whichever process, gets the directory the sweep took.
-    OmegaConf.register_new_resolver("mlpkit_sweep_dir", unique_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("mlpkit_job_dirname", job_dirname, replace=True)
+# --- finding and reading a run ---------------------------------------------------------------------
+def find_run(run: Any) -> Path:
+    """The run directory, checked: it exists and holds the config the run was composed with."""
+    if run is None or str(run).strip() in ("", "???"):
+        raise ConfigError("run", run, RUN_HINT)
+    path = Path(str(run)).expanduser()
+    if not path.is_dir():
+        raise ConfigError("run", run, RUN_HINT, f"{path.resolve()} "
+                          f"{'is a file' if path.exists() else 'does not exist'}")
+    if not (path / RUN_CONFIG).is_file():
+        raise ConfigError("run", run, RUN_HINT, f"{path.resolve()} has no {RUN_CONFIG}, so it "
+                          "is not a run directory")
+    return path
 
 
+def find_checkpoint(run_dir: Path, choice: str = "auto") -> Path:
+    """checkpoints/best.pt, or last.pt when there is no best.pt (``choice``: auto, best, last)."""
+    if choice not in ("auto", *CHECKPOINTS):
+        raise ConfigError("checkpoint", choice, f"auto ({BEST_CHECKPOINT}, else {LAST_CHECKPOINT}), best or last")
+    names = [CHECKPOINTS[choice]] if choice in CHECKPOINTS else list(CHECKPOINTS.values())
+    for name in names:
+        if (run_dir / CHECKPOINT_DIR / name).is_file():
+            return run_dir / CHECKPOINT_DIR / name
+    wanted = " or ".join(f"{CHECKPOINT_DIR}/{name}" for name in names)
+    raise ConfigError("run", run_dir, f"a run directory holding {wanted}",
+                      f"{run_dir.resolve()} has none; did the run stop before its first epoch ended?")
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's composed config, data paths made absolute against the directory it was launched from."""
+    cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    hydra_file = run_dir / HYDRA_DIR / HYDRA_FILE
+    launched_from = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
+        if hydra_file.is_file() else None
+    for key in ("path", "val_path", "test_path", "root"):  # table files (csv), data.root (torchvision sets)
+        value = OmegaConf.select(cfg, f"data.{key}")
+        if launched_from and isinstance(value, str) and not Path(value).expanduser().is_absolute() \
+                and (Path(launched_from) / value).exists():
+            cfg.data[key] = str(Path(launched_from) / value)
+    return cfg
+
+
+def read_preprocessing(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / PREPROCESSING_FILE
+    if not path.is_file():
+        raise ConfigError("run", run_dir, f"a run directory holding {PREPROCESSING_FILE} (written by "
+                          "every training run since mlpkit 0.1)", f"{path.resolve()} does not exist")
+    return read_json(path, run_dir)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json, which a run writes when it ends."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError("run", run_dir, f"a finished run directory (it holds {METRICS_FILE})",
+                          f"{path} does not exist")
+    return read_json(path, run_dir)
+
+
+def read_json(path: Path, run_dir: Path) -> Any:
+    """A JSON file of the run; a damaged one (a disk that filled, a hand edit) is one ConfigError."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError("run", run_dir, "a run directory whose files are as the run wrote them",
+                          f"{path.resolve()} is not valid JSON ({error})") from None
+
+
+def check_same_data(run_dir: Path, fingerprint: str, key: str, value: Any, allowed: str, allow: bool = False) -> None:
+    """Refuse data that is not what the run trained on (its preprocessing.json fingerprint): a changed
+    file would silently give another test split. ``allow`` goes on, with a warning."""
+    saved = read_preprocessing(run_dir).get("fingerprint")
+    if saved is None or saved == fingerprint:
+        return
+    problem = (f"the data loaded now differs from the data {run_dir} trained on (fingerprint {fingerprint[:12]} "
+               f"against {saved[:12]}): a file behind it changed, or rows were added or reordered")
+    if not allow:
+        raise ConfigError(key, value, allowed, problem)
+    print(f"warning: {problem}; going on ({key}=true)", file=sys.stderr)  # the commands print, not log
+
+
+# --- writing into a run ----------------------------------------------------------------------------
+def write_json(path: Path, value: Any) -> None:
+    """``path`` replaced atomically by ``value`` as JSON, through a temporary file of this process's own."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def run_file(path: Path, run_dir: Path) -> str | None:
+    """Which of the run's own files (RUN_FOLDERS, RUN_FILES) ``path`` is, by any spelling, symlink
+    or hard link, or None: what predict must not write over."""
+    target = path.expanduser().resolve()  # symlinks followed, ".." gone
+    for folder in RUN_FOLDERS:
+        inside = next((parent for parent in (target, *target.parents) if same_file(parent, run_dir / folder)), None)
+        if inside is not None:
+            return f"{folder}/{target.relative_to(inside)}".removesuffix("/.")
+    if same_file(target.parent, run_dir) and any(fnmatch(target.name, pattern) for pattern in RUN_FILES):
+        return target.name
+    if target.is_file():  # a hard link elsewhere: the same file under another name
+        own = [*(p for pattern in RUN_FILES for p in run_dir.glob(pattern)),
+               *(p for folder in RUN_FOLDERS for p in (run_dir / folder).rglob("*"))]
+        for file in own:
+            if same_file(file, target):
+                return str(file.relative_to(run_dir))
+    return None
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (os.path.samefile); False when either does not exist."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+# --- a new run never writes into another run's directory -------------------------------------------
 def holds_run(path: Path) -> bool:
     """Whether a directory holds a run: its config, a checkpoint or its metrics."""
-    return any((path / name).exists() for name in (".hydra/config.yaml", CHECKPOINT_DIR, "metrics.json"))
+    return any((path / name).exists() for name in (RUN_CONFIG, CHECKPOINT_DIR, METRICS_FILE))
 
 
-def run_dir_for(resume: str | None, new_run_dir: str) -> str:
-    """hydra.run.dir: a resumed run goes on in its own directory; any other run gets a new one."""
-    if resume:
-        path = Path(resume).expanduser().resolve()
-        if path.is_dir() and (path / CHECKPOINT_DIR).is_dir():
-            return str(path)
-        if path.is_dir() and path.name == CHECKPOINT_DIR:
-            return str(path.parent)
-        if path.is_file() and path.parent.name == CHECKPOINT_DIR:
-            return str(path.parent.parent)
-    return unique_dir(new_run_dir)  # a new run, a bare checkpoint file, or a typo that the run reports
-
-
-def unique_dir(wanted: str) -> str:
-    """``wanted``, or ``wanted_2``, ``wanted_3``, ... : the first that this process could create itself
-    (mkdir is atomic, so two runs started in the same second never share one)."""
-    candidate, number = Path(wanted), 1
-    candidate.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            candidate.mkdir()
-            return str(candidate)
-        except FileExistsError:
-            number += 1
-            candidate = Path(f"{wanted}_{number}")
-
-
-def output_subdir(output_dir: str) -> str | None:
-    """hydra.output_subdir: ``.hydra`` for a new run; None (Hydra then writes no config) for a
-    directory that already holds a run, so that neither a resume nor a refused start rewrites it."""
-    path = Path(output_dir)
+def note_whether_held(path: Path) -> bool:
+    """Whether ``path`` holds a run now, remembered for this process: Hydra writes ``.hydra/`` into
+    a new run's directory before any mlpkit code runs, so the question is asked before that
+    (by mlpkit.new_dirs.output_subdir, when Hydra resolves it)."""
     _held_a_run[str(path.resolve())] = holds_run(path)
-    return None if _held_a_run[str(path.resolve())] else ".hydra"
+    return _held_a_run[str(path.resolve())]
 
 
 def held_a_run(run_dir: Path) -> bool:
@@ -90,12 +199,15 @@ def check_new_run_dir(run_dir: Path) -> None:
                           "it; choose another hydra.run.dir (or none) for a new run")
 
 
+# --- resuming a run ----------------------------------------------------------------------------------
 def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Sequence[str], resume: str
                    ) -> tuple[DictConfig, dict[str, Any]]:
     """The config a resume continues with: the run's saved config, with only the RESUMABLE keys of
     the command line changed (and trainer.max_epochs only upward). Returns it and the changes."""
     refuse_interpolations(saved, resume)
-    cfg = OmegaConf.create(dict(saved))
+    from mlpkit.schema import with_defaults  # a run saved before a key existed takes its default
+
+    cfg = with_defaults(saved)
     changes: dict[str, Any] = {}
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
@@ -138,46 +250,9 @@ def _plain(value: Any) -> Any:
 
 def record_resume(run_dir: Path, checkpoint: Path, state: Mapping[str, Any], changes: dict[str, Any]) -> list:
     """Append this resume (when, from which checkpoint and step, what it changed) to resumes.json."""
-    path = Path(run_dir) / RESUMES
+    path = Path(run_dir) / RESUMES_FILE
     resumes = json.loads(path.read_text()) if path.is_file() else []
     resumes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(checkpoint),
                     "epoch": int(state["epoch"]), "step": int(state["step"]), "changes": changes})
     write_json(path, resumes)
     return resumes
-
-
-def write_json(path: Path, value: Any) -> None:
-    """``path`` replaced atomically by ``value`` as JSON, through a temporary file of this process's own."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(value, indent=2) + "\n")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-NAME_MAX_BYTES = 255  # Linux's limit on one file name: a longer job directory cannot be created
-_QUOTED = frozenset("/\\%")  # a path separator on some system, and the quoting character itself
-
-
-def job_dirname(name: str) -> str:
-    """hydra.sweep.subdir: one directory name inside the sweep whatever the swept values hold.
-
-    ``/``, ``\\``, ``%`` and control characters are %-quoted (``../x.csv`` -> ``..%2Fx.csv``), as is a
-    leading ``.`` or ``-``, so urllib.parse.unquote gives the overrides back; a name over
-    NAME_MAX_BYTES keeps its start and ends in a hash of the whole, so two long names stay apart."""
-    quoted = "".join(_quote(char) if char in _QUOTED or not char.isprintable() else char for char in name)
-    if quoted[:1] in (".", "-"):
-        quoted = _quote(quoted[0]) + quoted[1:]
-    if len(quoted.encode()) <= NAME_MAX_BYTES:
-        return quoted or "_"
-    import hashlib  # only a name too long to create needs it
-
-    suffix = "~" + hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:16]
-    start = quoted.encode()[:NAME_MAX_BYTES - len(suffix)].decode(errors="ignore")  # whole characters only
-    return start[:start.rfind("%")] + suffix if "%" in start[-2:] else start + suffix  # and whole %XX
-
-
-def _quote(char: str) -> str:
-    # each UTF-8 byte as %XX, as urllib.parse.quote writes it (a file name's undecodable bytes too)
-    return "".join(f"%{byte:02X}" for byte in char.encode(errors="surrogatepass"))

@@ -16,14 +16,16 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
 
 log = logging.getLogger("mlpkit")
 
 
-class Schedule:
-    """What the trainer calls: ``after_step()`` after every optimizer step, ``after_epoch(value)``
-    with the validation objective; ``state_dict``/``load_state_dict`` for checkpoints.
+class Schedule(Callback):
+    """A callback: a step after every optimizer step (after the step is logged: ``lr/group0`` is
+    the lr the step trained with), an epoch step with the validation objective; its state travels
+    in checkpoints.
 
     ``per_step``: a torch scheduler stepped every optimizer step for ``length`` steps (None: for
     ever); ``plateau``: a ReduceLROnPlateau stepped per epoch once the warmup is over."""
@@ -33,6 +35,14 @@ class Schedule:
         self.name, self.per_step, self.length, self.plateau = name, per_step, length, plateau
         self.warmup_steps = warmup_steps
         self.steps = 0  # optimizer steps taken under this schedule
+
+    state_key = "scheduler"
+
+    def on_after_optimizer_step(self, trainer: Any) -> None:
+        self.after_step()
+
+    def on_validation_end(self, trainer: Any, metrics: dict[str, float], improved: bool) -> None:
+        self.after_epoch(metrics[trainer.metric])
 
     def after_step(self) -> None:
         self.steps += 1

@@ -20,10 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
+from mlpkit.rundir import HYDRA_DIR, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
 
 log = logging.getLogger(__name__)
 
-JOB_STATUS = "job_status.json"       # written by the callback into every job's directory
 REPORT_NAME = "sweep_report"         # sweep_report.md, .csv, _grouped.csv, _val_curves.png, _grad_norms.png
 SEED_KEY = "trainer.seed"            # jobs whose overrides differ only in it repeat one configuration
 SIGNIFICANCE = 0.05                  # a p-value below it: a difference larger than seed noise
@@ -69,7 +69,7 @@ class SweepCallback(Callback):
         record = {"status": status, "error": None if error is None else f"{type(error).__name__}: {error}",
                   "job_num": config.hydra.job.get("num")}
         output_dir = Path(str(config.hydra.runtime.output_dir))
-        (output_dir / JOB_STATUS).write_text(json.dumps(record, indent=2))
+        (output_dir / JOB_STATUS_FILE).write_text(json.dumps(record, indent=2))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._report_once()
@@ -118,14 +118,14 @@ def continue_optuna_study(config: DictConfig) -> None:
 # --- the report -----------------------------------------------------------------------------------
 def find_jobs(sweep_dir: Path) -> list[Path]:
     """Every job directory of a sweep: the ones holding ``.hydra/overrides.yaml``."""
-    return sorted(path.parent.parent for path in Path(sweep_dir).rglob("overrides.yaml")
-                  if path.parent.name == ".hydra")
+    return sorted(path.parent.parent for path in Path(sweep_dir).rglob(OVERRIDES_FILE)
+                  if path.parent.name == HYDRA_DIR)
 
 
 def read_job(job_dir: Path) -> dict[str, Any]:
     """One job's overrides, seed, metrics, per-layer gradient norms and status, whatever it got to write."""
-    overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
-    metrics_path, status_path = job_dir / "metrics.json", job_dir / JOB_STATUS
+    overrides = [str(o) for o in OmegaConf.load(job_dir / HYDRA_DIR / OVERRIDES_FILE)]
+    metrics_path, status_path = job_dir / METRICS_FILE, job_dir / JOB_STATUS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     recorded = json.loads(status_path.read_text()) if status_path.exists() else {}
     # job_status.json (the callback) first, then metrics.json's own status ("stopped" by a signal,
@@ -154,7 +154,7 @@ def _seed(job_dir: Path, overrides: list[str]) -> str:
     for override in overrides:
         if _key(override) == SEED_KEY:
             return override.split("=", 1)[1]
-    config_path = job_dir / ".hydra" / "config.yaml"
+    config_path = job_dir / RUN_CONFIG
     seed = OmegaConf.select(OmegaConf.load(config_path), SEED_KEY) if config_path.exists() else None
     return "" if seed is None else str(seed)
 
@@ -370,7 +370,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | N
 
 def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
     for job_dir in job_dirs:
-        config_path = job_dir / ".hydra" / "config.yaml"
+        config_path = job_dir / RUN_CONFIG
         if config_path.exists():
             objective = OmegaConf.load(config_path).get("objective") or {}
             return str(objective.get("metric", "loss")), str(objective.get("mode", "min"))

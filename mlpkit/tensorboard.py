@@ -1,11 +1,16 @@
-"""Everything that writes TensorBoard: scalars, layout, histograms, images, text and hyperparameters."""
+"""Everything that writes TensorBoard: scalars, layout, histograms, images, text and hyperparameters.
+
+What it does with tensorboard's and torch's internals (a faster checksum, records written in this
+thread, the model graph traced without its check) lives in ``mlpkit.patches``.
+"""
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from mlpkit.patches import checksum_records_in_c, file_writer, model_graph, write_in_this_thread
 
 FLUSH_SECONDS = 5.0  # at most this long between a value being logged and it being in the event file
 
@@ -46,11 +51,11 @@ class TensorBoardLogger:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        file_writer = self.summary_writer._get_file_writer()
+        event_file = file_writer(self.summary_writer)
         for step, wall_time, values in self.pending:
             summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))
                                      for tag, value in values.items()])
-            file_writer.add_summary(summary, step, wall_time)
+            event_file.add_summary(summary, step, wall_time)
         self.pending = []
 
     @property
@@ -71,7 +76,7 @@ class TensorBoardLogger:
         model.eval()  # tracing runs a forward pass: in train mode it would move BatchNorm's running statistics
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns about things that do not apply to an MLP
-            self.writer._get_file_writer().add_graph(model_graph(model, example_input))
+            file_writer(self.writer).add_graph(model_graph(model, example_input))
         model.train(was_training)
 
     def log_layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
@@ -106,92 +111,6 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def checksum_records_in_c() -> None:
-    """tensorboard checksums every record it writes (CRC32C) in pure Python: 70 us for a step's
-    scalars, about 10 ms for a 100 KB figure, on its writer thread but holding the GIL, so the
-    training loop waits for it. google-crc32c computes the same checksum in C (0.3 us); its function
-    replaces tensorboard's for this process (the event files are byte for byte the same)."""
-    from tensorboard.summary.writer import record_writer
-
-    try:
-        import google_crc32c
-    except ImportError:  # a lean environment without it: tensorboard's own, slower, checksum
-        return
-
-    def masked_crc32c(data: bytes) -> int:
-        crc = google_crc32c.value(bytes(data))
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TFRecord's mask, as tensorboard's
-
-    record_writer.masked_crc32c = masked_crc32c
-
-
-class RecordsInThisThread:
-    """What an EventFileWriter writes its records through, in place of tensorboard's _AsyncWriter:
-    the same write/flush/close, done in the calling thread."""
-
-    def __init__(self, records: Any):
-        self.records = records  # a tensorboard RecordWriter
-
-    def write(self, data: bytes) -> None:
-        self.records.write(data)
-
-    def flush(self) -> None:
-        self.records.flush()
-
-    def close(self) -> None:
-        self.records.flush()
-        self.records.close()
-
-
-def write_in_this_thread(summary_writer: Any) -> None:
-    """Records into one open, buffered file from the calling thread, for ``summary_writer``'s event file.
-
-    tensorboard without TensorFlow writes each record by opening the event file, appending and
-    closing it again (pytorch/pytorch#35188), on a writer thread that wakes for every event: on a
-    2-core machine that thread takes a core from the training step's two threads. Measured inside a
-    digits training step, a logged step cost 290 us more than another with tensorboard's writer
-    and 127 us with this one; what it writes is byte for byte the same. Where tensorboard's
-    internals have moved, or the file is not local, the writer is left as it is."""
-    from tensorboard.compat.tensorflow_stub.io import gfile
-
-    event_writer = getattr(summary_writer._get_file_writer(), "event_writer", None)
-    async_writer = getattr(event_writer, "_async_writer", None)
-    records = getattr(async_writer, "_writer", None)
-    worker = getattr(async_writer, "_worker", None)
-    file_name = getattr(event_writer, "_file_name", "")
-    if not (hasattr(records, "_writer") and hasattr(worker, "stop") and os.path.isfile(file_name)):
-        return
-    event_writer.flush()  # the file-version event, written when the file was created
-    worker.stop()
-    if isinstance(records._writer, gfile.GFile) and "://" not in file_name:
-        records._writer.close()
-        records._writer = open(file_name, "ab")  # noqa: SIM115 - closed with the event writer
-    event_writer._async_writer = RecordsInThisThread(records)
-
-
-def model_graph(model: Any, example_input: Any) -> tuple[Any, Any]:
-    """What ``SummaryWriter.add_graph`` logs (a GraphDef and its run metadata), traced without
-    ``torch.jit.trace``'s check_trace: that check runs the traced model again and compares the two
-    with ``torch.testing.assert_close``, whose first call imports ``torch.distributed.tensor`` (about
-    a second on 2 cores, the largest single cost of a short run's start-up); a trace of an MLP has
-    no data-dependent control flow for it to find. Falls back to add_graph's own function where
-    torch's private helpers have moved."""
-    import torch
-    from torch.utils.tensorboard import _pytorch_graph as pytorch_graph
-
-    needed = ("_set_model_to_eval", "parse", "GraphDef", "VersionDef", "RunMetadata", "StepStats", "DeviceStepStats")
-    if not all(hasattr(pytorch_graph, name) for name in needed):
-        return pytorch_graph.graph(model, example_input)
-    with pytorch_graph._set_model_to_eval(model):
-        trace = torch.jit.trace(model, example_input, check_trace=False)  # strict, as add_graph's default
-        graph = trace.graph
-        torch._C._jit_pass_inline(graph)
-    nodes = pytorch_graph.parse(graph, trace, example_input)
-    run_metadata = pytorch_graph.RunMetadata(step_stats=pytorch_graph.StepStats(
-        dev_stats=[pytorch_graph.DeviceStepStats(device="/device:CPU:0")]))  # add_graph's own constant
-    return pytorch_graph.GraphDef(node=nodes, versions=pytorch_graph.VersionDef(producer=22)), run_metadata
 
 
 def run_hparams(cfg: Any) -> dict[str, Any]:

@@ -51,17 +51,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mlpkit.acceleration import autocast, resolve_fused, set_matmul_precision  # noqa: E402
+from mlpkit.api import run_config  # noqa: E402
+from mlpkit.assemble import assemble  # noqa: E402
+from mlpkit.callbacks import Callback  # noqa: E402
 from mlpkit.data import Data, Split  # noqa: E402
-from mlpkit.diagnostics import GradientMonitor  # noqa: E402
 from mlpkit.model import build_model, count_parameters  # noqa: E402
 from mlpkit.objective import build_objective  # noqa: E402
+from mlpkit.rundir import CHECKPOINT_DIR  # noqa: E402
+from mlpkit.settings import log_interval  # noqa: E402
 from mlpkit.tensorboard import TensorBoardLogger  # noqa: E402
-from mlpkit.trainer import Trainer, log_interval  # noqa: E402
 
 DEFAULT_LOG_EVERY = "auto"  # configs/trainer/default.yaml's trainer.log_every_n_steps
 
@@ -150,21 +154,21 @@ def run_plain(data: Data, workload: Workload, device: torch.device, fused: bool 
     return {"samples_per_second": n * workload.epochs / seconds}
 
 
-class StepTimer(Trainer):
-    """The trainer, timing each step (on the CPU, where a step's wall time is its cost). What a
+class StepTimer(Callback):
+    """Times each step of the trainer (on the CPU, where a step's wall time is its cost). What a
     logged step costs over the other steps of the same run is a difference between steps taken
     moments apart, so it holds when a shared machine slows a whole run by 20% (which moves
     throughputs of whole runs by more than the diagnostics cost)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.step_seconds: dict[bool, list[float]] = {True: [], False: []}  # logged step or not -> times
+        self.started, self.logged = 0.0, False
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logged, started = self.is_log_step(), time.perf_counter()
-        loss = super().train_step(x, y)
-        self.step_seconds[logged].append(time.perf_counter() - started)
-        return loss
+    def on_train_batch_start(self, trainer) -> None:
+        self.logged, self.started = trainer.step % trainer.log_every_n_steps == 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, loss) -> None:
+        self.step_seconds[self.logged].append(time.perf_counter() - self.started)
 
     def medians(self) -> dict:
         other = statistics.median(self.step_seconds[False] or self.step_seconds[True])
@@ -181,19 +185,28 @@ def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
     return statistics.mean(values[drop:len(values) - drop])
 
 
+def mlpkit_config(workload: Workload, fused: bool | None, compile_step: bool, cuda_graphs: bool) -> DictConfig:
+    """The config of fresh_model's run as `python train.py` takes it (the data is the benchmark's own)."""
+    return run_config([
+        f"model.hidden_sizes=[{','.join(map(str, workload.hidden_sizes))}]", "activation=relu", "head=softmax",
+        "loss=ce", "optimizer=adam", "optimizer.lr=0.001", f"optimizer.fused={'null' if fused is None else fused}",
+        f"trainer.max_epochs={workload.epochs}", f"trainer.batch_size={workload.batch_size}", "trainer.seed=0",
+        f"trainer.log_every_n_steps={DEFAULT_LOG_EVERY}", f"trainer.precision={workload.precision}",
+        f"trainer.compile={compile_step}", f"trainer.cuda_graphs={cuda_graphs}", "trainer.progress=false"])
+
+
 def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnostics: bool = True,
                fused: bool | None = None, compile_step: bool = False, cuda_graphs: bool = False,
                timed: bool = False) -> dict:
-    """A run's Trainer; ``timed`` (on the CPU): a StepTimer, for the diagnostics' cost from step times
-    (its clock reads add about 1 us a step, so the ways compared with plain run untimed)."""
-    model, objective, optimizer = fresh_model(data, workload, device, fused)
+    """A run as mlpkit.assemble builds it, on the benchmark's data; ``timed`` (on the CPU): with a
+    StepTimer, for the diagnostics' cost from step times (its clock reads add about 1 us a step, so
+    the ways compared with plain run untimed)."""
+    cfg = mlpkit_config(workload, fused, compile_step, cuda_graphs)
+    timer = StepTimer() if timed and device.type == "cpu" else None
     with tempfile.TemporaryDirectory() as run_dir:
         logger = TensorBoardLogger(run_dir)
-        trainer = (StepTimer if timed and device.type == "cpu" else Trainer)(model, objective, optimizer, data, max_epochs=workload.epochs,
-                          batch_size=workload.batch_size, seed=0, log_every_n_steps=DEFAULT_LOG_EVERY,
-                          logger=logger, monitor=GradientMonitor(model) if diagnostics else None,
-                          checkpoint_dir=Path(run_dir) / "checkpoints",
-                          precision=workload.precision, compile_step=compile_step, cuda_graphs=cuda_graphs)
+        trainer = assemble(cfg, data, checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR, logger=logger,
+                           callbacks=[timer] if timer is not None else [], diagnostics=diagnostics).trainer
         synchronize(device)
         started = time.perf_counter()
         result = trainer.fit()
@@ -201,7 +214,7 @@ def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnost
         end_to_end = time.perf_counter() - started
         logger.close()
     samples = result["samples_per_second"] * result["train_seconds"]  # a compiled step drops partial batches
-    timed = trainer.medians() if isinstance(trainer, StepTimer) else {}
+    timed = timer.medians() if timer is not None else {}
     return {"samples_per_second": result["samples_per_second"], "end_to_end": samples / end_to_end, **timed}
 
 
@@ -369,6 +382,7 @@ def startup_seconds(rounds: int) -> dict:
 PLAIN_SCRIPT = """\
 import sys
 import torch
+from omegaconf import DictConfig
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn

@@ -36,12 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
+from mlpkit.api import run_config  # noqa: E402
+from mlpkit.assemble import assemble  # noqa: E402
 from mlpkit.data import build_data  # noqa: E402
-from mlpkit.diagnostics import GradientMonitor  # noqa: E402
 from mlpkit.errors import TrainingStopped  # noqa: E402
-from mlpkit.model import build_model  # noqa: E402
-from mlpkit.objective import build_objective  # noqa: E402
-from mlpkit.trainer import Trainer  # noqa: E402
 from mlpkit.verdicts import KINDS, Thresholds  # noqa: E402
 
 DEEP = [64] * 8
@@ -143,18 +141,21 @@ def load(source: str):
     return _DATA_CACHE[source]
 
 
+def case_config(case: Case, seed: int) -> list[str]:
+    """The case as `python train.py` overrides (the data is loaded once per data set)."""
+    overrides = [f"activation={case.activation}", f"model.hidden_sizes=[{','.join(map(str, case.hidden_sizes))}]",
+                 f"model.init={case.init}", f"optimizer={case.optimizer}", f"optimizer.lr={case.lr}",
+                 "optimizer.fused=null",  # torch's default kernel, as the grid was calibrated with
+                 f"trainer.max_epochs={case.epochs}", f"trainer.batch_size={case.batch_size}", f"trainer.seed={seed}",
+                 "trainer.device=cpu", "trainer.progress=false"]
+    return overrides + (["optimizer.momentum=0"] if case.optimizer == "sgd" else [])  # plain SGD
+
+
 def run_case(case: Case, seed: int) -> dict:
     """Train one case; its verdicts and the raw figures measured at its steps."""
-    data = load(case.data)
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes, data.n_targets)
-    torch.manual_seed(seed)
-    model = build_model(data.in_features, objective.out_features, list(case.hidden_sizes), case.activation, {},
-                        objective.head, init=case.init)
-    optimizer_class = torch.optim.Adam if case.optimizer == "adam" else torch.optim.SGD
-    optimizer = optimizer_class(model.parameters(), lr=case.lr)
     recorder = Recorder()
-    trainer = Trainer(model, objective, optimizer, data, max_epochs=case.epochs, batch_size=case.batch_size,
-                      seed=seed, logger=recorder, monitor=GradientMonitor(model))
+    parts = assemble(run_config(case_config(case, seed)), load(case.data), logger=recorder)
+    trainer, model = parts.trainer, parts.model
     stopped = False
     try:
         result = trainer.fit()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
-from mlpkit.sweeps import find_jobs, write_report
+from mlpkit.rundir import HYDRA_DIR, OVERRIDES_FILE  # noqa: E402
+from mlpkit.sweeps import find_jobs, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not find_jobs(args.sweep_dir):
         print(f"sweep_dir={args.sweep_dir} is not valid: expected a multirun directory whose jobs have "
-              ".hydra/overrides.yaml", file=sys.stderr)
+              f"{HYDRA_DIR}/{OVERRIDES_FILE}", file=sys.stderr)
         return 2
     print(write_report(args.sweep_dir, args.metric, args.mode))
     return 0

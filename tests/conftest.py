@@ -1,14 +1,18 @@
 """Shared helpers: compose configs like the CLI does (and report its mistakes as the CLI would), and run
 the real CLI, a script or a fresh interpreter in a temporary directory. Tests that start a process or
-train a real run are marked ``slow``: ``make test-fast`` leaves them out."""
+train a real run are marked ``slow``: ``make test-fast`` leaves them out, and an unmarked test that starts
+a process fails, saying so (``processes_only_in_slow_tests``)."""
 from __future__ import annotations
 
+import ctypes.util
 import os
+import platform
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,8 +31,22 @@ IRIS = ROOT / "examples" / "iris.csv"
 
 def compose_config(*overrides: str):
     """The config `python train.py <overrides>` would run with."""
+    import mlpkit.schema  # noqa: F401 (registers the groups' schemas with Hydra)
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
+
+
+def assembled(*overrides: str, data=None, checkpoint_dir=None, callbacks=(), logger=None):
+    """A run's parts as `python train.py <overrides>` builds them (``mlpkit.assemble``), on the CPU,
+    on ``data`` when given (else the config's)."""
+    import torch
+
+    from mlpkit.assemble import assemble, load_data
+
+    cfg = compose_config("trainer.device=cpu", "trainer.progress=false", *overrides)
+    data = data if data is not None else load_data(cfg, torch.device("cpu"))
+    return assemble(cfg, data, checkpoint_dir=checkpoint_dir, callbacks=callbacks, logger=logger)
 
 
 def hydra_error(*overrides: str, config_name: str = "train") -> str:
@@ -83,17 +101,17 @@ def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def stop_after_saving_step(monkeypatch, step: int) -> None:
     """Stop the run as a kill would, right after the checkpoint of ``step`` (mid-epoch) is written."""
+    from mlpkit.checkpointing import Checkpointer
     from mlpkit.errors import TrainingStopped
-    from mlpkit.trainer import Trainer
 
-    save = Trainer.save
+    save = Checkpointer.save
 
-    def save_then_stop(self, **kind):
-        save(self, **kind)
-        if self.step == step:
+    def save_then_stop(self, trainer, **kind):
+        save(self, trainer, **kind)
+        if trainer.step == step:
             raise TrainingStopped.by_signal("killed for the test", signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "save", save_then_stop)
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
 
 
 def ctrl_c_reaches_it() -> None:
@@ -131,6 +149,48 @@ def runs(trained_runs, tmp_path_factory) -> dict[str, Path]:
     figures into a run directory, so one module's tests never see what another's wrote."""
     base = tmp_path_factory.mktemp("runs")
     return {name: Path(shutil.copytree(source, base / name)) for name, source in trained_runs.items()}
+
+
+SLOW_ONLY = "this test starts a process ({what}): mark it @pytest.mark.slow (make test-fast leaves those out)"
+# Processes a library starts to look at the machine, whichever test first asks: ctypes.util.find_library
+# (`ldconfig -p`, else gcc or ld; torch's first import asks for libdl) and platform's `uname -p`.
+PROBES = {os.path.abspath(ctypes.util.__file__), os.path.abspath(platform.__file__)}
+
+
+def refuse_processes(monkeypatch) -> None:
+    """Every way a test could start a process (subprocess, os.fork/forkpty/posix_spawn/system,
+    multiprocessing) fails the test with SLOW_ONLY instead, for as long as ``monkeypatch`` holds;
+    the PROBES a library makes go ahead."""
+    import multiprocessing.process
+
+    popen_init = subprocess.Popen.__init__
+
+    def refused_popen(self, args, *rest, **kwargs):
+        if any(frame.f_code.co_filename in PROBES for frame, _ in traceback.walk_stack(None)):
+            return popen_init(self, args, *rest, **kwargs)
+        pytest.fail(SLOW_ONLY.format(what=f"subprocess {args!r}"[:300]))
+
+    def refuse(module: str, name: str):
+        def refused(*args, **kwargs):
+            pytest.fail(SLOW_ONLY.format(what=f"{module}.{name}"))
+        # pickled under the name it replaces, as the original would be: a test may pickle a payload
+        # that names os.system without calling it (tests/test_checkpoint.py)
+        refused.__module__, refused.__qualname__ = module, name
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused_popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start",
+                        refuse("multiprocessing.process", "BaseProcess.start"))
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse("os", name))
+
+
+@pytest.fixture(autouse=True)
+def processes_only_in_slow_tests(request, monkeypatch) -> None:
+    """``make test-fast`` runs the tests not marked slow; one that starts a process fails, saying so."""
+    if not request.node.get_closest_marker("slow"):
+        refuse_processes(monkeypatch)
 
 
 def pytest_collection_modifyitems(items):

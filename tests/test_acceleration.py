@@ -11,28 +11,25 @@ from mlpkit.checkpoint import load_checkpoint
 from mlpkit.cli import run
 from mlpkit.data import build_data
 from mlpkit.errors import ConfigError
-from mlpkit.model import build_model
-from mlpkit.objective import build_objective
 from mlpkit.trainer import Trainer
-from tests.conftest import FAST, compose_config, run_cli
+from tests.conftest import FAST, assembled, compose_config, run_cli
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# the steps the gradient monitor measures run eagerly: with every step logged (auto, in runs under 50
+# steps) nothing would be compiled
+COMPILED = ("trainer.compile=true", "trainer.log_every_n_steps=6")
 
 
-def digits_trainer(tmp_path, device: str = "cpu", batch_size: int = 100, **settings) -> Trainer:
+def digits_trainer(tmp_path, *overrides: str, device: str = "cpu", batch_size: int = 100) -> Trainer:
     data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15}, torch.device(device))
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [32, 32], "relu", {}, objective.head)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return Trainer(model, objective, optimizer, data, max_epochs=3, batch_size=batch_size, seed=0,
-                   checkpoint_dir=tmp_path, **settings)
+    return assembled(f"trainer.device={device}", "model.hidden_sizes=[32,32]", "optimizer.lr=3e-3",
+                     "optimizer.fused=null", "trainer.max_epochs=3", f"trainer.batch_size={batch_size}", *overrides,
+                     data=data, checkpoint_dir=tmp_path).trainer
 
 
 @pytest.mark.slow
 def test_bf16_mixed_runs_the_forward_pass_in_bfloat16_and_still_learns(tmp_path):
-    trainer = digits_trainer(tmp_path, precision="bf16-mixed")
+    trainer = digits_trainer(tmp_path, "trainer.precision=bf16-mixed")
     dtypes = []
     trainer.model.linear1.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
     result = trainer.fit()
@@ -44,7 +41,7 @@ def test_bf16_mixed_runs_the_forward_pass_in_bfloat16_and_still_learns(tmp_path)
 @pytest.mark.slow
 def test_compiled_step_drops_the_last_partial_batch_and_learns(tmp_path):
     torch._dynamo.reset()
-    trainer = digits_trainer(tmp_path, compile_step=True)
+    trainer = digits_trainer(tmp_path, *COMPILED)
     result = trainer.fit()
     train_rows = len(trainer.data.train)
     assert train_rows % 100 != 0  # a partial batch exists, and is dropped
@@ -56,7 +53,7 @@ def test_compiled_step_drops_the_last_partial_batch_and_learns(tmp_path):
 
 def test_compile_refuses_a_batch_larger_than_the_training_split(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 is not valid: expected at most 1257 "):
-        digits_trainer(tmp_path, batch_size=5000, compile_step=True)
+        digits_trainer(tmp_path, "trainer.compile=true", batch_size=5000)
 
 
 @pytest.mark.slow
@@ -100,23 +97,43 @@ def test_bad_speed_setting_stops_the_cli_with_exit_2(run_dir):
     assert not (run_dir / "metrics.json").exists()
 
 
+def assert_tf32_switch(matmul, setting: str, tf32, full_float32) -> None:
+    """set_matmul_precision turns ``matmul.<setting>`` to ``tf32`` on CUDA, back to ``full_float32``
+    when asked, and leaves it as it was for the CPU."""
+    setattr(matmul, setting, full_float32)
+    set_matmul_precision(torch.device("cpu"), True)
+    assert getattr(matmul, setting) == full_float32
+    set_matmul_precision(torch.device("cuda"), True)
+    assert getattr(matmul, setting) == tf32
+    set_matmul_precision(torch.device("cuda"), False)
+    assert getattr(matmul, setting) == full_float32
+
+
 def test_tf32_switch_sets_cudas_float32_matmul_precision_and_leaves_cpu_alone():
-    before = torch.backends.cuda.matmul.fp32_precision
+    matmul = torch.backends.cuda.matmul
+    # torch 2.9 replaced allow_tf32 by fp32_precision; pyproject allows torch from 2.4
+    setting, tf32, full_float32 = (("fp32_precision", "tf32", "ieee") if hasattr(matmul, "fp32_precision")
+                                   else ("allow_tf32", True, False))
+    before = getattr(matmul, setting)
     try:
-        set_matmul_precision(torch.device("cpu"), True)
-        assert torch.backends.cuda.matmul.fp32_precision == before
-        set_matmul_precision(torch.device("cuda"), True)
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-        set_matmul_precision(torch.device("cuda"), False)
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert_tf32_switch(matmul, setting, tf32, full_float32)
     finally:
-        torch.backends.cuda.matmul.fp32_precision = before
+        setattr(matmul, setting, before)
+
+
+def test_tf32_switch_uses_allow_tf32_on_a_torch_before_fp32_precision(monkeypatch):
+    from types import SimpleNamespace
+
+    before_2_9 = SimpleNamespace(allow_tf32=True)  # torch.backends.cuda.matmul of torch 2.4 to 2.8
+    monkeypatch.setattr(torch.backends.cuda, "matmul", before_2_9)
+    assert_tf32_switch(before_2_9, "allow_tf32", True, False)
+    assert vars(before_2_9) == {"allow_tf32": False}  # no fp32_precision set on a torch without it
 
 
 @needs_cuda
 def test_cuda_graphs_train_on_cuda(tmp_path):
     torch._dynamo.reset()
-    trainer = digits_trainer(tmp_path, device="cuda", compile_step=True, cuda_graphs=True)
+    trainer = digits_trainer(tmp_path, *COMPILED, "trainer.cuda_graphs=true", device="cuda")
     result = trainer.fit()
     assert result["steps"] == 3 * (len(trainer.data.train) // 100)
     assert result["val"]["accuracy"] > 0.8

@@ -24,6 +24,14 @@ def test_every_activation_config_builds_and_trains_a_step(name):
     assert not torch.equal(before, model.linear1.weight)
 
 
+def test_every_registered_activation_builds_the_torch_module_it_names():
+    # the table holds class names (it imports no torch); a misspelt one would fail only here or in a run
+    for name, spec in ACTIVATIONS.items():
+        module = build_activation(name, {}, width=4)
+        assert isinstance(module, torch.nn.Module) and type(module) is getattr(torch.nn, spec.torch_class), name
+        assert module(torch.linspace(-2, 2, 8)).shape == (8,), name
+
+
 def test_registry_matches_config_files():
     files = sorted(p.stem for p in (CONFIG_DIR / "activation").glob("*.yaml"))
     assert files == ACTIVATION_NAMES
@@ -61,7 +69,7 @@ def test_derivative_bounds_are_what_the_lessons_teach():
     # Autograd's derivative maximum agrees with the registry: 0.25 for sigmoid, 1 for tanh.
     x = torch.linspace(-6, 6, 2001, requires_grad=True)
     for name in ("sigmoid", "tanh", "relu"):
-        (grad,) = torch.autograd.grad(ACTIVATIONS[name].module()(x).sum(), x)
+        (grad,) = torch.autograd.grad(build_activation(name, {}, width=1)(x).sum(), x)
         assert grad.max().item() == pytest.approx(ACTIVATIONS[name].max_derivative, abs=1e-3)
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import mlpkit
-from mlpkit import cli
 from mlpkit.prediction import predict_csv
 from tests.conftest import IRIS, ROOT, run_cli
 
@@ -194,8 +193,10 @@ def test_sweep_of_override_lists_reports_a_failed_job_and_goes_on(tmp_path):
 
 
 def test_progress_auto_shows_a_bar_in_a_notebook_and_not_in_a_pipe(monkeypatch):
+    from mlpkit.runtime import show_progress
+
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
-    assert cli.show_progress("auto") is False and cli.show_progress(True) is True
+    assert show_progress("auto") is False and show_progress(True) is True
 
     class Kernel:
         config = {"IPKernelApp": {}}
@@ -203,10 +204,12 @@ def test_progress_auto_shows_a_bar_in_a_notebook_and_not_in_a_pipe(monkeypatch):
     fake = type(sys)("IPython")
     fake.get_ipython = lambda: Kernel()
     monkeypatch.setitem(sys.modules, "IPython", fake)
-    assert cli.show_progress("auto") is True and cli.show_progress(False) is False
+    assert show_progress("auto") is True and show_progress(False) is False
 
 
 def test_stop_on_signals_is_a_no_op_off_the_main_thread():
+    from mlpkit.runtime import stop_on_signals
+
     class Trainer:
         stop_signal = None
 
@@ -214,7 +217,7 @@ def test_stop_on_signals_is_a_no_op_off_the_main_thread():
 
     def body():
         try:
-            with cli.stop_on_signals(Trainer()):
+            with stop_on_signals(Trainer()):
                 pass
         except Exception as error:  # signal.signal raises ValueError off the main thread
             errors.append(error)

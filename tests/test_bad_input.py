@@ -10,7 +10,7 @@ from mlpkit.data import build_data
 from mlpkit.errors import ConfigError, DataError
 from mlpkit.model import check_fits_memory
 from mlpkit.prediction import read_feature_rows
-from tests.conftest import compose_config
+from tests.conftest import compose_config, hydra_error
 
 CONFIG_CASES = [
     (["trainer.seed=-1"], "trainer.seed=-1 is not valid: expected an integer in [0, 4294967295]"),
@@ -34,7 +34,16 @@ CONFIG_CASES = [
     (["activation=hardtanh", "activation.min_val=2"],
      "activation.min_val=2 is not valid: expected a number below activation.max_val=1.0"),
     (["activation=celu", "activation.alpha=0"], "activation.alpha=0 is not valid: expected a non-zero number"),
-    (["~trainer.seed"], "trainer.seed is missing: expected an integer in [0, 4294967295]"),
+    (["trainer.seed=???"], "trainer.seed is missing: expected an integer in [0, 4294967295]"),
+    (["model.bias=false_"], "model.bias=false_ is not valid: expected true or false"),
+    (["model.bias=1"], "model.bias=1 is not valid: expected true or false"),
+    (["data.standardize=yes"], "data.standardize=yes is not valid: expected true or false"),
+    (["data=diabetes", "data.standardize_target=0"],
+     "data.standardize_target=0 is not valid: expected true or false"),
+    (["trainer.callbacks=mlpkit.callbacks.Callback"],
+     "trainer.callbacks=mlpkit.callbacks.Callback is not valid: expected a list of Callback classes as dotted "
+     "import paths, e.g. [my_pkg.callbacks.PrintLoss]"),
+    (["trainer.callbacks=[PrintLoss]"], "trainer.callbacks=[PrintLoss] is not valid: expected a list of Callback"),
     (["data=csv", "data.path=${nope}"],
      "data.path=${nope} is not valid: expected a value or an interpolation that resolves. "
      "Interpolation key 'nope' not found"),
@@ -52,15 +61,23 @@ def test_bad_config_value_is_refused_before_data_loads(overrides, message):
 
 @pytest.mark.parametrize("overrides", [["trainer.seed=4294967295"], ["trainer.device=cuda:1"],
                                        ["optimizer=sgd", "optimizer.nesterov=true"],
-                                       ["loss=ce", "loss.label_smoothing=1.0"], ["loss=bce", "loss.pos_weight=null"]])
+                                       ["loss=ce", "loss.label_smoothing=1.0"], ["loss=bce", "loss.pos_weight=null"],
+                                       ["model.bias=false", "data.standardize=false"],
+                                       ["trainer.callbacks=[my_pkg.callbacks.PrintLoss,mlpkit.callbacks.Callback]"]])
 def test_edge_values_that_work_are_accepted(overrides):
     validate(compose_config(*overrides))
 
 
 def test_missing_key_error_survives_a_launcher():
     with pytest.raises(ConfigError) as error:
-        validate(compose_config("~trainer.seed"))
+        validate(compose_config("trainer.seed=???"))
     assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
+
+
+def test_deleting_a_key_of_a_schema_says_what_it_expects():
+    # the schema keeps every key of its group, so Hydra refuses the deletion as it composes; the line
+    # is the one a missing key gets
+    assert hydra_error("~trainer.seed") == "trainer.seed is missing: expected an integer in [0, 4294967295]"
 
 
 # The command line prints that one line alone and exits 2: test_config.py (the "value" case).

@@ -149,6 +149,7 @@ def test_the_plain_script_does_the_default_runs_job(tmp_path):
     assert len(accuracy) == 20 and accuracy[-1].value > 0.9
 
 
+@pytest.mark.slow
 def test_end_to_end_times_every_command_once_a_round_after_a_warm_up_round(monkeypatch, tmp_path):
     benchmark = load_benchmark_module()
     names = ["train", "plain_script", "train_first_run", "plain_script_again", "train_zero_epochs",

@@ -121,18 +121,28 @@ def test_resumed_training_continues_bit_identically(tmp_path):
     assert_same_state(uninterrupted, model.state_dict())
 
 
-def test_scheduler_state_round_trips(tmp_path):
-    model, optimizer, generator = make_run()
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+def test_schedule_state_round_trips_as_the_callbacks_state(tmp_path):
+    """The schedule is a callback: its state travels under extra["callbacks"]["scheduler"], as
+    Trainer.state() saves it and Trainer.resume_from() loads it."""
+    from mlpkit.callbacks import Callbacks, saved_states
+    from mlpkit.schedules import build_schedule
+
+    halving = {"name": "step", "warmup_steps": 0, "step_size": 1, "gamma": 0.5}  # every epoch of 2 steps
+
+    def scheduled_run(seed):
+        model, optimizer, generator = make_run(seed=seed)
+        return model, optimizer, generator, build_schedule(optimizer, halving, total_steps=10, steps_per_epoch=2)
+
+    model, optimizer, generator, schedule = scheduled_run(0)
     for _ in range(3):
         train_steps(model, optimizer, generator, 1)
-        scheduler.step()
-    save(tmp_path / "last.pt", model, optimizer, generator, scheduler=scheduler)
-    model2, optimizer2, generator2 = make_run(seed=1)
-    scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, step_size=2, gamma=0.5)
-    restore(load_checkpoint(tmp_path / "last.pt"), model=model2, optimizer=optimizer2,
-            batch_generator=generator2, scheduler=scheduler2)
-    assert scheduler2.state_dict() == scheduler.state_dict()
+        schedule.after_step()
+    save(tmp_path / "last.pt", model, optimizer, generator, extra={"callbacks": Callbacks([schedule]).state_dicts()})
+    model2, optimizer2, generator2, schedule2 = scheduled_run(1)
+    state = load_checkpoint(tmp_path / "last.pt")
+    restore(state, model=model2, optimizer=optimizer2, batch_generator=generator2)
+    Callbacks([schedule2]).load_state_dicts(saved_states(state), state["path"])
+    assert schedule2.state_dict() == schedule.state_dict() and schedule2.steps == 3
     assert optimizer2.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 0.005
 
 

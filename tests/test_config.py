@@ -38,6 +38,10 @@ VALUE_CASES = [
      "diagnostics.statistics_every=0 is not valid: expected auto or an integer >= 1"),
     (["trainer.checkpoint_min_seconds=-1"],
      "trainer.checkpoint_min_seconds=-1 is not valid: expected a number of seconds >= 0"),
+    (["trainer.batch_size=abc"], "trainer.batch_size=abc is not valid: expected an integer >= 1"),
+    (["trainer.log_every_n_steps=often"], "trainer.log_every_n_steps=often is not valid: expected auto or an integer >= 1"),
+    (["model.bias=no"], "model.bias=no is not valid: expected true or false"),  # nn.Linear would take it as true
+    (["data.standardize=no"], "data.standardize=no is not valid: expected true or false"),
 ]
 
 
@@ -56,8 +60,9 @@ def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(overrides, m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], (["trainer.seed=-1"], "trainer.seed=-1")],
-                         ids=["composition", "value"])
+@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], (["trainer.seed=-1"], "trainer.seed=-1"),
+                                                (["model.bias=no"], "model.bias=no is not valid")],
+                         ids=["composition", "value", "flag"])
 def test_config_mistake_is_one_line_with_exit_code_2(run_dir, tmp_path, overrides, message):
     result = run_cli(run_dir, *overrides)
     assert result.returncode == 2, result.stderr

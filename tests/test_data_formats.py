@@ -243,9 +243,16 @@ def test_text_is_read_in_blocks_of_a_thousandth_of_the_file(tmp_path):
         handle.write(b"x,label\n1,0\n")
         handle.truncate(200 * 10**6)
     (tmp_path / "small.csv").write_text("x,label\n1,0\n")
-    block = TableFile(big)._csv_options()["read_options"].block_size
-    assert 190_000 <= block <= 200_000
-    assert TableFile(tmp_path / "small.csv")._csv_options()["read_options"].block_size == 64 << 10
+    assert 190_000 <= TableFile(big).block_bytes() <= 200_000
+    assert TableFile(tmp_path / "small.csv").block_bytes() == 64 << 10
+    # and the reader takes them so: 1 MB of rows comes in 64 KiB batches (pyarrow's default: one 1 MiB block)
+    medium = tmp_path / "medium.csv"
+    medium.write_text("x,label\n" + "".join(f"{i},{i % 2}\n" for i in range(100_000)))
+    reader = TableFile(medium).batches(["x", "label"], {})
+    batches = list(reader)
+    reader.close()
+    assert sum(batch.num_rows for batch in batches) == 100_000
+    assert len(batches) >= medium.stat().st_size // (64 << 10)
 
 
 @pytest.mark.slow
@@ -264,7 +271,7 @@ def test_the_api_predicts_a_dataframe_with_categorical_columns_as_predict_does_t
     frame = pd.DataFrame(new_rows, columns=["x", "color", "species"]).drop(columns="species")
     assert np.allclose(run.predict_proba(frame), from_file, atol=1e-5)
     frame.loc[2, "color"] = "purple"
-    with pytest.raises(DataError, match="row 2, column 'color': category 'purple' was not in the training file"):
+    with pytest.raises(DataError, match=r"row 2, column 'color': category 'purple' is not one the training file holds"):
         run.predict(frame)
 
 

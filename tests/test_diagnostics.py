@@ -15,6 +15,7 @@ from mlpkit.diagnostics import GradientMonitor
 from mlpkit.model import build_model
 from mlpkit.objective import build_objective
 from mlpkit.verdicts import Thresholds
+from tests.conftest import assembled
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = [64] * 8
@@ -72,20 +73,16 @@ def train(digits, activation, hidden_sizes, *, init="default", steps=20, lr=1e-3
     return health, statuses, model, monitor
 
 
-def logged_trainer(digits, log_dir, activation, *, histogram_every_n_steps=0, figure_every_n_steps=0,
-                   **trainer_options):
+def logged_trainer(digits, log_dir, activation, *overrides, histogram_every_n_steps=0, figure_every_n_steps=0):
     """A 32-16 network on digits with the monitor and a TensorBoard logger, as a run wires them."""
     from mlpkit.tensorboard import TensorBoardLogger
-    from mlpkit.trainer import Trainer
 
-    data, objective = digits
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [32, 16], activation, {}, objective.head)
+    data, _ = digits
     logger = TensorBoardLogger(log_dir)
-    monitor = GradientMonitor(model, histogram_every_n_steps=histogram_every_n_steps,
-                              figure_every_n_steps=figure_every_n_steps)
-    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, seed=0, logger=logger,
-                      monitor=monitor, **trainer_options)
+    trainer = assembled("model.hidden_sizes=[32,16]", f"activation={activation}", "optimizer.fused=null",
+                        f"diagnostics.histogram_every_n_steps={histogram_every_n_steps}",
+                        f"diagnostics.figure_every_n_steps={figure_every_n_steps}", *overrides, data=data,
+                        logger=logger).trainer
     return trainer, logger
 
 
@@ -239,15 +236,15 @@ def test_the_dead_unit_window_and_streaks_go_into_a_checkpoint_and_come_back(dig
         model.linear1.weight.zero_()
     before = GradientMonitor(model, thresholds=Thresholds(patience=3))
     assert measure_dead(before, model, objective, data, range(3), [0.0, 0.0, 1.0]) == [0.5, 0.5, 0.25]
-    torch.save(before.state(), tmp_path / "monitor.pt")
+    torch.save(before.state_dict(), tmp_path / "monitor.pt")
 
     after = GradientMonitor(model, thresholds=Thresholds(patience=3))
-    after.load(torch.load(tmp_path / "monitor.pt", weights_only=True))  # as checkpoints are loaded
+    after.load_state_dict(torch.load(tmp_path / "monitor.pt", weights_only=True))  # as checkpoints are loaded
     assert measure_dead(after, model, objective, data, range(3, 6), [0.0, 0.0, 0.0]) == [0.25, 0.25, 0.5]
     assert after.verdicts.measurements == 6
 
     old = GradientMonitor(model, thresholds=Thresholds(patience=3))
-    old.load({"verdicts": before.verdicts.state()})  # a checkpoint from before the window was in it
+    old.load_state_dict({"verdicts": before.verdicts.state()})  # a checkpoint from before the window was in it
     assert measure_dead(old, model, objective, data, [3], [0.0]) == [0.5]  # the window starts afresh
 
 
@@ -258,8 +255,8 @@ def test_tensorboard_tags_layout_histograms_figures(digits, tmp_path):
     from mlpkit.diagnostics import layout
     from mlpkit.figures import log_gradient_flow
 
-    trainer, logger = logged_trainer(digits, tmp_path, "relu", max_epochs=1, batch_size=128, log_every_n_steps=2,
-                                     histogram_every_n_steps=4, figure_every_n_steps=4)
+    trainer, logger = logged_trainer(digits, tmp_path, "relu", "trainer.max_epochs=1", "trainer.batch_size=128",
+                                     "trainer.log_every_n_steps=2", histogram_every_n_steps=4, figure_every_n_steps=4)
     logger.log_layout(layout())
     monitor = trainer.monitor
     health = trainer.fit()["gradient_health"]  # 1257 rows: 10 steps
@@ -322,7 +319,7 @@ def test_bad_threshold_names_the_key(key, value):
 
 @pytest.mark.parametrize("total_steps, interval", [(9, 1), (60, 1), (99, 1), (400, 8), (1000, 20), (10_000, 200)])
 def test_auto_interval_gives_at_least_50_points_or_every_step(total_steps, interval):
-    from mlpkit.trainer import log_interval
+    from mlpkit.settings import log_interval
 
     assert log_interval("auto", total_steps) == interval
     assert len(range(0, total_steps, interval)) >= min(50, total_steps)
@@ -333,7 +330,8 @@ def test_auto_interval_gives_at_least_50_points_or_every_step(total_steps, inter
 def test_a_default_length_run_has_50_points_on_every_curve(digits, tmp_path):
     from tests.conftest import read_scalars
 
-    trainer, logger = logged_trainer(digits, tmp_path, "tanh", max_epochs=20, batch_size=64)  # 400 steps, auto
+    trainer, logger = logged_trainer(digits, tmp_path, "tanh", "trainer.max_epochs=20",
+                                     "trainer.batch_size=64")  # 400 steps, auto
     trainer.fit()
     logger.close()
     scalars = read_scalars(tmp_path)
@@ -361,15 +359,13 @@ def test_statistics_as_seldom_as_gives_16_points(setting, logged_steps, interval
 @pytest.mark.slow
 def test_a_resumed_run_keeps_its_verdicts_and_counts_on(digits, tmp_path):
     from mlpkit.checkpoint import load_checkpoint
-    from mlpkit.trainer import Trainer
 
-    data, objective = digits
+    data, _ = digits
 
     def deep_sigmoid_trainer(max_epochs):
-        torch.manual_seed(0)
-        model = build_model(data.in_features, objective.out_features, DEEP, "sigmoid", {}, objective.head)
-        return Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=max_epochs,
-                       batch_size=128, seed=0, checkpoint_dir=tmp_path, monitor=GradientMonitor(model))
+        return assembled(f"model.hidden_sizes={DEEP}", "activation=sigmoid", "optimizer.fused=null",
+                         f"trainer.max_epochs={max_epochs}", "trainer.batch_size=128",
+                         "diagnostics.figure_every_n_steps=0", data=data, checkpoint_dir=tmp_path).trainer
 
     first = deep_sigmoid_trainer(2).fit()["gradient_health"]  # 20 steps, every one measured
     assert list(first["verdicts"]) == ["vanishing"] and first["measurements"] == 20

@@ -61,7 +61,7 @@ def test_evaluate_regression_reports_metrics_in_original_units_and_a_figure(runs
 
 def test_checkpoint_is_best_then_last(tmp_path):
     from mlpkit.errors import ConfigError
-    from mlpkit.runs import find_checkpoint
+    from mlpkit.rundir import find_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ConfigError, match="checkpoints/best.pt or checkpoints/last.pt"):

@@ -31,6 +31,7 @@ def test_cfg_job_prints_the_composed_config(run_dir):
 HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "tensorboard", "tqdm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "activation=tanh"]], ids=" ".join)
 def test_help_and_cfg_job_import_no_torch(tmp_path, args):
     """The help page and the composed config come from Hydra alone: train.py run as a script, in a

@@ -262,18 +262,22 @@ def test_a_refused_resume_leaves_the_runs_log_as_it_was(finished_run, tmp_path):
 
 
 def test_an_epoch_whose_steps_were_all_skipped_has_no_training_loss(caplog):
+    import logging
     from types import SimpleNamespace
 
+    from mlpkit.progress import EpochProgress
     from mlpkit.trainer import Trainer
 
-    trainer = SimpleNamespace(batch_size=4, rows_per_epoch=lambda: 10, on_nonfinite="skip",
-                              stop_on_nonfinite=lambda: None)
+    # trainer.on_nonfinite=skip: stop_nonfinite returns
+    trainer = SimpleNamespace(batch_size=4, rows_per_epoch=lambda: 10, stop_nonfinite=lambda: None)
     assert math.isnan(Trainer.epoch_loss(trainer, [math.nan, math.nan, math.nan]))
     assert Trainer.epoch_loss(trainer, [1.0, math.nan, 4.0]) == pytest.approx((1.0 * 4 + 4.0 * 2) / 6)
     assert Trainer.epoch_loss(trainer, [1.0, 2.0, 4.0]) == pytest.approx((1.0 * 4 + 2.0 * 4 + 4.0 * 2) / 10)
-    recorded = SimpleNamespace(epoch=0, step=3, history=[], logger=None, progress=False, max_epochs=1)
-    Trainer.record_epoch(recorded, math.nan, {"loss": 2.3}, bar=None)
+    recorded = SimpleNamespace(epoch=0, step=3, history=[], logger=None, max_epochs=1)
+    Trainer.record_epoch(recorded, math.nan, {"loss": 2.3})
     assert recorded.history == [{"epoch": 1, "step": 3, "loss/val": 2.3}]
+    caplog.set_level(logging.INFO, logger="mlpkit")
+    EpochProgress(bar=False).on_validation_end(recorded, {"loss": 2.3}, improved=False)  # the line per epoch
     assert "every step skipped" in caplog.text and "loss/train_epoch" not in caplog.text
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from mlpkit.errors import ConfigError
 from mlpkit.model import build_model
 
 
@@ -82,3 +83,9 @@ def test_model_summary_counts_parameters_per_layer():
     assert rows["act1"][-1] == "1"                                    # PReLU's own slope
     assert rows["linear2"] == ["linear2", "Linear", "3", "18"]
     assert rows["total"] == ["total", "44"]
+
+
+def test_a_bias_that_is_not_true_or_false_is_refused():
+    # nn.Linear(bias="false") would build a bias: the text is truthy
+    with pytest.raises(ConfigError, match=r"^model.bias=false is not valid: expected true or false$"):
+        build_model(4, 2, [3], "relu", {}, "softmax", bias="false")

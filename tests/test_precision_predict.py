@@ -135,8 +135,8 @@ def test_sweep_report_csv_cells_cannot_start_a_formula(tmp_path):
 
 
 def test_a_value_the_saved_standardisation_carries_beyond_float32_is_one_line_naming_it(tmp_path):
-    from mlpkit.api_run import features
     from mlpkit.errors import DataError
+    from mlpkit.model_inputs import features
     from mlpkit.prediction import read_feature_rows
 
     preprocessing = {"feature_names": ["a", "b"], "feature_mean": [BIG, 0.0], "feature_std": [1e-36, 1.0]}

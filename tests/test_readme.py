@@ -152,3 +152,31 @@ def test_make_train_passes_overrides(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert (run_dir / "metrics.json").exists()
+
+
+def test_the_benchmark_commands_behind_the_readmes_performance_summary_are_accepted(monkeypatch):
+    """The README's Performance section quotes figures whose commands are in benchmarks/RESULTS.md's
+    summary: each command's flags are still the benchmark's (parsed by its own parser; nothing timed)."""
+    import argparse
+
+    from tests.test_benchmark import load_benchmark_module
+
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert "(benchmarks/RESULTS.md)" in README
+    summary = results.split("## Where mlpkit stands", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"`(python scripts/benchmark\.py[^`]*)`", summary.replace("\n", " "))
+    assert len(commands) >= 4, commands
+    benchmark, parse = load_benchmark_module(), argparse.ArgumentParser.parse_args
+
+    class Parsed(Exception):
+        pass
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)  # a flag the script does not take exits with 2
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    for command in commands:
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", *shlex.split(command)[2:]])
+        with pytest.raises(Parsed):
+            benchmark.main()

@@ -16,7 +16,7 @@ from mlpkit.checkpoint import load_checkpoint
 from mlpkit.errors import ConfigError, TrainingStopped
 from tests.conftest import (
     ROOT,
-    compose_config,
+    assembled,
     ctrl_c_reaches_it,
     read_scalars,
     run_cli,
@@ -133,28 +133,19 @@ def test_missing_resume_target_names_it(tmp_path):
 
 
 def _trainer(tmp_path, *overrides):
-    from mlpkit.cli import run  # noqa: F401  (registers the resolver the configs use)
     from mlpkit.data import build_data
-    from mlpkit.model import build_model
-    from mlpkit.objective import build_objective
-    from mlpkit.trainer import Trainer
 
-    cfg = compose_config("trainer.progress=false", *overrides)
     data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [16], "relu", {}, objective.head)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return Trainer(model, objective, optimizer, data, max_epochs=cfg.trainer.max_epochs,
-                   batch_size=64, seed=0, log_every_n_steps=5, checkpoint_dir=tmp_path,
-                   on_nonfinite=cfg.trainer.on_nonfinite), data
+    return assembled("model.hidden_sizes=[16]", "optimizer.lr=1e-3", "optimizer.fused=null", "trainer.batch_size=64",
+                     "trainer.seed=0", "trainer.log_every_n_steps=5", *overrides, data=data,
+                     checkpoint_dir=tmp_path).trainer
 
 
 @pytest.mark.slow
 def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from mlpkit.errors import TrainingStopped
 
-    trainer, data = _trainer(tmp_path, "trainer.max_epochs=2")
+    trainer = _trainer(tmp_path, "trainer.max_epochs=2")
     trainer.fit()
     good = load_checkpoint(tmp_path / "last.pt")
     trainer.max_epochs = 4
@@ -171,7 +162,7 @@ def test_planted_nan_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_on_nonfinite_skip_skips_the_poisoned_steps_and_fails_a_run_that_ends_non_finite(tmp_path):
     from mlpkit.errors import TrainingStopped
 
-    trainer, data = _trainer(tmp_path, "trainer.max_epochs=2", "trainer.on_nonfinite=skip")
+    trainer = _trainer(tmp_path, "trainer.max_epochs=2", "trainer.on_nonfinite=skip")
     trainer.data.train.x[100, 3] = float("nan")
     with pytest.raises(TrainingStopped, match=r"non-finite metrics \(loss/train nan.*after skipping 2 of 40 steps"):
         trainer.fit()  # one batch in each epoch holds the row; the final train loss includes it
@@ -190,7 +181,7 @@ def sigint_handled_by(handler):
 
 
 def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
-    from mlpkit.cli import stop_on_signals
+    from mlpkit.runtime import stop_on_signals
 
     with sigint_handled_by(signal.default_int_handler):  # as in a terminal
         trainer = SimpleNamespace(stop_signal=None)
@@ -202,7 +193,7 @@ def test_a_ctrl_c_after_the_last_step_is_passed_on_not_swallowed():
 
 
 def test_a_signal_the_parent_ignored_stays_ignored():
-    from mlpkit.cli import stop_on_signals
+    from mlpkit.runtime import stop_on_signals
 
     with sigint_handled_by(signal.SIG_IGN):  # a job started in the background with `&`
         trainer = SimpleNamespace(stop_signal=None)

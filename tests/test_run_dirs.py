@@ -15,8 +15,8 @@ import pytest
 import mlpkit
 from mlpkit.errors import ConfigError
 from mlpkit.evaluation import evaluate_run
-from mlpkit.rundir import unique_dir
-from tests.conftest import IRIS, ROOT, read_scalars, run_cli, script
+from mlpkit.new_dirs import unique_dir
+from tests.conftest import IRIS, ROOT, assembled, read_scalars, run_cli, script
 
 TWO_EPOCHS = ("activation=tanh", "data.split_seed=3", "trainer.max_epochs=2", "trainer.progress=false")
 
@@ -156,28 +156,21 @@ def test_predict_refuses_to_write_over_its_input(runs, tmp_path):
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_file(tmp_path, monkeypatch):
     import errno
 
-    import torch
-
-    from mlpkit import trainer as trainer_module
+    from mlpkit import checkpointing
     from mlpkit.checkpoint import load_checkpoint
     from mlpkit.data import build_data
     from mlpkit.errors import TrainingStopped
-    from mlpkit.model import build_model
-    from mlpkit.objective import build_objective
-    from mlpkit.trainer import Trainer
 
     data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    model = build_model(data.in_features, objective.out_features, [16], "relu", {}, objective.head)
-    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=1, batch_size=64,
-                      seed=0, checkpoint_dir=tmp_path)
+    trainer = assembled("model.hidden_sizes=[16]", "optimizer.fused=null", "trainer.max_epochs=1",
+                        "trainer.batch_size=64", data=data, checkpoint_dir=tmp_path).trainer
     trainer.fit()
     good = (tmp_path / "last.pt").read_bytes()
 
     def disk_full(state, path, *also):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(trainer_module, "atomic_save", disk_full)
+    monkeypatch.setattr(checkpointing, "atomic_save", disk_full)
     trainer.max_epochs = 2
     with pytest.raises(TrainingStopped, match=r"could not write checkpoint last.pt \(the last good one is kept\): "
                                               r".*last.pt: No space left on device") as stopped:

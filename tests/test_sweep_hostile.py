@@ -12,7 +12,7 @@ import hydra.core.utils
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mlpkit.rundir import NAME_MAX_BYTES, job_dirname, register_resolvers
+from mlpkit.new_dirs import NAME_MAX_BYTES, job_dirname, register_resolvers
 from tests.conftest import CONFIG_DIR, IRIS
 from tests.test_sweep import RAY_ENV, group_override, job_dirs, multirun, multirun_command, needs, read_report
 

@@ -2,11 +2,12 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mlpkit.model import build_model
 from mlpkit.tensorboard import model_graph
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assembled
 
 
 def test_model_graph_is_add_graphs_graph():
@@ -24,6 +25,7 @@ def test_model_graph_is_add_graphs_graph():
     assert any("Linear" in node.op or "linear" in node.op for node in ours.node)
 
 
+@pytest.mark.slow
 def test_logging_the_graph_skips_the_trace_check_and_its_imports():
     # torch.jit.trace's check compares outputs with torch.testing.assert_close, which imports
     # torch.distributed.tensor: a second of a short run's start-up.
@@ -136,28 +138,23 @@ def test_logged_scalars_reach_the_file_when_flushed_and_within_flush_seconds(tmp
 def test_every_checkpoint_is_written_after_the_curves_up_to_its_step(tmp_path, monkeypatch):
     """A run killed outright resumes from its last checkpoint: what it logged before that
     checkpoint must be on disk by then, since the resumed run logs only the steps after it."""
-    from mlpkit import trainer as trainer_module
+    from mlpkit import checkpointing
     from mlpkit.data import build_data
-    from mlpkit.diagnostics import GradientMonitor
-    from mlpkit.objective import build_objective
     from mlpkit.tensorboard import TensorBoardLogger
 
     data = build_data({"source": "moons", "n_samples": 200, "val_fraction": 0.2, "test_fraction": 0.2})
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    model = build_model(data.in_features, objective.out_features, [8], "relu", {}, objective.head)
     logger = TensorBoardLogger(tmp_path)
-    trainer = trainer_module.Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=3,
-                                     batch_size=16, seed=0, log_every_n_steps=2, logger=logger,
-                                     monitor=GradientMonitor(model), checkpoint_dir=tmp_path / "checkpoints",
-                                     checkpoint_min_seconds=0)
+    trainer = assembled("model.hidden_sizes=[8]", "optimizer.fused=null", "trainer.max_epochs=3",
+                        "trainer.batch_size=16", "trainer.log_every_n_steps=2", "trainer.checkpoint_min_seconds=0",
+                        data=data, checkpoint_dir=tmp_path / "checkpoints", logger=logger).trainer
     on_disk_at_saves = []
-    save = trainer_module.atomic_save
+    save = checkpointing.atomic_save
 
     def recording_save(state, *paths):
         on_disk_at_saves.append((state["step"], [step for step, _ in read_scalars_of(tmp_path).get("loss/train", [])]))
         return save(state, *paths)
 
-    monkeypatch.setattr(trainer_module, "atomic_save", recording_save)
+    monkeypatch.setattr(checkpointing, "atomic_save", recording_save)
     trainer.fit()
     logger.close()
     assert [step for step, _ in on_disk_at_saves] == [8, 16, 24]  # 8 batches an epoch

@@ -5,11 +5,8 @@ import pytest
 import torch
 
 from mlpkit.data import build_data
-from mlpkit.diagnostics import GradientMonitor
-from mlpkit.model import build_model
-from mlpkit.objective import build_objective
 from mlpkit.tensorboard import TensorBoardLogger
-from mlpkit.trainer import Trainer
+from tests.conftest import assembled
 
 
 def live_tensor_bytes() -> tuple[int, int]:
@@ -25,14 +22,11 @@ def live_tensor_bytes() -> tuple[int, int]:
 def test_training_longer_holds_no_more_tensors_and_copies_no_data(tmp_path):
     data = build_data({"source": "digits", "val_fraction": 0.15, "test_fraction": 0.15})
     train_x = data.train.x.data_ptr()
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [32, 32], "tanh", {}, objective.head)
     logger = TensorBoardLogger(tmp_path)
-    trainer = Trainer(model, objective, torch.optim.Adam(model.parameters()), data, max_epochs=2,
-                      batch_size=32, seed=0, log_every_n_steps=5, logger=logger,
-                      monitor=GradientMonitor(model),
-                      checkpoint_dir=tmp_path / "checkpoints", checkpoint_every_n_steps=30)
+    trainer = assembled("model.hidden_sizes=[32,32]", "activation=tanh", "optimizer.fused=null",
+                        "trainer.max_epochs=2", "trainer.batch_size=32", "trainer.log_every_n_steps=5",
+                        "trainer.checkpoint_every_n_steps=30", "diagnostics.figure_every_n_steps=0",
+                        data=data, checkpoint_dir=tmp_path / "checkpoints", logger=logger).trainer
     trainer.fit()
     after_two_epochs = live_tensor_bytes()
     trainer.max_epochs = 8  # 4 times the steps: 40 batches an epoch, a diagnostics step every 5
@@ -43,14 +37,12 @@ def test_training_longer_holds_no_more_tensors_and_copies_no_data(tmp_path):
     assert data.train.x.data_ptr() == train_x  # trained on the tensors it was given, not a copy
 
 
-def moons_run(checkpoint_dir, **settings):
+def moons_run(checkpoint_dir, *overrides):
     """A small run whose validation accuracy improves at epochs 1, 2, 3, 6 and 7 of 8 (on CPU)."""
     data = build_data({"source": "moons", "n_samples": 300, "val_fraction": 0.2, "test_fraction": 0.2})
-    objective = build_objective("auto", "auto", data.task, data.name, data.n_classes)
-    torch.manual_seed(0)
-    model = build_model(data.in_features, objective.out_features, [16], "relu", {}, objective.head)
-    return Trainer(model, objective, torch.optim.Adam(model.parameters(), lr=0.05), data, max_epochs=8,
-                   batch_size=32, seed=0, metric="accuracy", mode="max", checkpoint_dir=checkpoint_dir, **settings)
+    return assembled("model.hidden_sizes=[16]", "activation=relu", "optimizer.lr=0.05", "optimizer.fused=null",
+                     "trainer.max_epochs=8", "trainer.batch_size=32", "trainer.seed=0", "objective.metric=accuracy",
+                     "objective.mode=max", *overrides, data=data, checkpoint_dir=checkpoint_dir).trainer
 
 
 @pytest.mark.parametrize(("min_seconds", "expected"), [
@@ -60,18 +52,18 @@ def moons_run(checkpoint_dir, **settings):
 ])
 def test_the_first_and_last_epochs_write_checkpoints_others_once_min_seconds_passed_and_best_follows(
         tmp_path, monkeypatch, min_seconds, expected):
-    from mlpkit import trainer as trainer_module
+    from mlpkit import checkpointing
     from mlpkit.checkpoint import load_checkpoint
 
     written = []
-    save = trainer_module.atomic_save
+    save = checkpointing.atomic_save
 
     def recording_save(state, *paths):
         written.append((state["epoch"], [path.name for path in paths]))
         return save(state, *paths)
 
-    monkeypatch.setattr(trainer_module, "atomic_save", recording_save)
-    trainer = moons_run(tmp_path, checkpoint_min_seconds=min_seconds)
+    monkeypatch.setattr(checkpointing, "atomic_save", recording_save)
+    trainer = moons_run(tmp_path, f"trainer.checkpoint_min_seconds={min_seconds}")
     result = trainer.fit()
     improved = [1, 2, 3, 6, 7]
     accuracies = [entry["accuracy/val"] for entry in result["history"]]

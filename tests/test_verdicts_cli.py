@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, python_c
 
 DEEP = "model.hidden_sizes=[64,64,64,64,64,64,64,64]"
 CASES = {  # name: (overrides, the verdicts the run must get, exactly)
@@ -74,3 +74,15 @@ def test_a_run_too_short_to_judge_says_so(tmp_path):
     assert health["judged"] is False and health["healthy"] is None and health["measurements"] == 3
     assert "train for more steps" in health["reason"]
     assert "gradients: not judged: only 3 measured steps" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_verdicts_and_the_activation_table_import_no_torch():
+    """The judge is pure Python on host numbers (the sweep report and the run's last line read it), and
+    the activation table it reads builds torch modules only when asked: neither loads torch."""
+    result = python_c("import sys\n"
+                      "import mlpkit.verdicts\n"
+                      "from mlpkit.activations import ACTIVATIONS, SATURATED_BELOW\n"
+                      "print('torch loaded:', 'torch' in sys.modules, len(ACTIVATIONS), SATURATED_BELOW)\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch loaded: False 14 0.05"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpkit.data.formats import NULLS, TableFile
+from mlpkit.data.formats import TableFile
 from mlpkit.data.precision import FLOAT32_MAX, SAMPLE_ROWS, offsets_of
 
 BLOCK_ROWS_BYTES = 64 << 20  # float32 features gathered per block before the final copy
@@ -31,22 +31,11 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
     kinds = [schema.field(name).type for name in names]
     if not all(pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds):
         return None
-    columns = [*names, target]
-    if table_file.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(table_file.file).iter_batches(columns=columns)
-    if table_file.kind == "feather":
-        reader = pa.ipc.open_file(table_file.file)
-        return (reader.get_batch(i).select(columns) for i in range(reader.num_record_batches))
-    csv_module = table_file._csv_module()
     target_kind = schema.field(target).type
-    types = {**{name: pa.float64() for name in names},  # float64: centred before the float32 cast
-             target: pa.float64() if pa.types.is_integer(target_kind) or pa.types.is_floating(target_kind)
-             else pa.string()}
-    convert = csv_module.ConvertOptions(include_columns=columns, column_types=types,
-                                        null_values=NULLS, strings_can_be_null=True)
-    return csv_module.open_csv(table_file._source(), convert_options=convert, **table_file._csv_options())
+    text_types = {**{name: pa.float64() for name in names},  # float64: centred before the float32 cast
+                  target: pa.float64() if pa.types.is_integer(target_kind) or pa.types.is_floating(target_kind)
+                  else pa.string()}
+    return table_file.batches([*names, target], text_types)
 
 
 def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str

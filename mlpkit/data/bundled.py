@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from mlpkit.cache import disk_cached
-from mlpkit.data.dataset import RawData
+from mlpkit.data.raw import RawData
 
 
 @disk_cached

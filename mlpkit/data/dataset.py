@@ -6,7 +6,7 @@ import importlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlpkit.data.raw import RawData, launch_path  # noqa: F401  (launch_path: for sources registered by name)
 from mlpkit.data.splits import carve_splits, prepare_features, prepare_targets, split_indices
 from mlpkit.errors import ConfigError
+from mlpkit.rundir import LABELS_FILE, PREPROCESSING_FILE
 
 # name -> "module:function"; modules are imported only when their source is chosen.
 SOURCES: dict[str, str] = {
@@ -40,39 +42,6 @@ SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standard
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
 GATHER_BYTES = 8 << 20  # features the training loop gathers at once, then steps through batch by batch
-
-
-@dataclass
-class RawData:
-    """What a source returns: features (N, F), targets (N,) int64 classes or float values.
-
-    Float64 (or integer) features are centred in float64 before build_data casts them to float32
-    (mlpkit.data.precision). Float32 features are taken as they are; ``feature_offsets`` (F,)
-    float64, when set, is what a reader already subtracted from each column before its own float32
-    cast (a table's), added back into the saved mean, and ``feature_sample`` (k, F) float64 a few
-    rows as the source holds them, for the check that float32 keeps a column's distinct values.
-
-    ``feature_groups`` (F,) gives columns that share one standardisation (image channels); None
-    standardises each column on its own. ``extra`` is carried to ``Data.extra`` (e.g. the target
-    column of a CSV file). ``lines`` (N,): each row's line in the source file, or ``locate``:
-    row -> (key, file, "line N"), for messages. ``splits``: the (train, val, test) rows a source
-    gives itself (a test file, an official test set); a None val is carved from train by
-    data.val_fraction. ``split_origin`` says where they came from, for the start line.
-    """
-
-    features: np.ndarray
-    targets: np.ndarray
-    task: str
-    feature_names: list[str]
-    class_names: list[str]
-    feature_groups: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    lines: np.ndarray | None = None
-    locate: Callable[[int], tuple[str, str, str]] | None = None
-    splits: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None
-    split_origin: str = ""
-    feature_offsets: np.ndarray | None = None
-    feature_sample: np.ndarray | None = None
 
 
 @dataclass
@@ -207,14 +176,6 @@ def load_source(name: str, params: Mapping[str, Any]) -> RawData:
     return function(**params)
 
 
-def launch_path(path: str | Path) -> Path:
-    """``path`` resolved against the directory the user launched from (not Hydra's run dir)."""
-    # hydra.utils knows the launch directory inside a Hydra run and falls back to the cwd outside.
-    from hydra.utils import to_absolute_path
-
-    return Path(to_absolute_path(str(Path(path).expanduser())))
-
-
 def choose_placement(nbytes: int, device: torch.device) -> tuple[str, int | None]:
     """Where ``nbytes`` of tensors go ("device" or "pinned-host"), and the device's free bytes."""
     if device.type != "cuda":
@@ -263,7 +224,7 @@ def save_label_mapping(data: Data, run_dir: str | Path) -> Path | None:
     """
     if data.task == "regression":
         return None
-    path = Path(run_dir) / "labels.json"
+    path = Path(run_dir) / LABELS_FILE
     mapping = {"dataset": data.name, "task": data.task, "target": data.extra.get("target"),
                "class_names": list(data.class_names)}
     path.write_text(json.dumps(mapping, indent=2) + "\n")
@@ -282,7 +243,7 @@ def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
     ``categories`` maps each one-hot encoded column to its categories (feature ``color=red`` is 1
     where the cell is "red"); both are absent for other sources.
     """
-    path = Path(run_dir) / "preprocessing.json"
+    path = Path(run_dir) / PREPROCESSING_FILE
     record = {
         "dataset": data.name, "task": data.task, "feature_names": list(data.feature_names),
         "feature_mean": np.asarray(data.feature_mean, dtype=np.float64).reshape(-1).tolist(),

@@ -1,24 +1,21 @@
 """Table files chosen by suffix and read through pyarrow: CSV and TSV (plain or .gz/.bz2/.xz),
 Parquet, Feather. pyarrow is imported inside the functions, so runs on bundled data never load it.
 
-A file is read column-wise and multi-threaded; the slow Python reader (mlpkit.data.table.read_rows)
+A file is read column-wise and multi-threaded; the slow Python reader (mlpkit.data.delimited)
 runs only to explain a file pyarrow refuses, and ``TableFile.cell`` finds a row's line and text only
 for an error message.
 """
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import lzma
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from mlpkit.data import delimited
 from mlpkit.errors import DataError
 
-COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 PARQUET = (".parquet", ".pq")
 FEATHER = (".feather", ".arrow", ".ipc")
 SUFFIXES = ".csv, .tsv (plain or .gz/.bz2/.xz), .parquet, .feather"
@@ -40,14 +37,8 @@ def table_kind(file: Path) -> str:
 
 def default_delimiter(file: Path, delimiter: str) -> str:
     """A .tsv file (compressed or not) is tab-separated unless another delimiter than "," is set."""
-    suffixes = [s.lower() for s in file.suffixes if s.lower() not in COMPRESSIONS]
+    suffixes = [s.lower() for s in file.suffixes if s.lower() not in delimited.COMPRESSIONS]
     return "\t" if suffixes and suffixes[-1] == ".tsv" and delimiter == "," else delimiter
-
-
-def open_text(file: Path) -> IO[str]:
-    """The file as text, decompressed by suffix (a UTF-8 byte-order mark is skipped)."""
-    opener = COMPRESSIONS.get(file.suffix.lower(), open)
-    return opener(file, "rt", newline="", encoding="utf-8-sig")
 
 
 def first_line(error: BaseException) -> str:
@@ -133,6 +124,25 @@ class TableFile:
         self.check_types(table.schema, columns)
         return table
 
+    def batches(self, columns: Sequence[str], text_types: dict[str, Any]) -> Any:
+        """The named columns as pyarrow record batches, read a few at a time: Parquet row groups,
+        Feather record batches, or a text file's blocks (``block_bytes``) parsed as ``text_types``
+        (cells in NULLS are nulls). Close it when done if it has ``close``."""
+        import pyarrow as pa
+
+        columns = list(columns)
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(self.file).iter_batches(columns=columns)
+        if self.kind == "feather":
+            reader = pa.ipc.open_file(self.file)
+            return (reader.get_batch(i).select(columns) for i in range(reader.num_record_batches))
+        csv_module = self._csv_module()
+        convert = csv_module.ConvertOptions(include_columns=columns, column_types=text_types,
+                                            null_values=NULLS, strings_can_be_null=True)
+        return csv_module.open_csv(self._source(), convert_options=convert, **self._csv_options())
+
     def check_types(self, schema: Any, columns: Sequence[str]) -> None:
         """One line for a column whose cells hold several values (Parquet or Feather lists, structs,
         maps, unions): a cell must be one number or text value."""
@@ -188,24 +198,19 @@ class TableFile:
     def _header(self) -> list[str]:
         """The text file's first row, split as Python's csv module splits it."""
         if not hasattr(self, "_first_row"):
-            with open_text(self.file) as handle:
-                self._first_row = next(csv.reader(handle, delimiter=self.delimiter), [])
+            self._first_row = delimited.first_row(self.file, self.delimiter)
         return self._first_row
 
     def _unreadable(self, error: BaseException) -> DataError:
         """The file's first problem in one line: for text, the Python reader finds it by line."""
         if self.kind == "text":
-            from mlpkit.data.table import read_rows
-
-            read_rows(self.file, self.delimiter, self.key, self.delimiter_key)  # raises the exact line
+            delimited.read_rows(self.file, self.delimiter, self.key, self.delimiter_key)  # raises the exact line
             return self.fail(f"cannot be read as delimited text: {first_line(error)}")
         return self.fail(f"cannot be read as {self.kind.capitalize()} ({first_line(error)}); "
                          f"table files are chosen by suffix: {SUFFIXES}")
 
     def check_header(self, header: list[str]) -> None:
-        from mlpkit.data.table import check_header
-
-        check_header(self.file, header, self.delimiter, self.key, self.delimiter_key)
+        delimited.check_header(self.file, header, self.delimiter, self.key, self.delimiter_key)
 
     # --- messages ---------------------------------------------------------------------------
     def cell(self, row: int, column: str) -> tuple[str, str]:
@@ -214,15 +219,7 @@ class TableFile:
         if self.kind != "text":
             value = self.read([column]).column(column)[row].as_py()
             return f"row {row + 1}", "" if value is None else str(value)
-        for index, (line, header, cells) in enumerate(self._rows()):
+        for index, (line, header, cells) in enumerate(delimited.data_rows(self.file, self.delimiter)):
             if index == row:
                 return f"line {line}", cells[header.index(column)]
         return f"row {row + 1}", ""
-
-    def _rows(self) -> Iterator[tuple[int, list[str], list[str]]]:
-        with open_text(self.file) as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter)
-            header = [name.strip() for name in next(reader, [])]
-            for cells in reader:
-                if cells:  # blank lines hold no data (pyarrow skips them too)
-                    yield reader.line_num, header, cells

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mlpkit.cache import disk_cached
 from mlpkit.data.precision import FLOAT32_MAX, SAMPLE_ROWS, centred_float32, offsets_of, warn_lost_precision
+from mlpkit.data.raw import RawData
 from mlpkit.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # dataset.py imports this module
-    from mlpkit.data.dataset import RawData
 
 
 @disk_cached

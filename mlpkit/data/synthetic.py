@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from mlpkit.cache import disk_cached
-from mlpkit.data.dataset import RawData
+from mlpkit.data.raw import RawData
 from mlpkit.errors import ConfigError, is_int, is_number
 
 POINT_NAMES = ["x1", "x2"]

@@ -7,7 +7,6 @@ column; no row or cell is dropped or filled in silently.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -18,14 +17,13 @@ import numpy as np
 
 from mlpkit.data.batches import read_numeric
 from mlpkit.data.columns import Rows, encode_training_features
-from mlpkit.data.dataset import RawData, launch_path
-from mlpkit.data.formats import SUFFIXES, TableFile, open_text
+from mlpkit.data.formats import SUFFIXES, TableFile
+from mlpkit.data.raw import RawData, launch_path
 from mlpkit.data.targets import encode_target
 from mlpkit.errors import ConfigError, DataError, show_value
 
 TASKS = ("auto", "binary", "multiclass", "regression")
 CATEGORICAL = "auto (one-hot encode every text feature column), none, or a list of columns, e.g. [color]"
-Row = tuple[int, list[str]]  # (line number in the file, cells)
 log = logging.getLogger(__name__)
 
 
@@ -133,54 +131,6 @@ def table_path(path: str | None, key: str = "data.path") -> Path:
         raise DataError(key, path, f"{file} does not exist; relative paths are read from the "
                         f"directory you launched from")
     return file
-
-
-def read_rows(file: Path, delimiter: str, key: str = "data.path",
-              delimiter_key: str = "data.delimiter") -> tuple[list[str], list[Row]]:
-    """The header and the data rows with their line numbers, read by Python's csv module: the
-    slow reader that explains a text file pyarrow refuses (bad encoding, a row's field count).
-
-    ``key`` and ``delimiter_key`` are the settings named in the errors (for training, data.path and
-    data.delimiter; for prediction, input and delimiter).
-    """
-    rows: list[Row] = []
-    try:
-        with open_text(file) as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            header = [name.strip() for name in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader if row]  # blank lines hold no data
-    except UnicodeDecodeError as error:
-        raise DataError(key, file, f"is not UTF-8 text ({error.reason} at byte "
-                        f"{error.start})") from None
-    except csv.Error as error:
-        raise DataError(key, file, f"line {reader.line_num}: {error}") from None
-    except (OSError, EOFError) as error:  # a truncated or mislabelled .gz/.bz2/.xz
-        raise DataError(key, file, f"cannot be read: {error}") from None
-    check_header(file, header, delimiter, key, delimiter_key)
-    if not rows:
-        raise DataError(key, file, "has a header but no data rows")
-    for line, row in rows:
-        if len(row) != len(header):
-            raise DataError(key, file, f"line {line} has {len(row)} fields, the header has "
-                            f"{len(header)}")
-    return header, rows
-
-
-def check_header(file: Path, header: list[str], delimiter: str, key: str = "data.path",
-                 delimiter_key: str = "data.delimiter") -> None:
-    """Every column named once, and a header that does not read as one column by mistake."""
-    if not header:
-        raise DataError(key, file, "is empty: expected a header line naming the columns")
-    other = next((sep for sep in (",", ";", "\t", "|") if sep in header[0] and sep != delimiter), None)
-    if len(header) == 1 and other is not None:
-        shown = "'\\t'" if other == "\t" else repr(other)
-        raise DataError(delimiter_key, repr(delimiter), f"{file} line 1 reads as one column "
-                        f"{header[0]!r}; set {delimiter_key}={shown} to split it")
-    for position, name in enumerate(header, start=1):
-        if not str(name).strip():
-            raise DataError(key, file, f"line 1: column {position} has no name")
-        if header.index(name) != position - 1:
-            raise DataError(key, file, f"line 1: column '{name}' appears twice")
 
 
 def pick_columns(file: Path, header: list[str], target: str | None,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlpkit.data.dataset import RawData, launch_path
+from mlpkit.data.raw import RawData, launch_path
 from mlpkit.errors import ConfigError, DataError
 
 SPLITS = ("official", "pooled")
