@@ -146,25 +146,22 @@ def foreach_norm(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.linalg.vector_norm(tensor) for tensor in tensors)
 
 
-def foreach_copy_(destinations: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
-    """Copies each source into its destination, in place."""
-    import torch
+def _in_place_pairwise(internal: str, method: str):
+    """``torch.<internal>(tensors, others)`` where torch has it, else ``tensor.<method>(other)`` pair by pair."""
 
-    fused = getattr(torch, "_foreach_copy_", None)
-    if fused is not None:
-        fused(destinations, sources)
-        return
-    for destination, source in zip(destinations, sources, strict=True):
-        destination.copy_(source)
+    def apply(tensors: Sequence[torch.Tensor], others: Sequence[torch.Tensor]) -> None:
+        import torch
+
+        fused = getattr(torch, internal, None)
+        if fused is not None:
+            fused(tensors, others)
+            return
+        for tensor, other in zip(tensors, others, strict=True):
+            getattr(tensor, method)(other)
+
+    apply.__name__ = internal.removeprefix("_")
+    return apply
 
 
-def foreach_sub_(tensors: Sequence[torch.Tensor], others: Sequence[torch.Tensor]) -> None:
-    """Subtracts each of ``others`` from its tensor, in place."""
-    import torch
-
-    fused = getattr(torch, "_foreach_sub_", None)
-    if fused is not None:
-        fused(tensors, others)
-        return
-    for tensor, other in zip(tensors, others, strict=True):
-        tensor.sub_(other)
+foreach_copy_ = _in_place_pairwise("_foreach_copy_", "copy_")  # each source copied into its destination
+foreach_sub_ = _in_place_pairwise("_foreach_sub_", "sub_")  # each of the others subtracted from its tensor

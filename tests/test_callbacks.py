@@ -1,6 +1,7 @@
 """A user's own callback: from Python, named in a config, kept in checkpoints, never imported on a
 checkpoint's word; and the protocol's dispatch."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -169,13 +170,17 @@ def test_a_callback_that_cannot_be_built_is_one_line_naming_the_key(user_module,
     assert says in message and "\n" not in message
 
 
+def train_py(run_dir: Path, user_module: Path, callback: str) -> subprocess.CompletedProcess:
+    """``python train.py`` with ``trainer.callbacks=[<callback>]``, the user's module on PYTHONPATH."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *SHORT, f"hydra.run.dir={run_dir}",
+                           f"trainer.callbacks=[{callback}]"], capture_output=True, text=True, cwd=user_module,
+                          env={**os.environ, "PYTHONPATH": str(user_module)})
+
+
 @pytest.mark.slow
 def test_a_bad_callback_on_the_command_line_exits_2_before_the_run_writes_anything(tmp_path, user_module):
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *SHORT, f"hydra.run.dir={run_dir}",
-                             "trainer.callbacks=[userpkg.callbacks.NotACallback]"],
-                            capture_output=True, text=True, cwd=tmp_path,
-                            env={**__import__("os").environ, "PYTHONPATH": str(user_module)})
+    result = train_py(run_dir, user_module, "userpkg.callbacks.NotACallback")
     assert result.returncode == 2
     assert "trainer.callbacks=userpkg.callbacks.NotACallback is not valid" in result.stderr
     assert not (run_dir / "labels.json").exists() and not list(run_dir.glob("events.out.tfevents.*"))
@@ -184,10 +189,7 @@ def test_a_bad_callback_on_the_command_line_exits_2_before_the_run_writes_anythi
 @pytest.mark.slow
 def test_a_callback_named_on_the_command_line_runs(tmp_path, user_module):
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *SHORT, f"hydra.run.dir={run_dir}",
-                             "trainer.callbacks=[userpkg.callbacks.CountSteps]"],
-                            capture_output=True, text=True, cwd=tmp_path,
-                            env={**__import__("os").environ, "PYTHONPATH": str(user_module)})
+    result = train_py(run_dir, user_module, "userpkg.callbacks.CountSteps")
     assert result.returncode == 0, result.stderr[-2000:]
     steps = json.loads((run_dir / "metrics.json").read_text())["steps"]
     assert json.loads((run_dir / "count_steps.json").read_text()) == {"steps": steps, "trainer": steps}
