@@ -1,14 +1,15 @@
 """mlpkit: configurable MLP training with gradient diagnostics.
 
 The Python API (README, "Python API"): ``mlpkit.train``, ``mlpkit.load_run``, ``mlpkit.sweep``,
-``mlpkit.Run``, ``mlpkit.Callback``, ``mlpkit.ConfigError``. Torch loads only when they are first used, so ``import
+``mlpkit.Run``, ``mlpkit.Callback``, ``mlpkit.ConfigError``; the scikit-learn estimators (README, "scikit-learn")
+``mlpkit.MLPClassifier`` and ``mlpkit.MLPRegressor``. Torch loads only when they are first used, so ``import
 mlpkit`` (and ``python train.py --help``) stays quick.
 """
 from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["Callback", "ConfigError", "Run", "SweepResult", "load_run", "sweep", "train"]
+__all__ = ["Callback", "ConfigError", "MLPClassifier", "MLPRegressor", "Run", "SweepResult", "load_run", "sweep", "train"]
 
 
 def __getattr__(name: str):
@@ -16,4 +17,8 @@ def __getattr__(name: str):
         from mlpkit import api
 
         return getattr(api, name)
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from mlpkit import sklearn
+
+        return getattr(sklearn, name)
     raise AttributeError(f"module 'mlpkit' has no attribute {name!r}")

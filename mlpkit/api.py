@@ -193,8 +193,9 @@ def _override_list(overrides: Sequence[str] | None) -> list[str]:
     return list(overrides)
 
 
-def _run_job(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> float:
-    """What Hydra's run_job does for ``python train.py``, then mlpkit.cli.run; returns its objective."""
+def _run_job(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = (), data: Any = None) -> float:
+    """What Hydra's run_job does for ``python train.py``, then mlpkit.cli.run; returns its objective.
+    ``data``: a ``mlpkit.data.Data`` already in memory (an estimator's), else the config's loads."""
     from mlpkit.cli import run
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ())
             (hydra_dir / name).write_text(OmegaConf.to_yaml(node))
     logging_config = cfg.hydra.job_logging
     with _logging_into(Path(logging_config.handlers.file.filename), logging_config.formatters):
-        return run(task_cfg, run_dir, list(cfg.hydra.overrides.task), callbacks)
+        return run(task_cfg, run_dir, list(cfg.hydra.overrides.task), callbacks, data)
 
 
 class _Console(logging.StreamHandler):
@@ -228,7 +229,37 @@ class _Console(logging.StreamHandler):
         pass
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not logging.getLogger().handlers and bool(super().filter(record))
+        muted = getattr(_console, "muted", False)
+        return not muted and not logging.getLogger().handlers and bool(super().filter(record))
+
+
+_console = threading.local()  # muted: this thread's runs keep their lines off the console
+
+
+@contextmanager
+def console_muted() -> Iterator[None]:
+    """No mlpkit line on the console from this thread (an estimator's verbose=0); train.log still gets them."""
+    before = getattr(_console, "muted", False)
+    _console.muted = True
+    try:
+        yield
+    finally:
+        _console.muted = before
+
+
+@contextmanager
+def show_console() -> Iterator[None]:
+    """mlpkit's lines on the console (an estimator's verbose=1), in the command line's console format."""
+    _ensure_console("%(message)s")  # configs/hydra/default.yaml's job_logging.formatters.console
+    yield
+
+
+def _ensure_console(line_format: str) -> None:
+    logger = logging.getLogger("mlpkit")
+    if not any(isinstance(handler, _Console) for handler in logger.handlers):
+        console = _Console()
+        console.setFormatter(logging.Formatter(line_format))
+        logger.addHandler(console)
 
 
 @contextmanager
@@ -238,10 +269,7 @@ def _logging_into(log_file: Path, formats: DictConfig) -> Iterator[None]:
     logger = logging.getLogger("mlpkit")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)  # the command line's level (Hydra's job_logging sets it on the root)
-    if not any(isinstance(handler, _Console) for handler in logger.handlers):
-        console = _Console()
-        console.setFormatter(logging.Formatter(formats.console.format))
-        logger.addHandler(console)
+    _ensure_console(formats.console.format)
     file = logging.FileHandler(log_file)
     file.setFormatter(logging.Formatter(formats.file.format))
     thread = threading.get_ident()

@@ -48,7 +48,7 @@ class Checkpointer(Callback):
         """``test_best``: the test metrics of best.pt (users quote the best model, not the last); the
         model keeps its last weights."""
         best_epoch = trainer.best["epoch"]
-        if best_epoch is None or not (self.directory / BEST_CHECKPOINT).is_file():
+        if best_epoch is None or not len(trainer.data.test) or not (self.directory / BEST_CHECKPOINT).is_file():
             return
         if best_epoch == trainer.epoch:  # the last weights are the best
             final["test_best"] = trainer.evaluate(trainer.data.test)

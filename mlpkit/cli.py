@@ -34,6 +34,7 @@ from mlpkit.rundir import (
 
 if TYPE_CHECKING:
     from mlpkit.assemble import Parts
+    from mlpkit.data import Data
     from mlpkit.resume import Resume
     from mlpkit.tensorboard import TensorBoardLogger
 
@@ -88,11 +89,13 @@ def held_run_log(run_dir: Path, holding: bool):
             handler.handle(record)
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = ()) -> float:
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = (),
+        data: Data | None = None) -> float:
     """Everything one run does, from a composed config (and the command-line ``overrides`` it was
-    composed with) to metrics.json; errors logged once. ``callbacks``: a user's own (mlpkit.train's)."""
+    composed with) to metrics.json; errors logged once. ``callbacks``: a user's own (mlpkit.train's);
+    ``data``: the data already in memory (an estimator's ``fit(X, y)``), else ``cfg.data`` loads."""
     try:
-        return train_run(cfg, run_dir, overrides, callbacks)
+        return train_run(cfg, run_dir, overrides, callbacks, data)
     except ConfigError as error:
         log.error("Config error: %s", error)
         raise
@@ -103,7 +106,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks
         raise
 
 
-def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = ()) -> float:
+def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = (),
+              data: Data | None = None) -> float:
     from mlpkit.assemble import assemble, load_data, prepare_device
     from mlpkit.model import count_parameters
     from mlpkit.resume import accept_resume
@@ -118,7 +122,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         else:
             check_new_run_dir(run_dir)
         validate(cfg)  # before anything is loaded
-        data = load_data(cfg, prepare_device(cfg))
+        data = load_data(cfg, prepare_device(cfg)) if data is None else data
         log.info(data.describe())
         if resume is not None and resume.source_dir is not None:
             check_same_data(resume.source_dir, data.fingerprint(), "resume", cfg.resume,
@@ -142,7 +146,7 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         }
         write_metrics(run_dir, result)
         report(result, run_dir)
-    return result["val"][cfg.objective.metric]
+    return result.get("val", result["train"])[cfg.objective.metric]  # data.val_fraction=0: the training loss
 
 
 def forget_checkpoint_callbacks(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -277,7 +281,7 @@ def report(result: dict, run_dir: Path) -> None:
     if stopped:
         log.info("stopped early after epoch %d: %s/val did not improve by more than %g for %d epochs (best epoch %d)",
                  stopped["epoch"], stopped["metric"], stopped["min_delta"], stopped["patience"], stopped["best_epoch"])
-    for split in ("train", "val", "test"):
+    for split in (split for split in ("train", "val", "test") if split in result):  # a fraction of 0: none
         log.info("  %-5s %s", split, line(split))
     if result.get("test_best") is not None:
         log.info("  test with %s/%s (epoch %d): %s", CHECKPOINT_DIR, BEST_CHECKPOINT, result["best"]["epoch"],

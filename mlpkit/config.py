@@ -200,8 +200,8 @@ CONSTRAINTS: dict[str, Rule] = {
     "scheduler.patience": optional(integer(0, " (epochs without improvement)")),
     "scheduler.threshold": optional(NON_NEGATIVE),
     "scheduler.min_lr": optional(NON_NEGATIVE),
-    "data.val_fraction": FRACTION,
-    "data.test_fraction": FRACTION,
+    "data.val_fraction": within(0, 1, "left", what="a fraction (0 = no validation split)"),
+    "data.test_fraction": within(0, 1, "left", what="a fraction (0 = no test split)"),
     "data.split_seed": optional(SEED),
     "data.seed": optional(SEED),  # the generator of a synthetic set
     "data.standardize": optional(BOOLEAN),
@@ -333,6 +333,25 @@ def validate_data(cfg: DictConfig) -> None:
     fractions = cfg.data.val_fraction + cfg.data.test_fraction
     require(fractions < 1, "data.val_fraction + data.test_fraction", fractions,
             "a sum below 1, leaving samples to train on")
+    if cfg.data.val_fraction == 0 and not OmegaConf.select(cfg, "data.val_path", default=None):
+        refuse_without_validation(cfg)
+
+
+def refuse_without_validation(cfg: DictConfig) -> None:
+    """data.val_fraction=0 (no validation split: the run trains on every row and watches its training
+    loss) with a setting that watches validation metrics: one line naming both."""
+    needs = [(key, value) for key, value, watches in (
+        ("trainer.early_stopping.patience", OmegaConf.select(cfg, "trainer.early_stopping.patience", default=0),
+         lambda patience: bool(patience)),
+        ("scheduler", OmegaConf.select(cfg, "scheduler.name", default="none"), lambda name: name == "plateau"),
+        ("objective.metric", cfg.objective.metric, lambda metric: metric != "loss"),
+    ) if watches(value)]
+    if needs:
+        key, value = needs[0]
+        raise ConfigError("data.val_fraction", 0, "a fraction in (0, 1) with " f"{key}={value}",
+                          f"{key} watches the validation split, which data.val_fraction=0 leaves out (the run "
+                          "then watches its training loss): give data.val_fraction=0.15, or turn "
+                          f"{key} off")
 
 
 def report_config_errors(app: Callable[[], Any], config_name: str) -> None:

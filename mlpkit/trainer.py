@@ -276,15 +276,16 @@ class Trainer:
         last_epoch = self.max_epochs
         while self.epoch < last_epoch and not self.should_stop:  # a resume of a stopped run trains none
             train_loss = self.train_epoch()
-            val = self.evaluate(self.data.val)
+            val = self.evaluate(self.data.val) if len(self.data.val) else None
             self.record_epoch(train_loss, val)
             self.epoch += 1  # epochs completed, as checkpoints count them
-            improved = is_better(val[self.metric], self.best["value"], self.best["mode"])
+            improved = val is not None and is_better(val[self.metric], self.best["value"], self.best["mode"])
             if improved:
                 self.best.update(value=val[self.metric], epoch=self.epoch)
-            self.callbacks.call("on_validation_end", self, val, improved)  # progress, schedule, early stop, checkpoint
+            # progress, schedule, early stop, checkpoint; without a validation split they watch the training loss
+            self.callbacks.call("on_validation_end", self, {"loss": train_loss} if val is None else val, improved)
         final = {name: self.evaluate(split) for name, split in
-                 (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
+                 (("train", self.data.train), ("val", self.data.val), ("test", self.data.test)) if len(split)}
         self.callbacks.call("on_fit_end", self, final)  # test_best from the checkpointer
         if (failed := nonfinite.stop_at_end(final, self.skipped_steps, self.step)) is not None:
             self.stop(failed)
@@ -306,11 +307,11 @@ class Trainer:
         """Seconds since the run started, over every session (each from its Trainer's creation)."""
         return self.wall_seconds_before + time.perf_counter() - self.session_started
 
-    def record_epoch(self, train_loss: float, val: dict[str, float]) -> None:
+    def record_epoch(self, train_loss: float, val: dict[str, float] | None) -> None:
         entry = {"epoch": self.epoch + 1, "step": self.step}
         if math.isfinite(train_loss):  # NaN: every step of the epoch was skipped, nothing trained
             entry["loss/train_epoch"] = train_loss
-        entry.update({f"{name}/val": value for name, value in val.items()})
+        entry.update({f"{name}/val": value for name, value in (val or {}).items()})
         self.history.append(entry)
         if self.logger is not None:
             self.logger.log_scalars({k: v for k, v in entry.items() if "/" in k}, self.step)

@@ -5,11 +5,12 @@ from mlpkit.data.dataset import (
     RawData,
     Split,
     build_data,
+    data_from_raw,
     register_source,
     save_label_mapping,
     save_preprocessing,
 )
 from mlpkit.errors import DataError
 
-__all__ = ["SOURCES", "Data", "DataError", "RawData", "Split", "build_data", "register_source",
+__all__ = ["SOURCES", "Data", "DataError", "RawData", "Split", "build_data", "data_from_raw", "register_source",
            "save_label_mapping", "save_preprocessing"]

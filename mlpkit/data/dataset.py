@@ -34,6 +34,7 @@ SOURCES: dict[str, str] = {
     "fashion_mnist": "mlpkit.data.vision:fashion_mnist",
     "cifar10": "mlpkit.data.vision:cifar10",
     "csv": "mlpkit.data.table:load_csv",
+    "arrays": "mlpkit.sklearn:arrays_from_command_line",  # an estimator's fit(X, y): never loaded by name
 }
 # Keys of a data config that build_data itself uses; every other key goes to the source function.
 SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize",
@@ -186,11 +187,16 @@ def choose_placement(nbytes: int, device: torch.device) -> tuple[str, int | None
 
 def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
     """Load the configured source, split it, standardise with training statistics, place tensors."""
+    params = {k: v for k, v in cfg.items() if k not in SPLIT_KEYS}
+    return data_from_raw(load_source(cfg["source"], params), cfg, device)
+
+
+def data_from_raw(raw: RawData, cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
+    """What a source loaded, split by the fractions of ``cfg`` (a data config's SPLIT_KEYS; a fraction
+    of 0: no such split), standardised with the training split's statistics, placed on ``device``."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    params = {k: v for k, v in cfg.items() if k not in SPLIT_KEYS}
-    raw = load_source(cfg["source"], params)
     if raw.splits is not None:  # a test file or an official test set: only val may be carved
         splits = carve_splits(raw.targets, raw.task != "regression", raw.splits, cfg["val_fraction"],
                               cfg["test_fraction"], cfg.get("split_seed", 0))

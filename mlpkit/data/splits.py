@@ -23,6 +23,15 @@ def train_test_split(rows: np.ndarray, test_size: int, random_state: int,
                                                   stratify=stratify))
 
 
+def hold_out(rows: np.ndarray, count: int, seed: int, stratify: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(the rest, ``count`` held-out rows): a seeded, stratified draw; none for a count of 0 (a
+    fraction of 0: the run has no such split)."""
+    if count == 0:
+        return np.asarray(rows), np.asarray(rows)[:0]
+    return train_test_split(rows, test_size=count, random_state=seed, stratify=stratify)
+
+
 def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded train/val/test indices, stratified by class for classification."""
@@ -32,11 +41,8 @@ def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test
         # Counts rounded up like sklearn's, with a tolerance: 0.15 * 400 is 60.000000000000014.
         test_count, val_count = (math.ceil(fraction * len(targets) - 1e-9)
                                  for fraction in (test_fraction, val_fraction))
-        rest, test = train_test_split(indices, test_size=test_count, random_state=seed,
-                                      stratify=stratify)
-        stratify = targets[rest] if classify else None
-        train, val = train_test_split(rest, test_size=val_count, random_state=seed,
-                                      stratify=stratify)
+        rest, test = hold_out(indices, test_count, seed, stratify)
+        train, val = hold_out(rest, val_count, seed, targets[rest] if classify else None)
     except ValueError as error:  # too few samples (per class) for the requested fractions
         counts = f"{len(targets)} samples" + (
             f" in {len(np.unique(targets))} classes (smallest {np.bincount(targets).min()})"
@@ -60,9 +66,8 @@ def carve_splits(targets: np.ndarray, classify: bool,
             carved[key] = part
             continue
         try:
-            train, carved[key] = train_test_split(
-                train, test_size=math.ceil(fraction * len(train) - 1e-9), random_state=seed,
-                stratify=targets[train] if classify else None)
+            train, carved[key] = hold_out(train, math.ceil(fraction * len(train) - 1e-9), seed,
+                                          targets[train] if classify else None)
         except ValueError as error:
             raise ConfigError(f"data.{key}_fraction", fraction, "a fraction that leaves every split at "
                               "least one sample" + (" of each class" if classify else ""),
@@ -233,7 +238,7 @@ def _overflowing_value(values: np.ndarray, splits: list[np.ndarray], parts: list
         column, train = int(overflowed[0]), splits[0]
         return (int(train[np.abs(values[train, column]).argmax()]), column,
                 "makes the column's variance overflow float32 (its standard deviation is not finite)")
-    for rows, part in zip(splits, parts):
+    for rows, part in ((rows, part) for rows, part in zip(splits, parts) if len(part)):  # a fraction of 0: none
         # min and max (no temporary the size of the split) standardised as the split will be
         with np.errstate(over="ignore", invalid="ignore"):
             low = (part.min(axis=0) - mean) / std

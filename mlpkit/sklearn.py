@@ -1,0 +1,500 @@
+"""scikit-learn estimators: ``MLPClassifier`` and ``MLPRegressor``, trained by mlpkit's own loop.
+
+Each constructor parameter is a key of the run's config (``PARAMETERS``). ``fit(X, y)`` composes the
+config as ``python train.py <overrides>`` would (configs/data/arrays.yaml for the data), validates it
+with the command line's rules, splits and standardises the arrays as a run splits its data
+(mlpkit.data.data_from_raw) and trains through mlpkit.assemble, or, with ``log_dir``, through the
+command line's own run, which writes a whole run directory. Nothing happens in ``__init__``; a
+fitted estimator keeps the trained model, the gradient verdict and the history.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from mlpkit.callbacks import Callback
+from mlpkit.errors import ConfigError
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+log = logging.getLogger("mlpkit")
+
+# estimator parameter -> the config key it sets (a group's name where it picks a configs/ file)
+PARAMETERS = {
+    "hidden_sizes": "model.hidden_sizes", "activation": "activation", "dropout": "model.dropout",
+    "init": "model.init", "norm": "model.norm", "residual": "model.residual", "head": "head", "loss": "loss",
+    "class_weight": "loss.class_weights", "optimizer": "optimizer", "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay", "scheduler": "scheduler", "max_epochs": "trainer.max_epochs",
+    "batch_size": "trainer.batch_size", "gradient_clip_val": "trainer.gradient_clip_val",
+    "early_stopping": "trainer.early_stopping.patience", "validation_fraction": "data.val_fraction",
+    "standardize": "data.standardize", "standardize_target": "data.standardize_target",
+    "random_state": "trainer.seed", "device": "trainer.device",
+}
+GROUPS = ("activation", "head", "loss", "optimizer", "scheduler")  # chosen by name, as on the command line
+EARLY_STOPPING_PATIENCE = 10  # early_stopping=True: scikit-learn's n_iter_no_change
+VALIDATION_FRACTION = 0.1  # with early stopping and no validation_fraction given: scikit-learn's default
+PLAIN = re.compile(r"[\w.:+\-/]+")  # a value typed bare in an override; anything else is quoted
+
+
+def arrays_from_command_line(**_: Any) -> Any:
+    """``data=arrays`` names an estimator's in-memory rows; the command line has none to give."""
+    raise ConfigError("data", "arrays", "a data set the command line can load, e.g. data=digits or data=csv "
+                      "data.path=my.csv", "data=arrays is the X and y given to mlpkit.sklearn's fit(X, y)")
+
+
+class KeepBestWeights(Callback):
+    """The weights of the epoch with the best validation metric, kept on the device; ``restore``
+    puts them back at the end of the fit (as scikit-learn's early stopping does)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, Any] | None = None
+
+    def on_validation_end(self, trainer: Any, metrics: dict[str, float], improved: bool) -> None:
+        if improved:
+            self.weights = {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
+
+    def restore(self, model: Any) -> None:
+        if self.weights is not None:
+            model.load_state_dict(self.weights)
+
+
+class _MLPEstimator(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: parameters -> config, the fit, the forward pass."""
+
+    _task_kind = ""  # "classifier" or "regressor"
+
+    def _overrides(self) -> list[str]:
+        """The command line this estimator's parameters amount to (``data=arrays`` and its keys)."""
+        params = self.get_params(deep=False)
+        overrides = ["data=arrays"]
+        for name, key in PARAMETERS.items():
+            if name not in params or params[name] is None:
+                continue  # None: the config's default (lr, weight_decay)
+            value = self._config_value(name, params[name])
+            overrides.append(f"{key}={_typed(value)}")
+        return [*overrides, *self.overrides]
+
+    def _config_value(self, name: str, value: Any) -> Any:
+        if name == "early_stopping":
+            return EARLY_STOPPING_PATIENCE if value is True else (0 if value is False else value)
+        if name == "validation_fraction":
+            return value
+        if name == "random_state":
+            return self._seed
+        if name == "class_weight":
+            return self._class_weights(value)
+        return value
+
+    def _config(self) -> Any:
+        from hydra.types import RunMode
+        from omegaconf import read_write
+
+        from mlpkit.api import compose
+        from mlpkit.config import validate
+
+        self._seed = _seed_of(self.random_state)
+        overrides = self._overrides()
+        if self.validation_fraction is None:  # a validation split only for early stopping, as in scikit-learn
+            overrides.insert(1, f"data.val_fraction={VALIDATION_FRACTION if self.early_stopping else 0.0}")
+        overrides.insert(1, f"data.split_seed={self._seed}")
+        try:
+            cfg = compose(overrides)
+            with read_write(cfg.hydra):
+                cfg.hydra.mode = RunMode.RUN
+            validate(_without_hydra(cfg))
+        except ConfigError as error:
+            raise _as_parameter_error(error, type(self).__name__) from None
+        return cfg
+
+    # --- fit --------------------------------------------------------------------------------------
+    def _fit(self, X: Any, y: Any) -> _MLPEstimator:
+        from mlpkit.data import RawData
+
+        X, y = self._validate_fit(X, y)
+        targets, task, class_names = self._targets(y)
+        cfg = self._config()
+        raw = RawData(_copy_rows(X), targets, task, _feature_names(self, X.shape[1]), class_names,
+                      extra={"target": "y"})
+        keeper = KeepBestWeights()
+        with _verbosity(self.verbose), _global_random_state_kept():
+            if self.log_dir is None:
+                trainer = self._train_in_memory(cfg, raw, keeper)
+            else:
+                trainer = self._train_into_run_dir(cfg, raw, keeper)
+        keeper.restore(trainer.model)
+        self._keep_fitted(trainer, cfg)
+        return self
+
+    def _train_in_memory(self, cfg: Any, raw: Any, keeper: KeepBestWeights) -> Any:
+        from omegaconf import OmegaConf
+
+        from mlpkit.assemble import assemble, prepare_device
+        from mlpkit.data import data_from_raw
+        from mlpkit.runtime import show_progress
+        from mlpkit.verdicts import summary
+
+        cfg = _without_hydra(cfg)
+        data = _load(lambda: data_from_raw(raw, OmegaConf.to_container(cfg.data, resolve=True),
+                                           prepare_device(cfg)), type(self).__name__)
+        log.info(data.describe())
+        parts = _load(lambda: assemble(cfg, data, progress=bool(self.verbose) and show_progress("auto"),
+                                       callbacks=[keeper]), type(self).__name__)
+        result = parts.trainer.fit()
+        self.run_dir_ = None
+        if result.get("gradient_health"):
+            log.info(summary(result["gradient_health"]))
+        return parts.trainer
+
+    def _train_into_run_dir(self, cfg: Any, raw: Any, keeper: KeepBestWeights) -> Any:
+        """The command line's run (mlpkit.cli.run) in a new directory under ``log_dir``: TensorBoard
+        events, checkpoints, metrics.json, train.log, .hydra/, as ``python train.py`` writes them."""
+        from omegaconf import OmegaConf
+
+        from mlpkit.api import _run_job
+        from mlpkit.assemble import prepare_device
+        from mlpkit.data import data_from_raw
+        from mlpkit.new_dirs import unique_dir
+
+        run_dir = Path(unique_dir(str(Path(self.log_dir).expanduser().resolve() /
+                                      f"{type(self).__name__}_{datetime.now():%Y-%m-%d_%H-%M-%S}")))
+        task_cfg = _without_hydra(cfg)
+        data = _load(lambda: data_from_raw(raw, OmegaConf.to_container(task_cfg.data, resolve=True),
+                                           prepare_device(task_cfg)), type(self).__name__)
+        grabber = _KeepTrainer()
+        _load(lambda: _run_job(cfg, run_dir, [keeper, grabber], data), type(self).__name__)
+        self.run_dir_ = run_dir
+        return grabber.trainer
+
+    def _keep_fitted(self, trainer: Any, cfg: Any) -> None:
+        from omegaconf import OmegaConf
+
+        model = trainer.model.eval()
+        self.model_ = model
+        self.objective_ = _prediction_objective(trainer.objective)
+        self.feature_mean_ = np.asarray(trainer.data.feature_mean, dtype=np.float64).reshape(-1)
+        self.feature_std_ = np.asarray(trainer.data.feature_std, dtype=np.float64).reshape(-1)
+        self.config_ = OmegaConf.to_container(_without_hydra(cfg), resolve=True)
+        self.history_ = list(trainer.history)
+        self.loss_curve_ = [entry.get("loss/train_epoch", float("nan")) for entry in trainer.history]
+        self.n_iter_ = trainer.epoch
+        self.best_epoch_ = trainer.best["epoch"]
+        self.gradient_health_ = trainer.gradient_health(log=False)
+
+    # --- the trained model -----------------------------------------------------------------------
+    def _logits(self, X: Any) -> Any:
+        import torch
+
+        from mlpkit.finished_run import logits_of
+
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            inputs = ((np.asarray(X, dtype=np.float64) - self.feature_mean_) / self.feature_std_).astype(np.float32)
+        if not np.isfinite(inputs).all():
+            row, column = np.argwhere(~np.isfinite(inputs))[0]
+            raise ValueError(f"X: row {row}, feature {column} is {X[row, column]:.6g}, which standardised with the "
+                             f"training mean {self.feature_mean_[column]:.6g} and std {self.feature_std_[column]:.6g} "
+                             "is beyond float32's range; expected values of the scale the model trained on")
+        device = next(self.model_.parameters()).device
+        return logits_of(self.model_, torch.from_numpy(inputs).to(device))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the model on the CPU (a fit on a GPU unpickles on a machine without one)."""
+        state = super().__getstate__()
+        if "model_" in state:
+            import copy
+
+            state["model_"] = copy.deepcopy(self.model_).cpu()
+        return state
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _MLPEstimator):
+    """A multilayer perceptron classifier trained by mlpkit, with its gradient diagnosis.
+
+    Parameters are config keys (README, "scikit-learn"): ``hidden_sizes`` (model.hidden_sizes),
+    ``activation``, ``head``, ``loss``, ``optimizer``, ``lr``, ``max_epochs``, ... . ``early_stopping``:
+    False, True (patience 10) or a patience in epochs, on a stratified ``validation_fraction`` of the
+    rows (default 0.1 with early stopping; none without: every row trains). ``class_weight``: None,
+    "balanced" or {label: weight}. ``overrides``: any other config key as a command-line override,
+    e.g. ``("diagnostics.patience=3",)``. ``log_dir``: a directory for a whole run per fit (TensorBoard
+    events, checkpoints, metrics.json: ``tensorboard --logdir <log_dir>``); None writes nothing.
+    ``verbose=1`` shows the run's lines, its progress and the verdict.
+
+    After ``fit``: ``classes_``, ``n_features_in_``, ``feature_names_in_`` (a DataFrame's columns),
+    ``n_iter_`` (epochs), ``loss_curve_`` (training loss per epoch), ``history_``, ``best_epoch_``,
+    ``gradient_health_`` (the verdicts and the remedies they name), ``model_`` (the torch module),
+    ``config_`` (the composed config), ``run_dir_`` (with ``log_dir``).
+    """
+
+    _task_kind = "classifier"
+
+    def __init__(self, hidden_sizes: Sequence[int] = (128, 64), activation: str = "relu", *, dropout: float = 0.0,
+                 init: str = "default", norm: str = "none", residual: bool = False, head: str = "auto",
+                 loss: str = "auto", class_weight: Any = None, optimizer: str = "adam", lr: float | None = None,
+                 weight_decay: float | None = None, scheduler: str = "none", max_epochs: int = 20,
+                 batch_size: int = 64, gradient_clip_val: float = 0.0, early_stopping: bool | int = False,
+                 validation_fraction: float | None = None, standardize: bool = True, random_state: Any = None,
+                 device: str = "auto", overrides: Sequence[str] = (), log_dir: str | None = None,
+                 verbose: int = 0):
+        self.hidden_sizes, self.activation, self.dropout, self.init = hidden_sizes, activation, dropout, init
+        self.norm, self.residual, self.head, self.loss, self.class_weight = norm, residual, head, loss, class_weight
+        self.optimizer, self.lr, self.weight_decay, self.scheduler = optimizer, lr, weight_decay, scheduler
+        self.max_epochs, self.batch_size, self.gradient_clip_val = max_epochs, batch_size, gradient_clip_val
+        self.early_stopping, self.validation_fraction, self.standardize = early_stopping, validation_fraction, standardize
+        self.random_state, self.device, self.overrides, self.log_dir = random_state, device, overrides, log_dir
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any) -> MLPClassifier:
+        """Train on rows ``X`` (n, features: an array or a DataFrame) and labels ``y`` (any type scikit-learn
+        classifies: integers, text, booleans)."""
+        return self._fit(X, y)
+
+    def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        _refuse_missing_y(y, type(self).__name__)
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), ensure_min_samples=2)
+        check_classification_targets(y)
+        self.classes_, _ = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y holds 1 class ({self.classes_[0]!r}); {type(self).__name__} needs at least 2 "
+                             "classes to learn from")
+        return X, y
+
+    def _targets(self, y: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
+        indices = np.searchsorted(self.classes_, y).astype(np.int64)
+        task = "binary" if len(self.classes_) == 2 else "multiclass"
+        return indices, task, [str(label) for label in self.classes_]
+
+    def _class_weights(self, class_weight: Any) -> Any:
+        """scikit-learn's class_weight as loss.class_weights: none, balanced, or one weight per class."""
+        if isinstance(class_weight, str):
+            return class_weight
+        if not isinstance(class_weight, dict):
+            raise ValueError(f"class_weight={class_weight!r} is not valid: expected None, 'balanced' or a dict "
+                             "{label: weight}")
+        unknown = [label for label in class_weight if label not in set(self.classes_.tolist())]
+        if unknown:
+            raise ValueError(f"class_weight names {unknown[0]!r}, which is not a class of y; its classes are "
+                             f"{', '.join(map(repr, self.classes_.tolist()))}")
+        return [float(class_weight.get(label, 1.0)) for label in self.classes_.tolist()]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The probability of each class, columns in the order of ``classes_``."""
+        from mlpkit.finished_run import class_probabilities
+
+        logits = self._logits(X)
+        probabilities = self.objective_.predict(logits).cpu().numpy().astype(np.float64)
+        return class_probabilities(self.objective_, probabilities)
+
+    def predict(self, X: Any) -> np.ndarray:
+        logits = self._logits(X)
+        return self.classes_[self.objective_.predict_class(logits).cpu().numpy()]
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The logits: (n,) for two classes (positive favours ``classes_[1]``), (n, classes) otherwise."""
+        logits = self._logits(X).double().cpu().numpy()
+        if len(self.classes_) == 2:
+            return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        return logits
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = False
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _MLPEstimator):
+    """A multilayer perceptron regressor trained by mlpkit, with its gradient diagnosis: the
+    parameters and fitted attributes of ``MLPClassifier`` (no ``classes_`` or ``class_weight``), and
+    ``standardize_target``: fit the standardised target, predict in its own units."""
+
+    _task_kind = "regressor"
+
+    def __init__(self, hidden_sizes: Sequence[int] = (128, 64), activation: str = "relu", *, dropout: float = 0.0,
+                 init: str = "default", norm: str = "none", residual: bool = False, head: str = "auto",
+                 loss: str = "auto", optimizer: str = "adam", lr: float | None = None,
+                 weight_decay: float | None = None, scheduler: str = "none", max_epochs: int = 20,
+                 batch_size: int = 64, gradient_clip_val: float = 0.0, early_stopping: bool | int = False,
+                 validation_fraction: float | None = None, standardize: bool = True,
+                 standardize_target: bool = True, random_state: Any = None, device: str = "auto",
+                 overrides: Sequence[str] = (), log_dir: str | None = None, verbose: int = 0):
+        self.hidden_sizes, self.activation, self.dropout, self.init = hidden_sizes, activation, dropout, init
+        self.norm, self.residual, self.head, self.loss = norm, residual, head, loss
+        self.optimizer, self.lr, self.weight_decay, self.scheduler = optimizer, lr, weight_decay, scheduler
+        self.max_epochs, self.batch_size, self.gradient_clip_val = max_epochs, batch_size, gradient_clip_val
+        self.early_stopping, self.validation_fraction, self.standardize = early_stopping, validation_fraction, standardize
+        self.standardize_target, self.random_state, self.device = standardize_target, random_state, device
+        self.overrides, self.log_dir, self.verbose = overrides, log_dir, verbose
+
+    def fit(self, X: Any, y: Any) -> MLPRegressor:
+        """Train on rows ``X`` (n, features: an array or a DataFrame) and numeric targets ``y`` (n,)."""
+        return self._fit(X, y)
+
+    def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        _refuse_missing_y(y, type(self).__name__)
+        labels = np.asarray(y) if not hasattr(y, "dtype") else y
+        if getattr(labels, "dtype", None) is not None and labels.dtype.kind in "OUSb":
+            text = [value for value in np.ravel(labels) if isinstance(value, str)]
+            if text or labels.dtype.kind in "USb":
+                example = f" (e.g. {text[0]!r})" if text else ""
+                raise ValueError(f"y holds {'text' if text else labels.dtype}{example}; {type(self).__name__} needs "
+                                 "numeric targets: use MLPClassifier for class labels")
+        return validate_data(self, X, y, dtype=(np.float64, np.float32), y_numeric=True, ensure_min_samples=2)
+
+    def _targets(self, y: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
+        return np.asarray(y, dtype=np.float64), "regression", []
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Values in the target's own units."""
+        logits = self._logits(X)
+        return self.objective_.predict(logits).cpu().numpy()[:, 0]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+class _KeepTrainer(Callback):
+    """Hands the estimator the trainer a command-line run built (``log_dir``)."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+
+def _typed(value: Any) -> str:
+    """A Python value as an override's value: [64,32], true, null, 0.001, or a quoted string."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_typed(item) for item in value) + "]"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(value.item() if isinstance(value, np.generic) else value)
+    text = str(value)
+    if PLAIN.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _seed_of(random_state: Any) -> int:
+    """scikit-learn's random_state as a run's seed: an int is the seed; None or a RandomState draws one."""
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _without_hydra(cfg: Any) -> Any:
+    """The run's config without Hydra's own node (what a run saves and trains with)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    if "hydra" not in cfg:
+        return cfg
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def _as_parameter_error(error: ConfigError, estimator: str) -> ConfigError:
+    """A config error named by the estimator's parameter where one sets the key (``hidden_sizes`` for
+    model.hidden_sizes); the command line's message otherwise."""
+    message = str(error)
+    for name, key in PARAMETERS.items():
+        if message.startswith(f"{key}=") and key != name:
+            error.args = (f"{estimator}({name}=...): {name}{message[len(key):]} (config key {key})",)
+            return error
+        if message.startswith(f"{key}="):
+            error.args = (f"{estimator}({name}=...): {message}",)
+            return error
+    error.args = (f"{estimator}: {message}",)
+    return error
+
+
+def _load(build: Any, estimator: str) -> Any:
+    """``build()``, its ConfigError named after the estimator's parameter."""
+    try:
+        return build()
+    except ConfigError as error:
+        raise _as_parameter_error(error, estimator) from None
+
+
+def _refuse_missing_y(y: Any, estimator: str) -> None:
+    if y is None:
+        raise ValueError(f"{estimator} requires y to be passed, but the target y is None")
+
+
+def _copy_rows(X: np.ndarray) -> np.ndarray:
+    """The rows as the data pipeline may reorder them in place: never the caller's own array."""
+    return np.array(X, dtype=X.dtype, order="C", copy=True)
+
+
+def _feature_names(estimator: Any, width: int) -> list[str]:
+    names = getattr(estimator, "feature_names_in_", None)
+    return [str(name) for name in names] if names is not None else [f"x{i}" for i in range(width)]
+
+
+def _prediction_objective(objective: Any) -> Any:
+    """The objective's head and target scale, without its loss functions (which need not pickle)."""
+    from mlpkit.objective import Objective
+
+    return Objective(objective.head, objective.loss_name, objective.task, objective.out_features, loss=None,
+                     target_mean=objective.target_mean, target_std=objective.target_std)
+
+
+@contextmanager
+def _verbosity(verbose: int) -> Iterator[None]:
+    """verbose=0: mlpkit's lines stay off the console (scikit-learn's convention; a run under log_dir
+    still writes its train.log); verbose>0: they are shown, with the progress and the verdict."""
+    from mlpkit.api import console_muted, show_console
+
+    logger = logging.getLogger("mlpkit")
+    level, propagate = logger.level, logger.propagate
+    if verbose:
+        with show_console():
+            logger.setLevel(logging.INFO)
+            try:
+                yield
+            finally:
+                logger.setLevel(level)
+        return
+    null = logging.NullHandler()  # Python's last-resort handler would print warnings otherwise
+    logger.addHandler(null)
+    logger.propagate = False
+    try:
+        with console_muted():
+            yield
+    finally:
+        logger.removeHandler(null)
+        logger.propagate = propagate
+
+
+@contextmanager
+def _global_random_state_kept() -> Iterator[None]:
+    """A fit seeds Python's, numpy's and torch's global generators; they are as they were after it."""
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
