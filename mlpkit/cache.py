@@ -31,8 +31,9 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -227,12 +228,27 @@ def _read(path: Path) -> Any:
     return value
 
 
+_off = threading.local()  # off.here: this thread's calls go uncached
+
+
+@contextlib.contextmanager
+def cache_off() -> Iterator[None]:
+    """The cache neither read nor written from this thread: an estimator's fit writes nothing to disk
+    (its data is already in memory; scikit-learn, already imported, splits it in microseconds)."""
+    before = getattr(_off, "here", False)
+    _off.here = True
+    try:
+        yield
+    finally:
+        _off.here = before
+
+
 def disk_cached(function: Function) -> Function:
     """``function`` (module level, returning arrays and plain values) with its results kept in the cache."""
 
     @functools.wraps(function)
     def cached(*args: Any, **kwargs: Any) -> Any:
-        folder = _prepared(cache_dir())
+        folder = None if getattr(_off, "here", False) else _prepared(cache_dir())
         if folder is not None:
             path = folder / f"{function.__module__}.{function.__qualname__}" / f"{_key(function, args, kwargs)}.npz"
             try:

@@ -9,6 +9,7 @@ fitted estimator keeps the trained model, the gradient verdict and the history.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -98,20 +99,24 @@ class _MLPEstimator(BaseEstimator):
 
     def _config(self) -> Any:
         from hydra.types import RunMode
-        from omegaconf import read_write
+        from omegaconf import OmegaConf, read_write
 
         from mlpkit.api import compose
         from mlpkit.config import validate
 
         self._seed = _seed_of(self.random_state)
         overrides = self._overrides()
-        if self.validation_fraction is None:  # a validation split only for early stopping, as in scikit-learn
-            overrides.insert(1, f"data.val_fraction={VALIDATION_FRACTION if self.early_stopping else 0.0}")
+        if self.validation_fraction is None:  # a validation split only for what watches it, as in scikit-learn
+            watched = self.early_stopping or self.scheduler == "plateau"
+            overrides.insert(1, f"data.val_fraction={VALIDATION_FRACTION if watched else 0.0}")
         overrides.insert(1, f"data.split_seed={self._seed}")
         try:
-            cfg = compose(overrides)
-            with read_write(cfg.hydra):
-                cfg.hydra.mode = RunMode.RUN
+            if self.log_dir is None:  # composed once per process for each set of parameters
+                cfg = OmegaConf.create(_composed_task(tuple(overrides)))
+            else:  # with Hydra's node: the command line's run writes .hydra/ and train.log from it
+                cfg = compose(overrides)
+                with read_write(cfg.hydra):
+                    cfg.hydra.mode = RunMode.RUN
             validate(_without_hydra(cfg))
         except ConfigError as error:
             raise _as_parameter_error(error, type(self).__name__) from None
@@ -119,6 +124,7 @@ class _MLPEstimator(BaseEstimator):
 
     # --- fit --------------------------------------------------------------------------------------
     def _fit(self, X: Any, y: Any) -> _MLPEstimator:
+        from mlpkit.cache import cache_off
         from mlpkit.data import RawData
 
         X, y = self._validate_fit(X, y)
@@ -127,7 +133,7 @@ class _MLPEstimator(BaseEstimator):
         raw = RawData(_copy_rows(X), targets, task, _feature_names(self, X.shape[1]), class_names,
                       extra={"target": "y"})
         keeper = KeepBestWeights()
-        with _verbosity(self.verbose), _global_random_state_kept():
+        with _verbosity(self.verbose), _global_random_state_kept(), cache_off():
             if self.log_dir is None:
                 trainer = self._train_in_memory(cfg, raw, keeper)
             else:
@@ -203,7 +209,8 @@ class _MLPEstimator(BaseEstimator):
             inputs = ((np.asarray(X, dtype=np.float64) - self.feature_mean_) / self.feature_std_).astype(np.float32)
         if not np.isfinite(inputs).all():
             row, column = np.argwhere(~np.isfinite(inputs))[0]
-            raise ValueError(f"X: row {row}, feature {column} is {X[row, column]:.6g}, which standardised with the "
+            name = _feature_names(self, X.shape[1])[column]
+            raise ValueError(f"X: row {row}, feature '{name}' is {X[row, column]:.6g}, which standardised with the "
                              f"training mean {self.feature_mean_[column]:.6g} and std {self.feature_std_[column]:.6g} "
                              "is beyond float32's range; expected values of the scale the model trained on")
         device = next(self.model_.parameters()).device
@@ -271,7 +278,7 @@ class MLPClassifier(ClassifierMixin, _MLPEstimator):
         check_classification_targets(y)
         self.classes_, _ = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"y holds 1 class ({self.classes_[0]!r}); {type(self).__name__} needs at least 2 "
+            raise ValueError(f"y holds 1 class ({self.classes_.tolist()[0]!r}); {type(self).__name__} needs at least 2 "
                              "classes to learn from")
         return X, y
 
@@ -349,7 +356,7 @@ class MLPRegressor(RegressorMixin, _MLPEstimator):
         _refuse_missing_y(y, type(self).__name__)
         labels = np.asarray(y) if not hasattr(y, "dtype") else y
         if getattr(labels, "dtype", None) is not None and labels.dtype.kind in "OUSb":
-            text = [value for value in np.ravel(labels) if isinstance(value, str)]
+            text = [str(value) for value in np.ravel(labels) if isinstance(value, str)]
             if text or labels.dtype.kind in "USb":
                 example = f" (e.g. {text[0]!r})" if text else ""
                 raise ValueError(f"y holds {'text' if text else labels.dtype}{example}; {type(self).__name__} needs "
@@ -394,6 +401,17 @@ def _seed_of(random_state: Any) -> int:
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         return int(random_state)
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+@functools.lru_cache(maxsize=64)
+def _composed_task(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The run config (without Hydra's node, unresolved) the overrides compose to: a GridSearchCV
+    fits each parameter set several times, and Hydra's compose takes 0.1 s of a small fit's 0.15 s."""
+    from omegaconf import OmegaConf
+
+    from mlpkit.api import run_config
+
+    return OmegaConf.to_container(run_config(list(overrides)), resolve=False)
 
 
 def _without_hydra(cfg: Any) -> Any:
