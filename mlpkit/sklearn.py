@@ -76,45 +76,43 @@ class _MLPEstimator(BaseEstimator):
     _task_kind = ""  # "classifier" or "regressor"
 
     def _overrides(self) -> list[str]:
-        """The command line this estimator's parameters amount to (``data=arrays`` and its keys)."""
+        """The command line this estimator's parameters amount to (``data=arrays`` and its keys),
+        but for the seeds (``_config`` sets them)."""
         params = self.get_params(deep=False)
         overrides = ["data=arrays"]
+        if self.validation_fraction is None:  # a validation split only for what watches it, as in scikit-learn
+            watched = self.early_stopping or self.scheduler == "plateau"
+            overrides.append(f"data.val_fraction={VALIDATION_FRACTION if watched else 0.0}")
         for name, key in PARAMETERS.items():
-            if name not in params or params[name] is None:
-                continue  # None: the config's default (lr, weight_decay)
-            value = self._config_value(name, params[name])
-            overrides.append(f"{key}={_typed(value)}")
+            if params.get(name) is None or name == "random_state":
+                continue  # None: the config's default (lr, weight_decay); the seeds: below
+            overrides.append(f"{key}={_typed(self._config_value(name, params[name]))}")
         return [*overrides, *self.overrides]
 
     def _config_value(self, name: str, value: Any) -> Any:
         if name == "early_stopping":
             return EARLY_STOPPING_PATIENCE if value is True else (0 if value is False else value)
-        if name == "validation_fraction":
-            return value
-        if name == "random_state":
-            return self._seed
         if name == "class_weight":
             return self._class_weights(value)
         return value
 
     def _config(self) -> Any:
+        """The run's config, checked; a mistake is one ConfigError naming the parameter."""
         from hydra.types import RunMode
-        from omegaconf import OmegaConf, read_write
+        from omegaconf import OmegaConf, open_dict, read_write
 
         from mlpkit.api import compose
         from mlpkit.config import validate
 
-        self._seed = _seed_of(self.random_state)
-        overrides = self._overrides()
-        if self.validation_fraction is None:  # a validation split only for what watches it, as in scikit-learn
-            watched = self.early_stopping or self.scheduler == "plateau"
-            overrides.insert(1, f"data.val_fraction={VALIDATION_FRACTION if watched else 0.0}")
-        overrides.insert(1, f"data.split_seed={self._seed}")
+        seed = _seed_of(self.random_state)
         try:
-            if self.log_dir is None:  # composed once per process for each set of parameters
+            overrides = self._overrides()
+            if self.log_dir is None:  # composed once per process for each set of parameters but the seeds
                 cfg = OmegaConf.create(_composed_task(tuple(overrides)))
+                with open_dict(cfg):
+                    cfg.trainer.seed = cfg.data.split_seed = seed
             else:  # with Hydra's node: the command line's run writes .hydra/ and train.log from it
-                cfg = compose(overrides)
+                cfg = compose([*overrides, f"trainer.seed={seed}", f"data.split_seed={seed}"])
                 with read_write(cfg.hydra):
                     cfg.hydra.mode = RunMode.RUN
             validate(_without_hydra(cfg))

@@ -120,6 +120,9 @@ def test_same_random_state_same_model_in_this_process_and_another():
     first = MLPClassifier(**FAST).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(first, MLPClassifier(**FAST).fit(X, y).predict_proba(X))
     assert not np.array_equal(first, MLPClassifier(max_epochs=3, random_state=1).fit(X, y).predict_proba(X))
+    unseeded = [MLPClassifier(max_epochs=3).fit(X, y) for _ in range(2)]  # None draws a seed, as scikit-learn does
+    assert not np.array_equal(unseeded[0].predict_proba(X), unseeded[1].predict_proba(X))
+    assert unseeded[0].config_["trainer"]["seed"] == unseeded[0].config_["data"]["split_seed"]
 
 
 @pytest.mark.slow
