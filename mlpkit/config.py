@@ -202,6 +202,8 @@ CONSTRAINTS: dict[str, Rule] = {
     "scheduler.min_lr": optional(NON_NEGATIVE),
     "data.val_fraction": within(0, 1, "left", what="a fraction (0 = no validation split)"),
     "data.test_fraction": within(0, 1, "left", what="a fraction (0 = no test split)"),
+    "data.cv_folds": optional(Rule(lambda folds: is_int(folds) and (folds == 0 or folds >= 2),
+                                   "0 (one run) or a number of folds >= 2")),
     "data.split_seed": optional(SEED),
     "data.seed": optional(SEED),  # the generator of a synthetic set
     "data.standardize": optional(BOOLEAN),

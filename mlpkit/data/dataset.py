@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlpkit.data.raw import RawData, launch_path  # noqa: F401  (launch_path: for sources registered by name)
-from mlpkit.data.splits import carve_splits, prepare_features, prepare_targets, split_indices
+from mlpkit.data.splits import prepare_features, prepare_targets, split_rows
 from mlpkit.errors import ConfigError
 from mlpkit.rundir import LABELS_FILE, PREPROCESSING_FILE
 
@@ -38,7 +38,7 @@ SOURCES: dict[str, str] = {
 }
 # Keys of a data config that build_data itself uses; every other key goes to the source function.
 SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize",
-              "standardize_target")
+              "standardize_target", "cv_folds", "cv_fold")
 # Share of the device's free memory the dataset may take; the rest is for the model, activations
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
@@ -197,12 +197,7 @@ def data_from_raw(raw: RawData, cfg: Mapping[str, Any], device: torch.device | s
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if raw.splits is not None:  # a test file or an official test set: only val may be carved
-        splits = carve_splits(raw.targets, raw.task != "regression", raw.splits, cfg["val_fraction"],
-                              cfg["test_fraction"], cfg.get("split_seed", 0))
-    else:
-        splits = split_indices(raw.targets, raw.task != "regression", cfg["val_fraction"],
-                               cfg["test_fraction"], cfg.get("split_seed", 0))
+    splits = split_rows(raw, cfg)
     features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True), cfg["source"])
     targets, target_mean, target_std = prepare_targets(raw, list(splits), cfg.get("standardize_target", True),
                                                        cfg["source"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,41 @@ def hold_out(rows: np.ndarray, count: int, seed: int, stratify: np.ndarray | Non
     if count == 0:
         return np.asarray(rows), np.asarray(rows)[:0]
     return train_test_split(rows, test_size=count, random_state=seed, stratify=stratify)
+
+
+def split_rows(raw: RawData, cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (train, val, test) rows a data config asks for: carved by its fractions (around the splits
+    the source gave), or, with ``cv_folds`` k and ``cv_fold`` i, fold i of k stratified folds of the
+    rows the test split leaves as val and the other folds as train."""
+    classify, seed = raw.task != "regression", cfg.get("split_seed", 0)
+    folds, fold = int(cfg.get("cv_folds") or 0), cfg.get("cv_fold")
+    if folds and fold is not None:
+        given_test = raw.splits[2] if raw.splits is not None else None
+        return fold_indices(raw.targets, classify, cfg["test_fraction"], folds, int(fold), seed, given_test)
+    if raw.splits is not None:  # a test file or an official test set: only val may be carved
+        return carve_splits(raw.targets, classify, raw.splits, cfg["val_fraction"], cfg["test_fraction"], seed)
+    return split_indices(raw.targets, classify, cfg["val_fraction"], cfg["test_fraction"], seed)
+
+
+def fold_indices(targets: np.ndarray, classify: bool, test_fraction: float, folds: int, fold: int, seed: int,
+                 given_test: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold ``fold`` of ``folds`` (seeded, shuffled; stratified by class for classification) of the rows
+    outside the test split (``given_test``, else carved by ``test_fraction``): (train, val, test)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if given_test is not None:
+        test = np.asarray(given_test)
+        rest = np.setdiff1d(np.arange(len(targets)), test)
+    else:
+        rest, test = split_indices(targets, classify, 0.0, test_fraction, seed)[::2]
+    smallest = int(np.bincount(targets[rest]).min()) if classify else len(rest)
+    if folds > smallest:
+        what = f"the smallest class has {smallest} training rows" if classify else f"{len(rest)} training rows"
+        raise ConfigError("data.cv_folds", folds, f"at most {smallest} folds: {what}, and each fold needs "
+                          "one of every class" if classify else f"at most {smallest} folds: {what}")
+    splitter = (StratifiedKFold if classify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(splitter.split(rest, targets[rest] if classify else None))[fold]
+    return rest[train], rest[val], test
 
 
 def split_indices(targets: np.ndarray, classify: bool, val_fraction: float, test_fraction: float,
