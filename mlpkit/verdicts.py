@@ -213,10 +213,14 @@ def _worst(shares: dict[str, float], reverse: bool, count: int = 3) -> str:
     return ", ".join(f"{name} {share:.0%}" for name, share in ranked)
 
 
-def summary(health: dict[str, Any]) -> str:
-    """One line for the end of a run: the verdicts, healthy, or why nothing was judged."""
+def summary(health: dict[str, Any], messages: bool = False) -> str:
+    """One line for the end of a run: the verdicts, healthy, or why nothing was judged. ``messages``:
+    each verdict's own message (what was measured, the remedy to try) in the line, for a fit whose
+    verdict lines were not shown (an estimator's at verbose=0)."""
     if not health.get("judged"):
         return f"gradients: not judged: {health.get('reason', 'no measured step')}"
+    if health["verdicts"] and messages:
+        return "gradients: " + "; ".join(f"{verdict['message']}" for verdict in health["verdicts"].values())
     if health["verdicts"]:
         return "gradients: " + ", ".join(health["verdicts"]) + " (see the verdict lines above)"
     return f"gradients: healthy ({health['measurements']} measured steps, every {health['every_n_steps']})"

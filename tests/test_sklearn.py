@@ -291,3 +291,22 @@ def test_the_command_line_cannot_load_data_arrays():
 
     with pytest.raises(ConfigError, match="data=arrays is the X and y given to mlpkit.sklearn's fit"):
         load_data(compose_config("data=arrays"), torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_the_readmes_examples_run(monkeypatch, tmp_path, capsys):
+    """The README's scikit-learn section, executed (the pipeline's 30 epochs cut to 3)."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## scikit-learn estimators"):readme.index("## Using a trained run")]
+    blocks = section.split("```python\n")[1:]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        code = block[:block.index("```")].replace("max_epochs=30", "max_epochs=3")
+        exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "gradients are vanishing" in printed and "relu-family activation" in printed
+    assert "test accuracy: 0." in printed and "'clf__hidden_sizes'" in printed
+    assert list(tmp_path.iterdir()) == []
