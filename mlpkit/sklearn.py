@@ -430,6 +430,9 @@ def _as_parameter_error(error: ConfigError, estimator: str) -> ConfigError:
     """A config error named by the estimator's parameter where one sets the key (``hidden_sizes`` for
     model.hidden_sizes); the command line's message otherwise."""
     message = str(error)
+    if message.startswith("data.source=arrays: "):  # a value in the rows themselves (the data pipeline's check)
+        error.args = (f"{estimator}.fit(X, y): {message[len('data.source=arrays: '):]}",)
+        return error
     for name, key in PARAMETERS.items():
         if message.startswith(f"{key}=") and key != name:
             error.args = (f"{estimator}({name}=...): {name}{message[len(key):]} (config key {key})",)

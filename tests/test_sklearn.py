@@ -142,6 +142,13 @@ def test_same_random_state_same_model_across_processes():
     assert digests == {hashlib.sha256(here.tobytes()).hexdigest()}
 
 
+def test_fit_never_changes_the_callers_rows():
+    X, y = IRIS
+    rows = np.ascontiguousarray(X, dtype=np.float32)  # the layout the data pipeline reorders in place
+    MLPClassifier(early_stopping=True, **FAST).fit(rows, y)
+    np.testing.assert_array_equal(rows, X.astype(np.float32))
+
+
 def test_fit_leaves_the_global_random_generators_as_they_were():
     X, y = IRIS
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
@@ -235,6 +242,11 @@ def test_bad_input_is_refused_with_scikit_learns_messages():
         MLPRegressor().fit(X, np.array(["a"] * len(y)))
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
         MLPClassifier().fit(X, X[:, 0])
+    huge = X.copy()
+    huge[5, 0] = 1e38
+    with pytest.raises(ValueError, match=r"^MLPClassifier.fit\(X, y\): row 5, column 'x0': 1e\+38 makes the column's "
+                                         r"variance overflow float32"):
+        MLPClassifier().fit(huge, y)
     with pytest.raises(NotFittedError):
         MLPClassifier().predict(X)
     fitted = MLPClassifier(max_epochs=1, random_state=0).fit(X, y)
