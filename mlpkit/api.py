@@ -53,6 +53,10 @@ def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = N
         run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     run_dir = Path(run_dir).expanduser().resolve()
     _run_job(cfg, run_dir, callbacks)
+    if int(OmegaConf.select(cfg, "data.cv_folds", default=0) or 0):
+        from mlpkit.cross_validation import CrossValidation
+
+        return CrossValidation(run_dir)  # the folds' runs and their summary
     return Run(run_dir)
 
 

@@ -122,6 +122,11 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         else:
             check_new_run_dir(run_dir)
         validate(cfg)  # before anything is loaded
+        if int(cfg.data.get("cv_folds") or 0) and cfg.data.get("cv_fold") is None:
+            from mlpkit.cross_validation import run_folds
+
+            refuse_cv_resume(resume)
+            return run_folds(cfg, run_dir, lambda fold_cfg, fold_dir: train_run(fold_cfg, fold_dir, (), callbacks))
         data = load_data(cfg, prepare_device(cfg)) if data is None else data
         log.info(data.describe())
         if resume is not None and resume.source_dir is not None:
@@ -147,6 +152,13 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         write_metrics(run_dir, result)
         report(result, run_dir)
     return result.get("val", result["train"])[cfg.objective.metric]  # data.val_fraction=0: the training loss
+
+
+def refuse_cv_resume(resume: Resume | None) -> None:
+    """A cross-validation's folds are runs of their own: each resumes on its own."""
+    if resume is not None:
+        raise ConfigError("resume", resume.path, "one fold's run directory (<run>/fold_<i>) with data.cv_folds",
+                          "a cross-validation resumes fold by fold: resume=<run>/fold_<i>")
 
 
 def forget_checkpoint_callbacks(cfg: DictConfig, overrides: Sequence[str]) -> None:
