@@ -60,9 +60,13 @@ def torch_threads(setting: int | str, launcher: Mapping, cores: int | None = Non
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_settings(device: torch.device, compile_step: bool, cuda_graphs: bool) -> None:
+def check_settings(device: torch.device, compile_step: bool, cuda_graphs: bool, precision: str = "32") -> None:
     """Refuse what this device cannot do, before any data is loaded (the values are checked by
     config.validate)."""
+    if precision == "16-mixed" and device.type != "cuda":
+        raise ConfigError("trainer.precision", precision, "32 or bf16-mixed on this device",
+                          f"float16 with loss scaling is for CUDA devices; this run trains on {device}: "
+                          "trainer.precision=bf16-mixed autocasts to bfloat16, which needs no loss scaling")
     if cuda_graphs and device.type != "cuda":
         raise ConfigError("trainer.cuda_graphs", cuda_graphs, "false on this device",
                           f"CUDA graphs need a CUDA device; this run trains on {device}")
@@ -82,10 +86,14 @@ def set_matmul_precision(device: torch.device, tf32: bool) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """A context for the forward pass: bf16 autocast for ``bf16-mixed``, nothing for ``32``."""
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """A context for the forward pass: bf16 autocast for ``bf16-mixed``, fp16 for ``16-mixed`` (with
+    loss scaling: mlpkit.loss_scaling), nothing for ``32``."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
     return nullcontext()
+
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def compile_loss(forward_loss: LossFunction, cuda_graphs: bool) -> LossFunction:

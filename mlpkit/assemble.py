@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mlpkit.averaging import WeightAveraging
 from mlpkit.callbacks import Callback, import_callbacks
 from mlpkit.checkpointing import Checkpointer
 from mlpkit.clipping import GradientClipper
@@ -61,10 +62,26 @@ def prepare_device(cfg: DictConfig) -> torch.device:
     from mlpkit.acceleration import check_settings, resolve_device, set_matmul_precision
 
     device = resolve_device(str(cfg.trainer.device))
-    check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs)
+    check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs, str(cfg.trainer.precision))
     set_matmul_precision(device, cfg.trainer.tf32)
     limit_threads(cfg.trainer.num_threads)
+    if cfg.trainer.deterministic:
+        make_deterministic(device)
     return device
+
+
+def make_deterministic(device: torch.device) -> None:
+    """``trainer.deterministic=true``: torch's deterministic algorithms (an operation without one
+    raises), and on CUDA the cuBLAS workspace they need; said at the start."""
+    import os
+
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set before any matmul
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    log.info("trainer.deterministic=true: torch.use_deterministic_algorithms(True)%s; the same seed gives the "
+             "same weights, bit for bit, on this machine", ", CUBLAS_WORKSPACE_CONFIG=:4096:8" if device.type == "cuda"
+             else "")
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> Data:
@@ -138,7 +155,9 @@ def trainer_settings(cfg: DictConfig, progress: bool = False) -> TrainerSettings
         on_nonfinite=trainer.on_nonfinite, precision=str(trainer.precision), compile=trainer.compile,
         cuda_graphs=trainer.cuda_graphs, overfit_batches=int(trainer.overfit_batches),
         fast_dev_run=bool(trainer.fast_dev_run), progress=progress,
-        config=OmegaConf.to_container(cfg, resolve=True))
+        config=OmegaConf.to_container(cfg, resolve=True),
+        accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+        limit_train_batches=trainer.limit_train_batches, limit_val_batches=trainer.limit_val_batches)
 
 
 def remedies(cfg: DictConfig, optimizer: torch.optim.Optimizer, model: MLP, settings: TrainerSettings, rows: int,
@@ -159,4 +178,6 @@ def remedies(cfg: DictConfig, optimizer: torch.optim.Optimizer, model: MLP, sett
     built.append(EarlyStopping(int(early.patience), float(early.min_delta), settings.mode))
     if settings.overfit_batches:
         built.append(OverfitCheck())
+    if trainer.ema_decay or trainer.swa_start:
+        built.append(WeightAveraging(model, float(trainer.ema_decay), int(trainer.swa_start)))
     return built

@@ -28,6 +28,7 @@ from mlpkit.errors import (
     is_number,
     require,
 )
+from mlpkit.loggers import check_loggers
 from mlpkit.optimizers import check_optimizer_keys
 
 SWEEP_FAILED = 1  # exit code of a multirun in which a job failed, as Hydra's own
@@ -127,6 +128,9 @@ NON_NEGATIVE = number(0)
 OFF = " (0 = off)"
 FRACTION = within(0, 1, "neither", what="a fraction")
 
+LIMIT = Rule(lambda limit: (is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1),
+             "an integer >= 1 (batches) or a fraction in (0, 1] (of an epoch's batches; 1.0 = all)")
+
 # Every key's rule, in the order validate meets them (the first mistake is the one reported).
 CONSTRAINTS: dict[str, Rule] = {
     "model.hidden_sizes": Rule(lambda sizes: is_list(sizes) and all(is_int(s) and s > 0 for s in sizes),
@@ -177,6 +181,12 @@ CONSTRAINTS: dict[str, Rule] = {
     "trainer.early_stopping.min_delta": optional(NON_NEGATIVE),
     "trainer.overfit_batches": optional(integer(0, OFF)),
     "trainer.fast_dev_run": optional(BOOLEAN),
+    "trainer.accumulate_grad_batches": optional(integer(1, " (1 = a step per batch)")),
+    "trainer.ema_decay": optional(within(0, 1, "left", what="a decay (0 = off)")),
+    "trainer.swa_start": optional(integer(0, " (the first epoch averaged; 0 = off)")),
+    "trainer.deterministic": optional(BOOLEAN),
+    "trainer.limit_train_batches": optional(LIMIT),
+    "trainer.limit_val_batches": optional(LIMIT),
     "trainer.callbacks": optional(Rule(
         lambda paths: is_list(paths) and all(isinstance(p, str) and DOTTED_PATH.fullmatch(p) for p in paths),
         "a list of Callback classes as dotted import paths, e.g. [my_pkg.callbacks.PrintLoss]")),
@@ -235,6 +245,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the values a run needs; raise ConfigError on the first one that cannot work."""
     check_resolves(cfg)
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))
+    check_loggers(cfg)
     validate_model(cfg)
     validate_activation(cfg)
     check_rules(cfg, "head")

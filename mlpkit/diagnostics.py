@@ -172,9 +172,11 @@ class GradientMonitor(Callback):
         self.hooks.clear()
 
     @torch.no_grad()
-    def measure(self, step: int, loss: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> Measurement:
+    def measure(self, step: int, loss: torch.Tensor, extra: dict[str, torch.Tensor] | None = None,
+                judge_nonfinite: bool = True) -> Measurement:
         """After backward: measure on the device, fetch once (with the trainer's ``extra`` device values),
-        judge. Keeps the weights for ``after_update``."""
+        judge. Keeps the weights for ``after_update``. ``judge_nonfinite=False``: a step with a non-finite
+        gradient is not judged (fp16 loss scaling overflowed: the scaler skips it)."""
         self.remove_hooks()
         captured, self.captured = self.captured, {}
         grads = [_grad(weight) for weight in self.weights]
@@ -203,6 +205,9 @@ class GradientMonitor(Callback):
                 self.snapshot = [torch.empty_like(weight) for weight in self.weights]
             foreach_copy_(self.snapshot, self.weights)
             self.before_update = (step, values["weight_norm"])
+        if not measurement.finite and not judge_nonfinite:
+            self.last = measurement
+            return measurement
         measurement.verdict_lines = self.verdicts.update(step, measurement.loss, measurement.layers)
         if statistics:
             self.keep_for_figures(measurement)

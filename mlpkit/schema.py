@@ -31,7 +31,7 @@ INITS = {"default": None, "xavier_uniform": "xavier_uniform_", "xavier_normal": 
 NORMS = {"none": None, "batch": "BatchNorm1d", "layer": "LayerNorm"}
 HEADS = ("auto", "softmax", "sigmoid", "identity")  # head.name (configs/head/); auto: from the loss and the task
 OBJECTIVE_MODES = ("min", "max")  # objective.mode
-PRECISIONS = ("32", "bf16-mixed")  # trainer.precision, as text (the YAML's 32 is a number)
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")  # trainer.precision, as text (the YAML's 32 is a number)
 CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm
 ON_NONFINITE = ("stop", "skip")  # trainer.on_nonfinite
 ANNEAL_STRATEGIES = ("cos", "linear")  # scheduler.anneal_strategy (onecycle)
@@ -67,6 +67,12 @@ class Trainer:
     overfit_batches: Any = 0
     fast_dev_run: Any = False
     callbacks: Any = field(default_factory=list)  # dotted import paths of Callback classes
+    accumulate_grad_batches: Any = 1
+    ema_decay: Any = 0.0
+    swa_start: Any = 0
+    deterministic: Any = False
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
 
 
 @dataclass

@@ -34,6 +34,14 @@ class TrainerSettings:
     fast_dev_run: bool = False
     progress: bool = False
     config: dict | None = None
+    accumulate_grad_batches: int = 1  # batches of batch_size rows whose gradients make one optimizer step
+    limit_train_batches: int | float = 1.0  # steps per epoch: an int, or a fraction of the epoch's
+    limit_val_batches: int | float = 1.0  # validation batches of batch_size rows: an int, or a fraction
+
+    @property
+    def step_rows(self) -> int:
+        """Rows one optimizer step takes: ``batch_size`` x ``accumulate_grad_batches``."""
+        return self.batch_size * self.accumulate_grad_batches
 
     @property
     def drop_last(self) -> bool:
@@ -45,25 +53,41 @@ class TrainerSettings:
         return 1 if self.fast_dev_run else self.max_epochs
 
     def batches_per_epoch(self, rows: int) -> int:
-        """Batches an epoch of ``rows`` training rows steps on (the sanity checks' few)."""
-        batches = rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+        """Optimizer steps an epoch of ``rows`` training rows takes, each on ``step_rows`` rows (the
+        sanity checks' few, or ``limit_train_batches``)."""
+        batches = rows // self.step_rows if self.drop_last else math.ceil(rows / self.step_rows)
         limit = 1 if self.fast_dev_run else (self.overfit_batches or None)
-        return batches if limit is None else min(batches, limit)
+        batches = batches if limit is None else min(batches, limit)
+        return min(batches, limited(self.limit_train_batches, batches))
 
     def rows_per_epoch(self, rows: int) -> int:
         """Training rows one epoch steps on: all of them, or whole batches only when compiled (or
-        the sanity checks' few batches)."""
-        stepped = self.batches_per_epoch(rows) * self.batch_size
+        the sanity checks' few batches, or the limited ones)."""
+        stepped = self.batches_per_epoch(rows) * self.step_rows
         return stepped if self.drop_last else min(stepped, rows)
+
+    def val_rows(self, rows: int) -> int:
+        """Rows of a validation split each evaluation reads (``limit_val_batches``)."""
+        return min(rows, limited(self.limit_val_batches, math.ceil(rows / self.batch_size)) * self.batch_size)
 
     def check_rows(self, rows: int) -> None:
         """A compiled step drops partial batches: the training rows must fill one."""
-        if self.drop_last and rows < self.batch_size:
+        if self.drop_last and rows < self.step_rows:
             raise ConfigError("trainer.batch_size", self.batch_size, f"at most {rows} (the training rows) when "
-                              "trainer.compile or trainer.cuda_graphs drops partial batches")
+                              "trainer.compile or trainer.cuda_graphs drops partial batches"
+                              + (" (times trainer.accumulate_grad_batches)" if self.accumulate_grad_batches > 1
+                                 else ""))
 
     def total_steps(self, rows: int) -> int:
         return self.epochs * self.batches_per_epoch(rows)
+
+
+def limited(limit: int | float, batches: int) -> int:
+    """``limit_train_batches``/``limit_val_batches`` of ``batches``: an int is a count, a float a
+    fraction (1.0: all; at least one batch)."""
+    if isinstance(limit, float):
+        return batches if limit >= 1.0 else max(1, math.floor(limit * batches))
+    return min(int(limit), batches)
 
 
 def log_interval(setting: int | str, total_steps: int) -> int:

@@ -19,6 +19,7 @@ from mlpkit.data import Data, Split
 from mlpkit.diagnostics import GradientMonitor, Measurement, Packed
 from mlpkit.epoch import BETWEEN_EPOCHS, EpochInProgress
 from mlpkit.errors import TrainingStopped
+from mlpkit.loss_scaling import LossScaler
 from mlpkit.model import EVAL_CHUNK, MLP
 from mlpkit.objective import Objective
 from mlpkit.progress import EpochProgress
@@ -49,12 +50,13 @@ class Trainer:
         self.model, self.objective, self.optimizer, self.data, self.settings = model, objective, optimizer, data, settings
         self.logger, self.monitor = logger, monitor
         self.run_dir: Path | None = None  # the run's directory, when it has one (the CLI and mlpkit.train set it)
+        self.scaler = LossScaler(data.device) if settings.precision == "16-mixed" else None
         self.callbacks = Callbacks([*([monitor] if monitor is not None else []), EpochProgress(settings.progress),
-                                    *callbacks])
+                                    *([self.scaler] if self.scaler is not None else []), *callbacks])
         self.parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
         self.device = data.device  # where the model trains; the data may stay in pinned host memory
         self.max_epochs = settings.epochs
-        self.batch_size, self.metric = settings.batch_size, settings.metric
+        self.batch_size, self.metric = settings.step_rows, settings.metric  # rows per optimizer step
         self.batch_generator = torch.Generator().manual_seed(settings.seed)
         self.step, self.epoch, self.history, self.skipped_steps = 0, 0, [], 0
         self.best: dict[str, Any] = {"metric": f"{settings.metric}/val", "mode": settings.mode, "value": None,
@@ -79,28 +81,49 @@ class Trainer:
         with autocast(self.device, self.settings.precision):
             return self.objective.loss(self.model.logits(x), y)
 
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, measuring: bool) -> torch.Tensor:
+        if measuring:
+            self.monitor.watch(self.step)  # activation hooks, on measured steps only
+            return self.forward_loss(x, y)
+        if self.settings.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.step_loss(x, y).clone()  # the graph's own output is overwritten by the next replay
+        return self.step_loss(x, y)
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor, measuring: bool) -> torch.Tensor:
+        """The step's gradients in ``.grad`` (unscaled, with fp16 loss scaling) and its mean loss. With
+        ``accumulate_grad_batches``, ``batch_size`` rows at a time, each batch's loss weighted by its
+        share of the step's rows: the gradient of one step on all of them (activation statistics:
+        the last batch's)."""
+        for parameter in self.parameters:  # optimizer.zero_grad(set_to_none=True) without its profiler
+            parameter.grad = None  # record and per-call checks: 16 of a digits step's 700 us on 2 CPU cores
+        size = self.settings.batch_size
+        if len(x) <= size:
+            loss = self.batch_loss(x, y, measuring)
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        else:
+            parts = list(zip(x.split(size), y.split(size)))
+            loss = torch.zeros((), device=x.device)
+            for index, (rows, targets) in enumerate(parts):
+                share = self.batch_loss(rows, targets, measuring and index == len(parts) - 1) * (len(rows) / len(x))
+                (share if self.scaler is None else self.scaler.scale(share)).backward()
+                loss = loss + share.detach().float()
+        if self.scaler is not None:
+            self.scaler.unscale(self.optimizer)
+        return loss
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         log_step = self.step % self.log_every_n_steps == 0
         monitor = self.monitor
         measuring = monitor is not None and (log_step or monitor.is_histogram_step(self.step))
-        if measuring:
-            monitor.watch(self.step)  # activation hooks, on measured steps only
-            loss = self.forward_loss(x, y)
-        elif self.settings.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-            loss = self.step_loss(x, y).clone()  # the graph's own output is overwritten by the next replay
-        else:
-            loss = self.step_loss(x, y)
-        for parameter in self.parameters:  # optimizer.zero_grad(set_to_none=True) without its profiler
-            parameter.grad = None  # record and per-call checks: 16 of a digits step's 700 us on 2 CPU cores
-        loss.backward()
+        loss = self.backward(x, y, measuring)
         self.callbacks.call("on_after_backward", self)
         logged = self.callbacks.log_values(self) if log_step else {}
         device_values = {name: value for name, value in logged.items() if isinstance(value, torch.Tensor)}
         measurement = None
         if measuring:  # the interval's one host transfer
-            measurement = monitor.measure(self.step, loss, extra=device_values)
-            if not measurement.finite:  # caught before optimizer.step(): the weights are still finite
+            measurement = monitor.measure(self.step, loss, extra=device_values, judge_nonfinite=self.scaler is None)
+            if not measurement.finite and self.scaler is None:  # caught before the step: the weights are still finite
                 self.log_measurement(measurement, logged, {})
                 return self.nonfinite_step(loss, measurement.layers)
         elif log_step and self.logger is not None:
@@ -108,7 +131,10 @@ class Trainer:
         if self.settings.on_nonfinite == "skip" and not torch.isfinite(loss).item():
             return self.nonfinite_step(loss)
         self.callbacks.call("on_before_optimizer_step", self)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
         if measurement is not None:
             self.log_measurement(measurement, logged, monitor.after_update(self.step))
         self.callbacks.call("on_after_optimizer_step", self)
@@ -225,18 +251,19 @@ class Trainer:
         return self.train_seconds + seconds, self.samples_trained + rows
 
     @torch.no_grad()
-    def evaluate(self, split: Split) -> dict[str, float]:
-        """Every metric of the objective on a whole split (one host transfer); one batch of it in a
-        ``fast_dev_run``."""
+    def evaluate(self, split: Split, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Every metric of the objective on a whole split (one host transfer) by ``model`` (the one
+        training, or averaged weights); one batch of it in a ``fast_dev_run``."""
+        model = self.model if model is None else model
         if self.settings.fast_dev_run:
             split = Split(split.x[:self.batch_size], split.y[:self.batch_size])
-        was_training = self.model.training
-        self.model.eval()
+        was_training = model.training
+        model.eval()
         with autocast(self.device, self.settings.precision):
-            logits = torch.cat([self.model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
+            logits = torch.cat([model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
                                 for i in range(0, len(split), EVAL_CHUNK)]).float()
         metrics = self.objective.metrics(logits, split.y.to(self.device))
-        self.model.train(was_training)
+        model.train(was_training)
         values = torch.stack([v.float() for v in metrics.values()]).tolist()
         return dict(zip(metrics, values))
 
@@ -276,7 +303,7 @@ class Trainer:
         last_epoch = self.max_epochs
         while self.epoch < last_epoch and not self.should_stop:  # a resume of a stopped run trains none
             train_loss = self.train_epoch()
-            val = self.evaluate(self.data.val) if len(self.data.val) else None
+            val = self.evaluate(self.validation_rows()) if len(self.data.val) else None
             self.record_epoch(train_loss, val)
             self.epoch += 1  # epochs completed, as checkpoints count them
             improved = val is not None and is_better(val[self.metric], self.best["value"], self.best["mode"])
@@ -285,11 +312,17 @@ class Trainer:
             # progress, schedule, early stop, checkpoint; without a validation split they watch the training loss
             self.callbacks.call("on_validation_end", self, {"loss": train_loss} if val is None else val, improved)
         final = {name: self.evaluate(split) for name, split in
-                 (("train", self.data.train), ("val", self.data.val), ("test", self.data.test)) if len(split)}
+                 (("train", self.data.train), ("val", self.validation_rows()), ("test", self.data.test)) if len(split)}
         self.callbacks.call("on_fit_end", self, final)  # test_best from the checkpointer
         if (failed := nonfinite.stop_at_end(final, self.skipped_steps, self.step)) is not None:
             self.stop(failed)
         return self.result(final, logs_health=self.step > start_step or start_step == 0)
+
+    def validation_rows(self) -> Split:
+        """The validation split, or its first ``limit_val_batches`` batches."""
+        rows = self.settings.val_rows(len(self.data.val))
+        val = self.data.val
+        return val if rows == len(val) else Split(val.x[:rows], val.y[:rows])
 
     def result(self, final: dict[str, dict[str, float]], logs_health: bool) -> dict[str, Any]:
         """metrics.json's training part; ``logs_health``: false for a resume that trains no step

@@ -189,6 +189,9 @@ RESUMABLE_RUNS = {
                             "trainer.gradient_clip_algorithm=value"],
     "plateau+warmup+early-stop": ["scheduler=plateau", "scheduler.patience=0", "scheduler.warmup_steps=10",
                                   "optimizer.lr=0.03", "trainer.early_stopping.patience=2"],
+    # 8-row batches, 3 to a step: step 50 is mid-epoch, and each checkpoint falls between accumulations
+    "accumulation+ema+swa": ["trainer.batch_size=8", "trainer.accumulate_grad_batches=3", "trainer.ema_decay=0.9",
+                             "trainer.swa_start=2", "scheduler=cosine"],
 }
 
 
@@ -214,6 +217,8 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_lr_and_weights(tmp_pa
     reference, resumed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "resumed"))
     assert resumed["history"] == reference["history"]
     assert resumed["stopped_early"] == reference["stopped_early"]
+    assert {key: resumed[key] for key in ("val_ema", "test_swa") if key in reference} == \
+        {key: reference[key] for key in ("val_ema", "test_swa") if key in reference}
     assert dict(read_scalars(tmp_path / "resumed")["lr/group0"]) == dict(read_scalars(tmp_path / "reference")["lr/group0"])
 
 
