@@ -147,6 +147,13 @@ class Run:
             raise TypeError(f"predict_proba is for classifiers; {self.dir} is a regression run: use predict")
         return class_probabilities(trained.objective, trained.objective.predict(logits).numpy())
 
+    def export(self, format: str = "onnx", path: str | Path | None = None, checkpoint: str = "auto",
+               overwrite: bool = False) -> Path:
+        """The model as ONNX or TorchScript, its standardisation and head inside (mlpkit.export)."""
+        from mlpkit.export import export  # torch's exporters: only an export needs them
+
+        return export(self.dir, format, path, checkpoint, overwrite)
+
     def evaluate(self, split: str = "test", checkpoint: str = "auto", allow_changed_data: bool = False
                  ) -> dict[str, Any]:
         """The checkpoint's metrics on a split rebuilt from the run's config (seeded: the same rows),
