@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import mlpkit
-from mlpkit.activations import ACTIVATIONS
 from mlpkit.errors import ConfigError
 from mlpkit.export import FORMATS, INSTALL_EXPORT, ONNX_OPSET, export, sidecar
 from tests.conftest import TINY, python_c, script
