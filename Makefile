@@ -1,14 +1,14 @@
 # Two commands on a fresh machine: `make train` and `make test`.
 # Both create .venv when it is missing. `make train` installs only what a run needs (the lean
 # dependencies of pyproject.toml); `make test` adds the extras the suite tests (Optuna, the joblib,
-# SLURM and Ray launchers, Lightning, the notebook tools, ONNX export). Each install has its own stamp, so the
+# SLURM and Ray launchers, Lightning, the notebook tools, ONNX export, MLflow and W&B). Each install has its own stamp, so the
 # second command installs only what the first did not.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
-TEST_EXTRAS := dev,sweep,slurm,ray,bench,notebook,export
+TEST_EXTRAS := dev,sweep,slurm,ray,bench,notebook,export,mlflow,wandb
 
 .PHONY: setup setup-test train test test-fast lint clean
 

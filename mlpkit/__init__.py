@@ -9,11 +9,11 @@ from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["Callback", "ConfigError", "MLPClassifier", "MLPRegressor", "Run", "SweepResult", "load_run", "sweep", "train"]
+__all__ = ["Callback", "ConfigError", "MLPClassifier", "MLPRegressor", "Run", "SweepResult", "load_run", "lr_find", "sweep", "train"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "load_run", "sweep", "Run", "SweepResult"):
+    if name in ("train", "load_run", "lr_find", "sweep", "Run", "SweepResult"):
         from mlpkit import api
 
         return getattr(api, name)

@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError, TrainingStopped, show_value
 from mlpkit.finished_run import Run
-from mlpkit.rundir import CONFIG_FILE, HYDRA_FILE, METRICS_FILE, OVERRIDES_FILE, find_run
+from mlpkit.rundir import CONFIG_FILE, CV_SUMMARY_FILE, HYDRA_FILE, METRICS_FILE, OVERRIDES_FILE, find_run
 
-__all__ = ["Run", "SweepResult", "load_run", "sweep", "train"]
+__all__ = ["Run", "SweepResult", "load_run", "lr_find", "sweep", "train"]
 
 _compose_lock = threading.Lock()  # Hydra's compose API holds one global state per process
 
@@ -60,9 +60,27 @@ def train(overrides: Sequence[str] | None = None, run_dir: str | Path | None = N
     return Run(run_dir)
 
 
-def load_run(path: str | Path) -> Run:
-    """A finished run directory, written by ``python train.py`` or ``mlpkit.train``."""
+def lr_find(overrides: Sequence[str] | None = None) -> Any:
+    """The learning-rate range test for the run ``python train.py <overrides>`` describes, in memory
+    (nothing written): a ``mlpkit.lr_finder.LRFinderResult`` with ``.suggestion``, ``.rule``, ``.lrs``,
+    ``.losses`` and ``.smoothed``; ``mlpkit.figures.lr_find_figure`` draws it."""
+    from mlpkit.assemble import load_data, prepare_device
+    from mlpkit.config import validate
+    from mlpkit.lr_finder import find_lr
+
+    cfg = run_config(overrides)
+    validate(cfg)
+    return find_lr(cfg, load_data(cfg, prepare_device(cfg)))
+
+
+def load_run(path: str | Path) -> Any:
+    """A finished run directory, written by ``python train.py`` or ``mlpkit.train``: a ``Run``, or for a
+    cross-validation (``data.cv_folds``) its ``CrossValidation``, whose ``.runs`` are the folds'."""
     run_dir = find_run(path)
+    if (run_dir / CV_SUMMARY_FILE).is_file():
+        from mlpkit.cross_validation import CrossValidation
+
+        return CrossValidation(run_dir.resolve())  # its folds are runs: .runs
     if not (run_dir / METRICS_FILE).is_file():
         raise ConfigError("run", path, f"a finished run directory (it holds {METRICS_FILE})",
                           f"{run_dir.resolve()} has no {METRICS_FILE}: the run has not ended, or was killed "

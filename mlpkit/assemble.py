@@ -37,6 +37,7 @@ from mlpkit.optimizers import build_optimizer
 from mlpkit.runtime import limit_threads, seed_everything
 from mlpkit.sanity import OverfitCheck
 from mlpkit.schedules import build_schedule
+from mlpkit.schema import objective_mode
 from mlpkit.settings import TrainerSettings
 from mlpkit.trainer import Trainer
 from mlpkit.verdicts import Thresholds
@@ -151,7 +152,8 @@ def trainer_settings(cfg: DictConfig, progress: bool = False) -> TrainerSettings
     trainer = cfg.trainer
     return TrainerSettings(
         max_epochs=trainer.max_epochs, batch_size=trainer.batch_size, seed=trainer.seed,
-        log_every_n_steps=trainer.log_every_n_steps, metric=cfg.objective.metric, mode=cfg.objective.mode,
+        log_every_n_steps=trainer.log_every_n_steps, metric=cfg.objective.metric,
+        mode=objective_mode(cfg.objective.metric, cfg.objective.mode),
         on_nonfinite=trainer.on_nonfinite, precision=str(trainer.precision), compile=trainer.compile,
         cuda_graphs=trainer.cuda_graphs, overfit_batches=int(trainer.overfit_batches),
         fast_dev_run=bool(trainer.fast_dev_run), progress=progress,

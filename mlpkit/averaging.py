@@ -42,7 +42,7 @@ class WeightAveraging(Callback):
     def on_fit_start(self, trainer: Any) -> None:
         if self.swa is not None and self.swa_start > trainer.max_epochs:
             log.warning("trainer.swa_start=%d comes after the run's last epoch (trainer.max_epochs=%d): no weights "
-                        "are averaged, so metrics.json has no val_swa (a resume with more epochs would average them)",
+                        "are averaged, so the run reports no val_swa (a resume with more epochs would average them)",
                         self.swa_start, trainer.max_epochs)
 
     def on_fit_end(self, trainer: Any, final: dict[str, dict[str, float]]) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from mlpkit.errors import CheckpointError, ConfigError, show_value
 from mlpkit.rng import RNG_KEYS, capture_rng_state, restore_rng_state
-from mlpkit.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
+from mlpkit.rundir import CHECKPOINT_DIR, CV_SUMMARY_FILE, LAST_CHECKPOINT
 
 FORMAT = "mlpkit-checkpoint"
 VERSION = 1
@@ -186,6 +186,11 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 def resolve_resume_path(value: str | os.PathLike) -> Path:
     """``resume=`` a run directory (its checkpoints/last.pt) or a checkpoint file, as a Path."""
     path = Path(value).expanduser()
+    if path.is_dir() and (path / CV_SUMMARY_FILE).is_file():
+        folds = sorted(child.name for child in path.glob("fold_*") if child.is_dir())
+        raise ConfigError("resume", value, "one fold's run directory of a cross-validation",
+                          f"{path} holds a cross-validation, which resumes fold by fold: resume={path}/fold_<i> "
+                          f"({', '.join(folds)})")
     if path.is_dir():
         for candidate in (path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT):
             if candidate.is_file():

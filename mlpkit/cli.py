@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,8 +35,9 @@ from mlpkit.rundir import (
 if TYPE_CHECKING:
     from mlpkit.assemble import Parts
     from mlpkit.data import Data
+    from mlpkit.loggers import Loggers
+    from mlpkit.lr_finder import LRFinderResult
     from mlpkit.resume import Resume
-    from mlpkit.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("mlpkit")
 
@@ -100,8 +101,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks
         log.error("Config error: %s", error)
         raise
     except TrainingStopped as stop:
+        from mlpkit.cross_validation import FoldStopped  # its message names the fold to resume
+
         log.error("%s", stop)
-        if not stop.nonfinite and not stop.completed:
+        if not stop.nonfinite and not stop.completed and not isinstance(stop, FoldStopped):
             log.error("resume with: python train.py resume=%s", run_dir)
         raise
 
@@ -132,6 +135,9 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         if resume is not None and resume.source_dir is not None:
             check_same_data(resume.source_dir, data.fingerprint(), "resume", cfg.resume,
                             "a run whose data is unchanged")
+    found = find_lr_first(cfg, data) if resume is None else None
+    if found is not None and OmegaConf.select(cfg, "lr_find.run", default=False):
+        return lr_find_only(found, run_dir)
     parts = assemble(cfg, data, checkpoint_dir=run_dir / CHECKPOINT_DIR, callbacks=callbacks,
                      progress=show_progress(cfg.trainer.progress))  # every refusal comes before a write
     trainer = parts.trainer
@@ -140,7 +146,14 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
     if trainer.settings.fast_dev_run:
         log.info("fast_dev_run: one batch of train, val and test through every code path; the numbers mean nothing")
     logger, resumes = start_run_files(cfg, run_dir, parts, resume)
-    with stop_on_signals(trainer):  # over the end of the run too: a Ctrl-C there still gets metrics.json
+    if found is not None:
+        from mlpkit.lr_finder import write
+
+        write(found, run_dir, logger)
+        resumes["lr_find"] = {"suggestion": found.suggestion, "rule": found.rule, "steps": len(found.lrs)}
+    # over the end of the run too: a Ctrl-C there still gets metrics.json; the loggers close after it (a
+    # tracker takes metrics.json with it)
+    with stop_on_signals(trainer), closing(logger):
         result = fit_and_log(trainer, logger, run_dir, cfg, resume.ended_already if resume is not None else None)
         result = {
             "status": "completed", "dataset": data.name, "task": data.task, "head": parts.objective.head,
@@ -152,6 +165,35 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         write_metrics(run_dir, result)
         report(result, run_dir)
     return result.get("val", result["train"])[cfg.objective.metric]  # data.val_fraction=0: the training loss
+
+
+def find_lr_first(cfg: DictConfig, data: Data) -> LRFinderResult | None:
+    """The learning-rate range test, when ``lr_find.run=true`` or ``optimizer.lr=auto`` asks for it;
+    with ``auto`` its suggestion goes into the config the run trains with (and saves)."""
+    from mlpkit import lr_finder
+
+    if not (OmegaConf.select(cfg, "lr_find.run", default=False) or lr_finder.wants_lr_found(cfg)):
+        return None
+    found = lr_finder.find_lr(cfg, data)
+    log.info(found.describe())
+    if not cfg.lr_find.run:
+        lr_finder.apply(cfg, found)
+    return found
+
+
+def lr_find_only(found: LRFinderResult, run_dir: Path) -> float:
+    """``lr_find.run=true``: the test's figure, curve (TensorBoard too) and suggestion; no training."""
+    from mlpkit.lr_finder import FIGURE, write
+    from mlpkit.tensorboard import TensorBoardLogger
+
+    logger = TensorBoardLogger(run_dir)
+    try:
+        write(found, run_dir, logger)
+    finally:
+        logger.close()
+    log.info("the range test's curve: %s; train with its lr: python train.py optimizer.lr=%.3g (or optimizer.lr=auto)",
+             run_dir / FIGURE, found.suggestion)
+    return found.suggestion
 
 
 def refuse_cv_resume(resume: Resume | None) -> None:
@@ -172,16 +214,16 @@ def forget_checkpoint_callbacks(cfg: DictConfig, overrides: Sequence[str]) -> No
 
 
 def start_run_files(cfg: DictConfig, run_dir: Path, parts: Parts, resume: Resume | None
-                    ) -> tuple[TensorBoardLogger, dict]:
+                    ) -> tuple[Loggers, dict]:
     """The run directory's own files (label mapping, preprocessing, the config a continued run trains
     with), the TensorBoard logger, and the resume's place and record (metrics.json's ``resumes``, from
     resumes.json); the model, config and layout are logged once per run directory."""
     from mlpkit import figures
     from mlpkit.data import save_label_mapping, save_preprocessing
     from mlpkit.diagnostics import layout
+    from mlpkit.loggers import build_loggers
     from mlpkit.model import activation_params, model_summary
     from mlpkit.resume import describe, start_continued_dir, write_continued_config
-    from mlpkit.tensorboard import TensorBoardLogger
 
     trainer, model, data = parts.trainer, parts.model, parts.data
     fresh = resume is None or not resume.here  # a new directory: the run's own files are written there
@@ -190,8 +232,8 @@ def start_run_files(cfg: DictConfig, run_dir: Path, parts: Parts, resume: Resume
         save_preprocessing(data, run_dir)
     if resume is not None and not resume.here:
         write_continued_config(run_dir, cfg)
-    logger = trainer.logger = TensorBoardLogger(
-        run_dir, purge_step=purge_step(resume.state) if resume is not None and resume.here else None)
+    logger = trainer.logger = build_loggers(
+        cfg, run_dir, purge_step=purge_step(resume.state) if resume is not None and resume.here else None)
     if resume is not None:
         trainer.resume_from(resume.state)
         trainer.wall_seconds_before = resume.wall_seconds_before()
@@ -230,8 +272,6 @@ def fit_and_log(trainer, logger, run_dir: Path, cfg: DictConfig, ended_already: 
         # a signal after the last step skips the figures: metrics.json is written, then the run stops
         if trainer.stop_signal is None and not (ended_already and ended_already(trainer.step)):
             log_end_of_run(logger, run_dir, cfg, trainer, result)
-    finally:
-        logger.close()
     return result
 
 

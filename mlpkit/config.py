@@ -148,7 +148,8 @@ CONSTRAINTS: dict[str, Rule] = {
         lambda w: w is None or w in ("none", "balanced") or (
             is_list(w) and len(w) > 0 and all(is_finite(x) and x > 0 for x in w)),
         "none, balanced or a list of positive weights, one per class, e.g. [1,3]")),
-    "optimizer.lr": Rule(lambda lr: is_finite(lr) and lr > 0, "a finite positive number, e.g. 0.001"),
+    "optimizer.lr": Rule(lambda lr: lr == "auto" or (is_finite(lr) and lr > 0),
+                         "a finite positive number, e.g. 0.001, or auto (the learning-rate range test picks it)"),
     "optimizer.weight_decay": optional(NON_NEGATIVE),
     "optimizer.eps": optional(NON_NEGATIVE),
     "optimizer.betas": optional(Rule(lambda betas: is_list(betas) and len(betas) == 2
@@ -200,8 +201,8 @@ CONSTRAINTS: dict[str, Rule] = {
     "scheduler.eta_min": optional(NON_NEGATIVE),
     "scheduler.t_max": optional(Rule(lambda t: t is None or at_least(1, integer=True)(t),
                                      "null (the run's steps) or an integer >= 1")),
-    "scheduler.max_lr": optional(Rule(lambda lr: lr is None or (is_finite(lr) and lr > 0),
-                                      "null (optimizer.lr) or a positive number")),
+    "scheduler.max_lr": optional(Rule(lambda lr: lr is None or lr == "auto" or (is_finite(lr) and lr > 0),
+                                      "null (optimizer.lr), a positive number or auto (the range test's lr)")),
     "scheduler.pct_start": optional(FRACTION),
     "scheduler.div_factor": optional(number(1)),
     "scheduler.final_div_factor": optional(number(1)),
@@ -257,6 +258,11 @@ def validate(cfg: DictConfig) -> None:
     validate_scheduler(cfg)
     validate_data(cfg)
     check_rules(cfg, "objective")
+    wants_test = "auto" in (str(cfg.optimizer.lr), str(OmegaConf.select(cfg, "scheduler.max_lr", default=None)))
+    if OmegaConf.select(cfg, "lr_find.run", default=False) or wants_test:
+        from mlpkit.lr_finder import settings_of  # the range test's own keys
+
+        settings_of(cfg)
 
 
 def check_resolves(cfg: DictConfig) -> None:

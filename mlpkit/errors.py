@@ -58,6 +58,10 @@ class TrainingStopped(Exception):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):
+        # Whole, as ConfigError: a launcher's worker (joblib, Ray) sends a stopped job's exception back.
+        return _restore_error, (type(self), self.args, self.__dict__)
+
     @classmethod
     def by_signal(cls, message: str, signum: int) -> TrainingStopped:
         return cls(message, EXIT_SIGNAL + signum)

@@ -120,7 +120,9 @@ def export(run_dir: str | Path, format: str = "onnx", path: str | Path | None = 
     <run dir>/export/model.onnx or model.pt) and its description to ``<path>.json``; returns ``path``.
     Refused before anything is written: a run without metrics.json or the checkpoint, an unknown
     format, an existing file without ``overwrite=True``, a file of the run's own."""
-    from mlpkit.finished_run import Run, label_array
+    from mlpkit.acceleration import resolve_device
+    from mlpkit.rundir import read_preprocessing, run_config
+    from mlpkit.trained_model import label_array, load_model
 
     run_dir = find_run(run_dir)
     read_metrics(run_dir)  # an unfinished run is refused
@@ -130,9 +132,8 @@ def export(run_dir: str | Path, format: str = "onnx", path: str | Path | None = 
     target = output_path(path, run_dir, format, overwrite)
     if format == "onnx":
         require_onnx_packages()
-    run = Run(run_dir)
-    preprocessing = run.preprocessing
-    trained = run.trained(str(checkpoint))
+    preprocessing = read_preprocessing(run_dir)
+    trained = load_model(run_config(run_dir), checkpoint_path, preprocessing, resolve_device("cpu"))
     exported = ExportedModel(trained.model, trained.objective.head, preprocessing, fill_values(preprocessing)).eval()
     coarse = coarse_features(preprocessing)
     if coarse:

@@ -449,3 +449,43 @@ def save_figure(figure: Any, path: Path, formats: Sequence[str] = ("png",)) -> l
         figure.savefig(target, format=suffix)
         written.append(target)
     return written
+
+
+@_drawing
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float,
+                   rule: str) -> Any:
+    """The learning-rate range test: loss against lr (log axis), raw and smoothed, the suggestion marked."""
+    figure, axes = _subplots(figsize=(6.4, 4.0), dpi=100)
+    axes.plot(lrs, losses, color="0.75", linewidth=1, label="loss per step")
+    axes.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed")
+    axes.axvline(suggestion, color="C3", linestyle="--", label=f"suggested lr {suggestion:.3g} ({rule})")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    low, high = min(smoothed), max(smoothed[0], min(smoothed) * 2)
+    axes.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low))
+    axes.legend(loc="upper left")
+    axes.set_title("learning-rate range test")
+    figure.tight_layout()
+    return figure
+
+
+@_drawing
+def cv_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str) -> Any:
+    """Each fold's validation metric per epoch, and their mean (a cross-validation's figure)."""
+    figure, axes = _subplots(figsize=(8, 4.5), dpi=120)
+    for name, points in curves.items():
+        axes.plot(*zip(*points), marker="o", markersize=3, linewidth=1, alpha=0.8, label=name)
+    by_epoch: dict[int, list[float]] = {}
+    for points in curves.values():
+        for epoch, value in points:
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    axes.plot(epochs, [sum(by_epoch[epoch]) / len(by_epoch[epoch]) for epoch in epochs], color="black",
+              linewidth=2, linestyle="--", label="mean")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set(xlabel="epoch", ylabel=f"val_{metric}",
+             title=f"val_{metric} of each fold ({len(curves)}-fold cross-validation)")
+    axes.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    return figure

@@ -1,8 +1,10 @@
 """A user's rows as a run's model inputs: arrays, tensors, sparse matrices and DataFrames, checked,
-one-hot encoded and standardised as training did.
+one-hot encoded, filled in (a run trained with a data.missing fill strategy) and standardised as
+training did.
 
 The one-hot encoding is the data package's own (mlpkit.data.columns, which encoded the training
-file); the standardisation is ``standardize_columns``, which the predict command's file reader uses too.
+file), and so is the filling (mlpkit.data.missing); the standardisation is ``standardize_columns``,
+which the predict command's file reader uses too.
 """
 from __future__ import annotations
 
@@ -40,16 +42,24 @@ def standardize_columns(centred: np.ndarray, std: Any, out: np.ndarray,
 
 
 def features(x: Any, preprocessing: dict[str, Any]) -> np.ndarray:
-    """Raw rows as the model's inputs: the feature columns (by name for a DataFrame), standardised."""
+    """Raw rows as the model's inputs: the feature columns (by name for a DataFrame), missing values
+    filled as training filled them (the run's data.missing), standardised. An array gives the run's
+    features less its indicator columns (``<column>__missing``), which are made here."""
+    from mlpkit.data.missing import complete_rows, input_features  # mlpkit.data imports torch
+
     names = list(preprocessing["feature_names"])
+    record = preprocessing.get("missing")
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # a pandas DataFrame: its columns by name
         given, values = f"a DataFrame of shape {x.shape}", frame_values(x, preprocessing)
     else:
-        given, values = array_values(x, names)
+        given, values = array_values(x, input_features(names, record))
+    values = complete_rows(values, input_features(names, record), record)
     if not np.isfinite(values).all():
         row, column = np.argwhere(~np.isfinite(values))[0]
+        strategy = (record or {}).get("strategy", "error")
         raise DataError("x", given, f"row {row}, feature '{names[column]}' is {values[row, column]}; expected "
-                        "finite numbers (fill in or drop the missing values)")
+                        f"finite numbers (fill in or drop the missing values: the run was trained with "
+                        f"data.missing={strategy}, which fills none in this feature)")
     mean = np.asarray(preprocessing["feature_mean"], dtype=np.float64)
     std = np.asarray(preprocessing["feature_std"], dtype=np.float64)
 
@@ -122,18 +132,29 @@ def frame_values(frame: Any, preprocessing: dict[str, Any]) -> np.ndarray:
         raise DataError("x", given, f"column '{twice}' appears {counts[twice]} times; expected each feature "
                         "column once")
     categories = dict(preprocessing.get("categories") or {})
-    return np.concatenate([one_hot_column(frame, name, categories[name], given) if name in categories
-                           else frame_column(frame, name, given)[:, None] for name in columns], axis=1)
+    record = preprocessing.get("missing") or {}
+    strategy, tokens = record.get("strategy", "error"), record.get("missing_values")
+    return np.concatenate([one_hot_column(frame, name, categories[name], given, strategy, tokens)
+                           if name in categories else frame_column(frame, name, given, tokens)[:, None]
+                           for name in columns], axis=1)
 
 
-def frame_column(frame: Any, name: str, given: str) -> np.ndarray:
-    """One numeric column of a DataFrame as float64 (n,)."""
+def frame_column(frame: Any, name: str, given: str, tokens: list[str] | None = None) -> np.ndarray:
+    """One numeric column of a DataFrame as float64 (n,); a missing cell (None, pandas' NA, or text
+    among ``tokens``, the run's data.missing_values) is NaN."""
     cells = frame[name].to_numpy()
     if cells.dtype.kind in "biuf":
         return cells.astype(np.float64)
     if cells.dtype.kind != "O":
         raise DataError("x", given, f"column '{name}' has dtype {cells.dtype}; expected numbers (bool, int or float)")
+    cells = np.array([np.nan if missing_object(cell, tokens) else cell for cell in cells], dtype=object)
     return numbers(cells[:, None], lambda row, _column: f"row {row}, column '{name}'", given)[:, 0]
+
+
+def missing_object(cell: Any, tokens: list[str] | None) -> bool:
+    """A DataFrame cell that means "no value": None, pandas' NA, or (``tokens``) such text."""
+    return cell is None or type(cell).__name__ == "NAType" or (
+        tokens is not None and isinstance(cell, str) and cell.strip() in tokens)
 
 
 @dataclass
@@ -151,18 +172,23 @@ class FrameSource:
         return DataError("x", self.given, problem)
 
 
-def one_hot_column(frame: Any, name: str, known: list[str], given: str) -> np.ndarray:
+def one_hot_column(frame: Any, name: str, known: list[str], given: str, missing: str = "error",
+                   tokens: list[str] | None = None) -> np.ndarray:
     """A categorical column of ``frame`` one-hot encoded, (n, categories) float64, by the encoder
-    that encoded the training file (the same text for a cell, the training file's categories)."""
+    that encoded the training file (the same text for a cell, the training file's categories; a
+    missing cell, text among ``tokens`` too, as the run's data.missing says)."""
     import pyarrow as pa
 
     from mlpkit.data.columns import Rows, encode_features
 
+    column = frame[name]
+    if tokens is not None:
+        column = [None if missing_object(cell, tokens) else cell for cell in column]
     try:
-        cells = pa.array(frame[name], from_pandas=True)
+        cells = pa.array(column, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # cells of mixed types: each as its text
-        cells = pa.array([None if cell is None else str(cell) for cell in frame[name]], pa.string())
+        cells = pa.array([None if cell is None else str(cell) for cell in column], pa.string())
     rows = Rows([FrameSource(frame, given)], [pa.table({name: cells})])
     values, _names, _plan = encode_features(rows, [name], categories={name: known},
-                                            hint=lambda column: "the run reads it as a category")
+                                            hint=lambda column: "the run reads it as a category", missing=missing)
     return values.astype(np.float64)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mlpkit.rundir import CHECKPOINT_DIR, HYDRA_DIR, note_whether_held
+from mlpkit.rundir import CHECKPOINT_DIR, CV_SUMMARY_FILE, HYDRA_DIR, note_whether_held
 
 NAME_MAX_BYTES = 255  # Linux's limit on one file name: a longer job directory cannot be created
 _QUOTED = frozenset("/\\%")  # a path separator on some system, and the quoting character itself
@@ -26,14 +26,22 @@ def register_resolvers() -> None:
     # load_sweep_config), so each job, in whichever process, gets the directory the sweep took.
     OmegaConf.register_new_resolver("mlpkit_sweep_dir", unique_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("mlpkit_job_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("mlpkit_direction", direction, replace=True)
+
+
+def direction(metric: str, mode: str) -> str:
+    """The Optuna sweeper's direction for ``objective.metric``/``objective.mode`` (auto: the metric's own)."""
+    from mlpkit.schema import objective_mode
+
+    return f"{objective_mode(metric, mode)}imize"
 
 
 def run_dir_for(resume: str | None, new_run_dir: str) -> str:
     """hydra.run.dir: a resumed run goes on in its own directory; any other run gets a new one."""
     if resume:
         path = Path(resume).expanduser().resolve()
-        if path.is_dir() and (path / CHECKPOINT_DIR).is_dir():
-            return str(path)
+        if path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / CV_SUMMARY_FILE).is_file()):
+            return str(path)  # a cross-validation's: refused in its own directory, no new one made
         if path.is_dir() and path.name == CHECKPOINT_DIR:
             return str(path.parent)
         if path.is_file() and path.parent.name == CHECKPOINT_DIR:

@@ -9,6 +9,7 @@ import math
 import torch
 
 from mlpkit.errors import EXIT_NONFINITE, TrainingStopped
+from mlpkit.metrics import UNDEFINED_AS_NAN
 
 SKIPPED = "step %d: loss %s or a gradient is not finite; step skipped (trainer.on_nonfinite=skip)"
 
@@ -28,9 +29,10 @@ def stop_at_step(epoch_losses: torch.Tensor, step: int, next_batch: int, epoch: 
 
 
 def stop_at_end(final: dict[str, dict[str, float]], skipped_steps: int, steps: int) -> TrainingStopped | None:
-    """A run whose final metrics are not finite failed, whatever it skipped on the way."""
+    """A run whose final metrics are not finite failed, whatever it skipped on the way; a metric that
+    a split cannot define (``UNDEFINED_AS_NAN``: roc_auc with one class present) may be NaN."""
     bad = [f"{metric}/{split} {value}" for split, metrics in final.items() for metric, value in metrics.items()
-           if not math.isfinite(value)]
+           if not math.isfinite(value) and not (metric in UNDEFINED_AS_NAN and math.isnan(value))]
     if not bad:
         return None
     skipped = (f" after skipping {skipped_steps} of {steps} steps (trainer.on_nonfinite=skip)"

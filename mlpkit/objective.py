@@ -10,6 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from mlpkit.errors import ConfigError, show_value
+from mlpkit.metrics import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    classification_metrics,
+    regression_metrics,
+)
 
 TASKS = ("binary", "multiclass", "regression")
 NATURAL_PAIR = {"multiclass": ("softmax", "ce"), "binary": ("sigmoid", "bce"), "regression": ("identity", "mse")}
@@ -41,7 +47,7 @@ class Objective:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return ("loss", "accuracy") if self.is_classification else ("loss", "rmse", "mae", "r2")
+        return CLASSIFICATION_METRICS if self.is_classification else REGRESSION_METRICS
 
     @property
     def is_classification(self) -> bool:
@@ -63,20 +69,32 @@ class Objective:
             return (logits.squeeze(-1) > 0).long()
         return logits.argmax(dim=-1)
 
+    def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """log p of each class, one column each (a sigmoid head's as log(1 - p), log p)."""
+        if self.head == "sigmoid":
+            return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
+        return logits.log_softmax(dim=-1)
+
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Metrics as 0-d tensors on the device (the caller decides when to pull them to the host)."""
+        """``metric_names`` as 0-d tensors on the device (the caller decides when to pull them to the
+        host); their definitions: ``mlpkit.metrics``."""
         values = {"loss": (self.plain_loss or self.loss)(logits, targets).detach()}
-        if self.is_classification:
-            values["accuracy"] = (self.predict_class(logits) == targets).float().mean()
+        if not self.is_classification:
+            values.update(regression_metrics(logits, targets, self.target_std))
             return values
-        # In standardised units, scaled by the std: the error is the same, and float32 keeps its
-        # digits where it would round both values at a target mean of 1e8 (steps of 8); r2 has no units.
-        targets = targets.to(logits.dtype)
-        error = logits - targets
-        values["rmse"] = error.pow(2).mean().sqrt() * self.target_std
-        values["mae"] = error.abs().mean() * self.target_std
-        values["r2"] = 1 - error.pow(2).sum() / (targets - targets.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+        log_probabilities = self.log_probabilities(logits)
+        values.update(classification_metrics(self.predict_class(logits), targets, log_probabilities,
+                                             self.ranking_scores(logits, log_probabilities)))
         return values
+
+    def ranking_scores(self, logits: torch.Tensor, log_probabilities: torch.Tensor) -> torch.Tensor:
+        """What ranks the rows as the probabilities do, without their float32 saturation (which ties
+        rows the logits tell apart): a binary task's one column, the positive class's logit margin."""
+        if self.head == "sigmoid":
+            return logits
+        if self.out_features == 2:
+            return logits[:, 1:] - logits[:, :1]
+        return log_probabilities
 
 
 def resolve_pair(head: str, loss: str, task: str) -> tuple[str, str]:

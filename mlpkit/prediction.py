@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
 from mlpkit.errors import ConfigError, DataError
-from mlpkit.finished_run import Run, TrainedModel, class_probabilities
+from mlpkit.finished_run import Run
 from mlpkit.rundir import (
     RUN_FILES,
     RUN_FOLDERS,
@@ -34,6 +34,7 @@ from mlpkit.rundir import (
     run_file,
     same_file,
 )
+from mlpkit.trained_model import TrainedModel, class_probabilities
 
 OUTPUT_ALLOWED = "a file to write the predictions to"
 RUN_FILES_ALLOWED = (f"a file that is not the run's own (anything in {' or '.join(f'{f}/' for f in RUN_FOLDERS)}, "
@@ -51,11 +52,13 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     applied them, before the float32 cast (float32 holds 1e8 in steps of 8: 1e8 + noise keeps its noise).
 
     A missing file or column, a cell that is not a finite number, or a category the training file
-    did not hold is one DataError naming the file, line (or row) and column; nothing is dropped or
-    filled in.
+    did not hold is one DataError naming the file, line (or row) and column; nothing is dropped, and
+    a missing cell is filled in only as the run's data.missing filled the training rows (its
+    preprocessing.json's "missing": fill values, indicator columns).
     """
     from mlpkit.data.columns import Rows, encode_features
-    from mlpkit.data.formats import TableFile
+    from mlpkit.data.formats import NULLS, TableFile
+    from mlpkit.data.missing import INDICATOR_SUFFIX, complete_rows
     from mlpkit.data.table import check_delimiter
     from mlpkit.model_inputs import standardize_columns
 
@@ -64,7 +67,9 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     preprocessing = preprocessing or {}
     columns = list(preprocessing.get("input_columns") or feature_names)
     categories = dict(preprocessing.get("categories") or {})
-    table_file = TableFile(path, "input", check_delimiter(delimiter, "delimiter"), "delimiter")
+    record = preprocessing.get("missing") or {}
+    table_file = TableFile(path, "input", check_delimiter(delimiter, "delimiter"), "delimiter",
+                           missing_values=list(record.get("missing_values") or NULLS))
     header = list(table_file.schema().names)
     missing = [name for name in columns if name not in header]
     if missing:
@@ -79,10 +84,15 @@ def read_feature_rows(path: Path, feature_names: Sequence[str], delimiter: str =
     rows = Rows([table_file], [table_file.read(columns, types if table_file.kind == "text" else None)])
     offsets = preprocessing["feature_mean"] if standardize else None  # subtracted in float64
     values, names, _plan = encode_features(rows, columns, categories=categories,
-                                           hint=lambda column: "the run reads it as a number", offsets=offsets)
+                                           hint=lambda column: "the run reads it as a number", offsets=offsets,
+                                           missing=record.get("strategy", "error"))
+    values = complete_rows(values, names, record, offsets)  # filled in as training did, indicators added
+    names = [*names, *(f"{name}{INDICATOR_SUFFIX}" for name in record.get("indicators") or [])]
     if standardize:
         std = np.asarray(preprocessing["feature_std"], dtype=np.float64)
-        sources = [name if name in columns else name.partition("=")[0] for name in names]  # color=red: color
+        # color=red: color; x__missing: x
+        sources = [name if name in columns else name.removesuffix(INDICATOR_SUFFIX).partition("=")[0]
+                   for name in names]
 
         def beyond(problems: list[tuple[int, int]]) -> Exception:
             row, column = problems[0]  # the first column, as the reader checks them

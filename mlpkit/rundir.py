@@ -38,6 +38,8 @@ EVALUATION_FILE = "evaluation.json"   # the evaluate command's report
 CONFUSION_MATRIX_FIGURE = "confusion_matrix.png"    # the evaluate command's figure for a classifier
 PREDICTED_VS_TRUE_FIGURE = "predicted_vs_true.png"  # and for a regression
 GRADIENT_FLOW_FIGURE = "gradient_flow.png"
+CV_SUMMARY_FILE = "cv_summary.json"   # a cross-validation's folds: mean, std, per-fold metrics, verdict counts
+CV_CURVES_FIGURE = "cv_val_curves.png"  # each fold's validation objective per epoch
 RUN_CONFIG = f"{HYDRA_DIR}/{CONFIG_FILE}"  # what makes a directory a run directory
 # What a run and the tools on it write into its directory: folders whose every file is the run's,
 # and names at its top (metrics.json, labels.json, preprocessing.json, evaluation.json, train.log,
@@ -48,7 +50,7 @@ RUN_FILES = ("*.json", "*.log", "*.png", "*.pt", "events.out.tfevents.*")
 RUN_HINT = "a run directory written by python train.py, e.g. run=outputs/2024-05-01/12-00-00"
 # What a resume may change: where and how it runs, and how long (trainer.max_epochs upward only).
 RESUMABLE = ("trainer.max_epochs", "trainer.progress", "trainer.device", "trainer.num_threads",
-             "trainer.checkpoint_min_seconds", "trainer.callbacks")
+             "trainer.checkpoint_min_seconds", "trainer.callbacks", "logger", "tracking")
 _held_a_run: dict[str, bool] = {}  # run directory -> whether it held a run before this process started
 
 
@@ -214,7 +216,7 @@ def resumed_config(saved: Mapping[str, Any], composed: DictConfig, overrides: Se
         given, kept = _plain(OmegaConf.select(composed, key)), _plain(OmegaConf.select(cfg, key))
         if key == "resume" or given == kept:
             continue  # the same command again with resume= added changes nothing
-        if key not in RESUMABLE:
+        if key not in RESUMABLE and key.split(".")[0] not in RESUMABLE:  # tracking.mlflow.tracking_uri
             raise ConfigError(key, value, f"the run's own {key}={show_value(kept)} on a resume: resume={resume} "
                               f"continues the run with its saved config, and only {', '.join(RESUMABLE)} may "
                               "change (trainer.max_epochs upward)", "start a new run to try other settings")

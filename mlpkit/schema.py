@@ -30,7 +30,18 @@ INITS = {"default": None, "xavier_uniform": "xavier_uniform_", "xavier_normal": 
 # model.norm -> the torch.nn layer between each hidden Linear and its activation (none: no layer)
 NORMS = {"none": None, "batch": "BatchNorm1d", "layer": "LayerNorm"}
 HEADS = ("auto", "softmax", "sigmoid", "identity")  # head.name (configs/head/); auto: from the loss and the task
-OBJECTIVE_MODES = ("min", "max")  # objective.mode
+OBJECTIVE_MODES = ("auto", "min", "max")  # objective.mode (auto: the metric's own, METRIC_MODES)
+# Which way each validation metric improves: what objective.mode=auto means for it.
+METRIC_MODES = {
+    "loss": "min", "accuracy": "max", "balanced_accuracy": "max", "f1_macro": "max", "roc_auc": "max",
+    "log_loss": "min", "rmse": "min", "mae": "min", "r2": "max",
+}
+
+
+def objective_mode(metric: str, mode: str) -> str:
+    """``objective.mode`` as min or max: ``auto`` is the metric's own direction (a metric a source or a
+    user added without one is minimised)."""
+    return METRIC_MODES.get(str(metric), "min") if str(mode) == "auto" else str(mode)
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")  # trainer.precision, as text (the YAML's 32 is a number)
 CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm
 ON_NONFINITE = ("stop", "skip")  # trainer.on_nonfinite

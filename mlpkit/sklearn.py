@@ -48,12 +48,6 @@ VALIDATION_FRACTION = 0.1  # with early stopping and no validation_fraction give
 PLAIN = re.compile(r"[\w.:+\-/]+")  # a value typed bare in an override; anything else is quoted
 
 
-def arrays_from_command_line(**_: Any) -> Any:
-    """``data=arrays`` names an estimator's in-memory rows; the command line has none to give."""
-    raise ConfigError("data", "arrays", "a data set the command line can load, e.g. data=digits or data=csv "
-                      "data.path=my.csv", "data=arrays is the X and y given to mlpkit.sklearn's fit(X, y)")
-
-
 class KeepBestWeights(Callback):
     """The weights of the epoch with the best validation metric, kept on the device; ``restore``
     puts them back at the end of the fit (as scikit-learn's early stopping does)."""
@@ -199,7 +193,7 @@ class _MLPEstimator(BaseEstimator):
     def _logits(self, X: Any) -> Any:
         import torch
 
-        from mlpkit.finished_run import logits_of
+        from mlpkit.trained_model import logits_of
 
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
@@ -300,7 +294,7 @@ class MLPClassifier(ClassifierMixin, _MLPEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """The probability of each class, columns in the order of ``classes_``."""
-        from mlpkit.finished_run import class_probabilities
+        from mlpkit.trained_model import class_probabilities
 
         logits = self._logits(X)
         probabilities = self.objective_.predict(logits).cpu().numpy().astype(np.float64)

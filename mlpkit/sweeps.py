@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
 from mlpkit.rundir import HYDRA_DIR, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
+from mlpkit.schema import objective_mode
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class SweepCallback(Callback):
         # Optuna opens its SQLite storage in the sweep directory before any launcher creates it.
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.earlier_jobs = set(find_jobs(self.sweep_dir))
-        self.objective = (str(config.objective.metric), str(config.objective.mode))
+        self.objective = (str(config.objective.metric), objective_mode(config.objective.metric, config.objective.mode))
         continue_optuna_study(config)
         atexit.register(self._report_once)
 
@@ -373,7 +374,8 @@ def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
         config_path = job_dir / RUN_CONFIG
         if config_path.exists():
             objective = OmegaConf.load(config_path).get("objective") or {}
-            return str(objective.get("metric", "loss")), str(objective.get("mode", "min"))
+            metric = str(objective.get("metric", "loss"))
+            return metric, objective_mode(metric, objective.get("mode", "min"))
     return "loss", "min"
 
 

@@ -72,7 +72,7 @@ def test_optimizer_fused_auto_means_fused_on_cpu_and_can_be_turned_off(tmp_path,
 
 
 BAD_SPEED_SETTINGS = [
-    ("trainer.precision=fp16", "trainer.precision=fp16 is not valid: expected 32 or bf16-mixed"),
+    ("trainer.precision=fp16", "trainer.precision=fp16 is not valid: expected one of 32, bf16-mixed, 16-mixed"),
     ("trainer.compile=yes", "trainer.compile=yes is not valid: expected true or false"),
     ("optimizer.fused=maybe", "optimizer.fused=maybe is not valid: expected auto, true, false or null"),
     ("trainer.cuda_graphs=true", "trainer.cuda_graphs=True is not valid: expected false on this device. "

@@ -99,7 +99,7 @@ def test_blobs_features_and_classes():
     ("circles", {"factor": 1.5}, "data.factor=1.5 is not valid: expected a number in (0, 1)"),
     ("moons", {"arms": 3},
      "data.arms=3 is not valid: expected one of the keys data.source=moons reads: n_samples"),
-    ("nope", {}, "data.source=nope is not valid: expected one of blobs, breast_cancer"),
+    ("nope", {}, "data.source=nope is not valid: expected one of arrays, blobs, breast_cancer"),
 ])
 def test_bad_keys_stop_with_the_key_and_what_is_allowed(source, keys, message):
     with pytest.raises(ConfigError) as error:

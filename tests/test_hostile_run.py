@@ -90,7 +90,7 @@ def test_an_interpolation_in_a_checkpoints_config_is_refused(finished_run, tmp_p
     ("+optimizer.momentum=0.9", "optimizer.momentum=0.9 is not valid: expected an argument of torch.optim.Adam: lr,"),
     ("+trainer.max_epoch=3", "trainer.max_epoch=3 is not valid: expected a key the run reads (did you mean "
      "trainer.max_epochs?"),
-    ("+lr_find=true", "lr_find=True is not valid: expected a key the run reads (nothing in the run reads it; "
+    ("+auto_lr=true", "auto_lr=True is not valid: expected a key the run reads (nothing in the run reads it; "
      "the top-level keys: activation, data"),
     ("+loss.pos_weight=3", "loss.pos_weight=3 is not valid: expected a key the run reads"),  # loss=ce reads none
     ("+trainer.early_stopping.patiense=2", "did you mean trainer.early_stopping.patience?"),

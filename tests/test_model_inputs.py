@@ -11,9 +11,9 @@ import pytest
 
 import mlpkit.data  # noqa: F401  (imports torch at collection: a first import inside a test starts ldconfig)
 from mlpkit.errors import DataError
-from mlpkit.finished_run import class_probabilities
 from mlpkit.model_inputs import features, standardize_columns
 from mlpkit.prediction import read_feature_rows
+from mlpkit.trained_model import class_probabilities
 
 PREPROCESSING = {  # a run trained on x and a color column one-hot encoded
     "feature_names": ["x", "color=blue", "color=red"], "input_columns": ["x", "color"],

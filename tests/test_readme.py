@@ -139,7 +139,8 @@ def test_readme_block_runs(block_results, number):
     assert [command for command, *_ in ran] == commands[:len(ran)]
     for command, code, output, finished_runs in ran:
         assert code == 0, f"{command}\n{output}"
-        if command.startswith("python train.py"):  # every training command leaves a finished run
+        if command.startswith("python train.py") and "lr_find.run=true" not in command:  # it only tests lrs
+            # every training command leaves a finished run
             assert finished_runs > 0, command
     assert len(ran) == len(commands)
 

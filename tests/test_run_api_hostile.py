@@ -13,7 +13,7 @@ import torch
 
 import mlpkit
 from mlpkit.errors import DataError
-from mlpkit.finished_run import label_array
+from mlpkit.trained_model import label_array
 
 TINY = ["model.hidden_sizes=[16]", "trainer.device=cpu", "trainer.progress=false"]
 LEARNS_CORNERS = [*TINY, "trainer.max_epochs=10", "trainer.batch_size=8", "optimizer.lr=0.01"]

@@ -3,9 +3,9 @@
 Each file is streamed (pyarrow's CSV stream reader, Parquet row groups, Feather record batches);
 each batch's feature columns go into a float32 block of their own, centred in float64 first and the pyarrow batch is dropped,
 so the whole table never sits in memory twice. The blocks are then copied into the final array,
-each freed as soon as it is copied. Anything unusual (a text column, a null, a value float32 cannot
-hold, a cell that breaks the first block's types) returns None: the column-wise path
-(mlpkit.data.columns) reads the files again and names the cell.
+each freed as soon as it is copied. Anything unusual (a text column, a null unless a data.missing
+fill strategy keeps it as NaN, a value float32 cannot hold, a cell that breaks the first block's
+types) returns None: the column-wise path (mlpkit.data.columns) reads the files again and names the cell.
 """
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ def numeric_batches(table_file: TableFile, names: Sequence[str], target: str) ->
     return table_file.batches([*names, target], text_types)
 
 
-def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
+def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str, allow_missing: bool = False
                  ) -> tuple[np.ndarray, list[Any], np.ndarray, np.ndarray] | None:
     """(N, F) float32 features of every file, stacked, each file's target column (pyarrow), the
     float64 offsets subtracted from the features before their float32 cast (fitted on the first
-    batch's first rows) and those rows in float64; or None when the column-wise path must take over."""
+    batch's first rows) and those rows in float64; or None when the column-wise path must take over.
+    ``allow_missing``: a missing cell (null or NaN) is NaN, for mlpkit.data.missing to fill."""
     import pyarrow as pa
 
     # Blocks of 64 MiB: above glibc's largest mmap threshold (32 MiB), so each one is returned to
@@ -68,7 +69,7 @@ def read_numeric(files: Sequence[TableFile], names: Sequence[str], target: str
                         used = 0
                     if offsets is None and piece.num_rows:
                         offsets, sample = first_rows(piece, len(names))
-                    if not fill_block(blocks[-1][used:used + piece.num_rows], piece, offsets):
+                    if not fill_block(blocks[-1][used:used + piece.num_rows], piece, offsets, allow_missing):
                         return None
                     used += piece.num_rows
                 chunks.append(batch.column(len(names)))
@@ -102,15 +103,16 @@ def first_rows(piece: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
     return offsets_of(sample), sample
 
 
-def fill_block(rows: np.ndarray, piece: Any, offsets: np.ndarray) -> bool:
+def fill_block(rows: np.ndarray, piece: Any, offsets: np.ndarray, allow_missing: bool = False) -> bool:
     """Write a record batch's feature columns, less their offsets, into float32 ``rows``; False at a
-    null or a value float32 cannot hold (the column-wise path names its cell)."""
+    value float32 cannot hold or (unless ``allow_missing``: NaN) a missing cell (the column-wise path
+    names its cell)."""
     for position in range(rows.shape[1]):
         column = piece.column(position)
-        if column.null_count:
+        if column.null_count and not allow_missing:
             return False
-        part = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
-        if not (np.abs(part) <= FLOAT32_MAX).all():
+        part = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)  # a null: NaN
+        if not (np.abs(part) <= FLOAT32_MAX).all() and (not allow_missing or (np.abs(part) > FLOAT32_MAX).any()):
             return False
         rows[:, position] = part - offsets[position]
     return True

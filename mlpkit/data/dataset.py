@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlpkit.data.missing import fill_missing
 from mlpkit.data.raw import RawData, launch_path  # noqa: F401  (launch_path: for sources registered by name)
 from mlpkit.data.splits import prepare_features, prepare_targets, split_rows
 from mlpkit.errors import ConfigError
@@ -34,7 +35,7 @@ SOURCES: dict[str, str] = {
     "fashion_mnist": "mlpkit.data.vision:fashion_mnist",
     "cifar10": "mlpkit.data.vision:cifar10",
     "csv": "mlpkit.data.table:load_csv",
-    "arrays": "mlpkit.sklearn:arrays_from_command_line",  # an estimator's fit(X, y): never loaded by name
+    "arrays": "mlpkit.data.arrays:arrays",  # an estimator's fit(X, y): refused by name
 }
 # Keys of a data config that build_data itself uses; every other key goes to the source function.
 SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize",
@@ -145,8 +146,9 @@ class Data:
             where = f"in pinned host memory ({free} free on {self.device}), copied {GATHER_BYTES >> 20} MB at a time"
         features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
         origin = f" ({self.split_origin})" if self.split_origin else ""
+        missing = (self.extra.get("missing") or {}).get("note")  # a table's rows dropped or cells filled
         return (f"data={self.name}: {self.task}, {sizes}{origin}, {features}{classes}; "
-                f"{_size(self.nbytes)} {where}")
+                f"{_size(self.nbytes)} {where}" + (f"; {missing}" if missing else ""))
 
 
 def _size(nbytes: int) -> str:
@@ -198,6 +200,7 @@ def data_from_raw(raw: RawData, cfg: Mapping[str, Any], device: torch.device | s
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     splits = split_rows(raw, cfg)
+    fill_missing(raw, splits)  # a table's missing cells, with the training rows' statistics
     features, mean, std = prepare_features(raw, list(splits), cfg.get("standardize", True), cfg["source"])
     targets, target_mean, target_std = prepare_targets(raw, list(splits), cfg.get("standardize_target", True),
                                                        cfg["source"])
@@ -242,7 +245,9 @@ def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
     target_mean; ``fingerprint`` tells whether the data a later evaluation or resume loads is the
     data the run trained on. For a table, ``input_columns`` are the file's columns the run reads and
     ``categories`` maps each one-hot encoded column to its categories (feature ``color=red`` is 1
-    where the cell is "red"); both are absent for other sources.
+    where the cell is "red"), and ``missing`` what a missing cell does (mlpkit.data.missing: the
+    strategy, the tokens, each numeric column's fill value, the columns with an indicator feature
+    ``<column>__missing``); all are absent for other sources.
     """
     path = Path(run_dir) / PREPROCESSING_FILE
     record = {
@@ -256,5 +261,7 @@ def save_preprocessing(data: Data, run_dir: str | Path) -> Path:
     if "input_columns" in data.extra:
         record |= {"input_columns": list(data.extra["input_columns"]),
                    "categories": dict(data.extra.get("categories") or {})}
+    if "missing" in data.extra:
+        record["missing"] = {key: value for key, value in data.extra["missing"].items() if key != "note"}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import lzma
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ FEATHER = (".feather", ".arrow", ".ipc")
 SUFFIXES = ".csv, .tsv (plain or .gz/.bz2/.xz), .parquet, .feather"
 # Text per CSV batch: 1/1024 of the file, between 64 KiB and pyarrow's default 1 MiB (see block_bytes).
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 64 << 10, 1 << 20
-# Cells that mean "no value" (pyarrow compares them case-sensitively; the messages lower-case them).
+# Cells that mean "no value" in a run saved before data.missing_values (pyarrow compares them
+# case-sensitively; the messages lower-case them). A training table's are data.missing_values.
 NULLS = ["", "na", "NA", "Na", "n/a", "N/A", "nan", "NaN", "NAN", "Nan", "null", "NULL", "Null"]
 
 
@@ -47,12 +48,14 @@ def first_line(error: BaseException) -> str:
 
 @dataclass
 class TableFile:
-    """One table file and the keys its messages name (data.path, data.test_path, input ...)."""
+    """One table file and the keys its messages name (data.path, data.test_path, input ...);
+    ``missing_values``: the cells of a text file that read as missing (null)."""
 
     file: Path
     key: str = "data.path"
     delimiter: str = ","
     delimiter_key: str = "data.delimiter"
+    missing_values: list[str] = field(default_factory=lambda: list(NULLS))
 
     def __post_init__(self) -> None:
         self.kind = table_kind(self.file)
@@ -77,8 +80,10 @@ class TableFile:
             elif self.kind == "feather":
                 schema = pa.ipc.open_file(self.file).schema
             else:
+                csv_module = self._csv_module()  # the cells read as missing leave a column's type alone
+                convert = csv_module.ConvertOptions(null_values=list(self.missing_values), strings_can_be_null=True)
                 with self._source() as source, \
-                        self._csv_module().open_csv(source, **self._csv_options()) as reader:
+                        csv_module.open_csv(source, convert_options=convert, **self._csv_options()) as reader:
                     schema = reader.schema
         except (pa.ArrowException, OSError) as error:
             if self.allow_newlines_in_values(error):
@@ -104,7 +109,8 @@ class TableFile:
             else:
                 csv_module = self._csv_module()
                 convert = csv_module.ConvertOptions(
-                    include_columns=list(columns), column_types=text_types or {}, null_values=NULLS,
+                    include_columns=list(columns), column_types=text_types or {},
+                    null_values=list(self.missing_values),
                     strings_can_be_null=True, quoted_strings_can_be_null=True)
                 # The streaming reader holds a few blocks of text at a time; read_csv parses the
                 # whole file at once and peaks at several times the table's size.
@@ -127,7 +133,7 @@ class TableFile:
     def batches(self, columns: Sequence[str], text_types: dict[str, Any]) -> Any:
         """The named columns as pyarrow record batches, read a few at a time: Parquet row groups,
         Feather record batches, or a text file's blocks (``block_bytes``) parsed as ``text_types``
-        (cells in NULLS are nulls). Close it when done if it has ``close``."""
+        (cells in ``missing_values`` are nulls). Close it when done if it has ``close``."""
         import pyarrow as pa
 
         columns = list(columns)
@@ -140,7 +146,7 @@ class TableFile:
             return (reader.get_batch(i).select(columns) for i in range(reader.num_record_batches))
         csv_module = self._csv_module()
         convert = csv_module.ConvertOptions(include_columns=columns, column_types=text_types,
-                                            null_values=NULLS, strings_can_be_null=True)
+                                            null_values=list(self.missing_values), strings_can_be_null=True)
         return csv_module.open_csv(self._source(), convert_options=convert, **self._csv_options())
 
     def check_types(self, schema: Any, columns: Sequence[str]) -> None:

@@ -3,10 +3,12 @@
 Numeric feature columns (and, with data.categorical, one-hot encoded text columns) and a named target
 column; data.val_path and data.test_path give the validation and test rows in files of their own.
 Every problem in a file stops the run with one line naming the file, the line (or row) and the
-column; no row or cell is dropped or filled in silently.
+column; no row or cell is dropped or filled in silently: data.missing says what a missing cell does
+(mlpkit.data.missing), and the start line counts the rows dropped or the cells filled.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -18,6 +20,13 @@ import numpy as np
 from mlpkit.data.batches import read_numeric
 from mlpkit.data.columns import Rows, encode_training_features
 from mlpkit.data.formats import SUFFIXES, TableFile
+from mlpkit.data.missing import (
+    NUMERIC_ONLY,
+    MissingSettings,
+    drop_incomplete_rows,
+    drop_note,
+    missing_settings,
+)
 from mlpkit.data.raw import RawData, launch_path
 from mlpkit.data.targets import encode_target
 from mlpkit.errors import ConfigError, DataError, show_value
@@ -30,36 +39,53 @@ log = logging.getLogger(__name__)
 def load_csv(path: str | None = None, target: str | None = None,
              features: Sequence[str] | str | None = None, task: str = "auto",
              delimiter: str = ",", test_path: str | None = None, val_path: str | None = None,
-             categorical: Any = "none") -> RawData:
+             categorical: Any = "none", missing: str = "error", fill_value: float = 0.0,
+             missing_indicator: bool = False, missing_values: Sequence[str] | None = None) -> RawData:
     """Feature columns (``features``, default all but ``target``) and the target column of
-    ``path``; with ``val_path``/``test_path``, those files hold the validation/test rows."""
+    ``path``; with ``val_path``/``test_path``, those files hold the validation/test rows. The
+    ``missing*`` keys: what a missing cell does (mlpkit.data.missing)."""
     if task not in TASKS:
         raise ConfigError("data.task", task, f"one of {', '.join(TASKS)}")
     delimiter = check_delimiter(delimiter)
     if not (categorical in ("auto", "none") or isinstance(categorical, (list, tuple))):
         raise ConfigError("data.categorical", categorical, CATEGORICAL)
-    files = [TableFile(table_path(path, "data.path"), "data.path", delimiter)]
+    import pyarrow.compute as pc  # pyarrow: only table files need it
+
+    settings = missing_settings(missing, fill_value, missing_indicator, missing_values)
+    files = [TableFile(table_path(path, "data.path"), "data.path", delimiter, missing_values=list(settings.tokens))]
     for key, value in (("val", val_path), ("test", test_path)):
         if value is not None and str(value).strip() != "":
-            files.append(TableFile(table_path(value, f"data.{key}_path"), f"data.{key}_path", delimiter))
+            files.append(TableFile(table_path(value, f"data.{key}_path"), f"data.{key}_path", delimiter,
+                                   missing_values=list(settings.tokens)))
             warn_if_training_file(files[0].file, files[-1].file, f"data.{key}_path", value)
     header = list(files[0].schema().names)
     target_column, feature_columns = pick_columns(files[0].file, header, target, features)
     names, target_name = [header[c] for c in feature_columns], header[target_column]
-    streamed = read_numeric(files, names, target_name) if categorical in ("none", "auto", [], ()) else None
+    streamed = read_numeric(files, names, target_name, settings.fills) if categorical in (
+        "none", "auto", [], ()) else None
+    if streamed is not None and settings.strategy == "drop" and any(
+            pc.any(pc.is_null(table.column(target_name), nan_is_null=True)).as_py() for table in streamed[1]):
+        streamed = None  # rows to drop: the column-wise path drops them
+    record = settings.record()
     if streamed is not None:  # every feature numeric and clean: read batch by batch
         values, target_tables, offsets, sample = streamed
         rows, feature_names, categories = Rows(files, target_tables), names, {}
+        if settings.strategy == "drop":
+            record["note"] = drop_note([f.file for f in files], [0] * len(files), len(values))
     else:  # the column-wise path: categories, and the exact cell behind any problem
         rows = Rows(files, [read_columns(table_file, [*names, target_name]) for table_file in files])
-        values, feature_names, categories, offsets, sample = encode_training_features(rows, names, categorical,
-                                                                                       _hint)
+        if settings.strategy == "drop":
+            total = len(rows)
+            record["note"] = drop_note([f.file for f in files], drop_incomplete_rows(rows, [*names, target_name]),
+                                       total)
+        values, feature_names, categories, offsets, sample = encode_training_features(
+            rows, names, categorical, functools.partial(_hint, settings=settings), settings.strategy)
     task, labels, class_names = encode_target(rows, target_name, task, str(files[0].file))
     splits, origin = given_splits(rows)
     rows.tables = []  # the pyarrow columns go: the float32 array holds the data now
     return RawData(values, labels, task, feature_names, class_names,
                    extra={"path": str(files[0].file), "target": target_name, "input_columns": names,
-                          "categories": categories},
+                          "categories": categories, "missing": record},
                    locate=rows.where, splits=splits, split_origin=origin, feature_offsets=offsets,
                    feature_sample=sample)
 
@@ -73,7 +99,11 @@ def warn_if_training_file(train: Path, other: Path, key: str, value: Any) -> Non
                     "model trains on", key, value, train, split)
 
 
-def _hint(column: str) -> str:
+def _hint(column: str, settings: MissingSettings | None = None) -> str:
+    if settings is not None and settings.strategy in NUMERIC_ONLY:
+        return (f"data.missing={settings.strategy} fills numeric columns only: one-hot encode this one with "
+                f"data.categorical=[{column}] (or auto; a missing cell becomes the category '<missing>'), or "
+                "leave it out with data.features=[...]")
     return (f"feature columns must be numeric; choose them with data.features=[...], or one-hot "
             f"encode this one with data.categorical=[{column}] (or data.categorical=auto)")
 

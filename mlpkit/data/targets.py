@@ -12,11 +12,11 @@ import numpy as np
 from mlpkit.data.columns import (
     NUMBER,
     Rows,
-    cell_problem,
     check_nulls,
     first,
     label,
     numeric,
+    target_problem,
     text,
 )
 from mlpkit.data.precision import FLOAT32_MAX
@@ -33,13 +33,13 @@ def encode_target(rows: Rows, name: str, task: str, file_label: str) -> tuple[st
     import pyarrow.compute as pc
 
     columns = [table.column(name) for table in rows.tables]
-    check_nulls(rows, name, columns, lambda cell: cell_problem(cell, ""))
+    check_nulls(rows, name, columns, target_problem)
     numbers = [numeric(column) for column in columns]
     if all(number is not None for number in numbers):
         values = np.concatenate([number.to_numpy() for number in numbers]).astype(np.float64)
         if not (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all():
             bad = int(np.flatnonzero(~(np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)))[0])
-            raise rows.problem(bad, name, lambda cell: cell_problem(cell, ""))
+            raise rows.problem(bad, name, target_problem)
     else:
         values = None
     if task == "auto":
