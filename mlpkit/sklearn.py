@@ -9,12 +9,8 @@ fitted estimator keeps the trained model, the gradient verdict and the history.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import random
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,47 +18,31 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
+from mlpkit.estimator_config import (
+    EARLY_STOPPING_PATIENCE,
+    PARAMETERS,
+    VALIDATION_FRACTION,
+    as_parameter_error,
+    composed_task,
+    named_by_parameter,
+    seed_of,
+    typed,
+    without_hydra,
+)
+from mlpkit.estimator_fit import (
+    KeepBestWeights,
+    KeepTrainer,
+    global_random_state_kept,
+    prediction_objective,
+    verbosity,
+)
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 log = logging.getLogger("mlpkit")
-
-# estimator parameter -> the config key it sets (a group's name where it picks a configs/ file)
-PARAMETERS = {
-    "hidden_sizes": "model.hidden_sizes", "activation": "activation", "dropout": "model.dropout",
-    "init": "model.init", "norm": "model.norm", "residual": "model.residual", "head": "head", "loss": "loss",
-    "class_weight": "loss.class_weights", "optimizer": "optimizer", "lr": "optimizer.lr",
-    "weight_decay": "optimizer.weight_decay", "scheduler": "scheduler", "max_epochs": "trainer.max_epochs",
-    "batch_size": "trainer.batch_size", "gradient_clip_val": "trainer.gradient_clip_val",
-    "early_stopping": "trainer.early_stopping.patience", "validation_fraction": "data.val_fraction",
-    "standardize": "data.standardize", "standardize_target": "data.standardize_target",
-    "random_state": "trainer.seed", "device": "trainer.device",
-}
-GROUPS = ("activation", "head", "loss", "optimizer", "scheduler")  # chosen by name, as on the command line
-EARLY_STOPPING_PATIENCE = 10  # early_stopping=True: scikit-learn's n_iter_no_change
-VALIDATION_FRACTION = 0.1  # with early stopping and no validation_fraction given: scikit-learn's default
-PLAIN = re.compile(r"[\w.:+\-/]+")  # a value typed bare in an override; anything else is quoted
-
-
-class KeepBestWeights(Callback):
-    """The weights of the epoch with the best validation metric, kept on the device; ``restore``
-    puts them back at the end of the fit (as scikit-learn's early stopping does)."""
-
-    def __init__(self) -> None:
-        self.weights: dict[str, Any] | None = None
-
-    def on_validation_end(self, trainer: Any, metrics: dict[str, float], improved: bool) -> None:
-        if improved:
-            self.weights = {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
-
-    def restore(self, model: Any) -> None:
-        if self.weights is not None:
-            model.load_state_dict(self.weights)
-
 
 class _MLPEstimator(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters -> config, the fit, the forward pass."""
@@ -80,7 +60,7 @@ class _MLPEstimator(BaseEstimator):
         for name, key in PARAMETERS.items():
             if params.get(name) is None or name == "random_state":
                 continue  # None: the config's default (lr, weight_decay); the seeds: below
-            overrides.append(f"{key}={_typed(self._config_value(name, params[name]))}")
+            overrides.append(f"{key}={typed(self._config_value(name, params[name]))}")
         return [*overrides, *self.overrides]
 
     def _config_value(self, name: str, value: Any) -> Any:
@@ -98,20 +78,20 @@ class _MLPEstimator(BaseEstimator):
         from mlpkit.api import compose
         from mlpkit.config import validate
 
-        seed = _seed_of(self.random_state)
+        seed = seed_of(self.random_state)
         try:
             overrides = self._overrides()
             if self.log_dir is None:  # composed once per process for each set of parameters but the seeds
-                cfg = OmegaConf.create(_composed_task(tuple(overrides)))
+                cfg = OmegaConf.create(composed_task(tuple(overrides)))
                 with open_dict(cfg):
                     cfg.trainer.seed = cfg.data.split_seed = seed
             else:  # with Hydra's node: the command line's run writes .hydra/ and train.log from it
                 cfg = compose([*overrides, f"trainer.seed={seed}", f"data.split_seed={seed}"])
                 with read_write(cfg.hydra):
                     cfg.hydra.mode = RunMode.RUN
-            validate(_without_hydra(cfg))
+            validate(without_hydra(cfg))
         except ConfigError as error:
-            raise _as_parameter_error(error, type(self).__name__) from None
+            raise as_parameter_error(error, type(self).__name__) from None
         return cfg
 
     # --- fit --------------------------------------------------------------------------------------
@@ -125,7 +105,7 @@ class _MLPEstimator(BaseEstimator):
         raw = RawData(_copy_rows(X), targets, task, _feature_names(self, X.shape[1]), class_names,
                       extra={"target": "y"})
         keeper = KeepBestWeights()
-        with _verbosity(self.verbose), _global_random_state_kept(), cache_off():
+        with verbosity(self.verbose), global_random_state_kept(), cache_off():
             if self.log_dir is None:
                 trainer = self._train_in_memory(cfg, raw, keeper)
             else:
@@ -142,11 +122,11 @@ class _MLPEstimator(BaseEstimator):
         from mlpkit.runtime import show_progress
         from mlpkit.verdicts import summary
 
-        cfg = _without_hydra(cfg)
-        data = _load(lambda: data_from_raw(raw, OmegaConf.to_container(cfg.data, resolve=True),
+        cfg = without_hydra(cfg)
+        data = named_by_parameter(lambda: data_from_raw(raw, OmegaConf.to_container(cfg.data, resolve=True),
                                            prepare_device(cfg)), type(self).__name__)
         log.info(data.describe())
-        parts = _load(lambda: assemble(cfg, data, progress=bool(self.verbose) and show_progress("auto"),
+        parts = named_by_parameter(lambda: assemble(cfg, data, progress=bool(self.verbose) and show_progress("auto"),
                                        callbacks=[keeper]), type(self).__name__)
         result = parts.trainer.fit()
         self.run_dir_ = None
@@ -166,11 +146,11 @@ class _MLPEstimator(BaseEstimator):
 
         run_dir = Path(unique_dir(str(Path(self.log_dir).expanduser().resolve() /
                                       f"{type(self).__name__}_{datetime.now():%Y-%m-%d_%H-%M-%S}")))
-        task_cfg = _without_hydra(cfg)
-        data = _load(lambda: data_from_raw(raw, OmegaConf.to_container(task_cfg.data, resolve=True),
+        task_cfg = without_hydra(cfg)
+        data = named_by_parameter(lambda: data_from_raw(raw, OmegaConf.to_container(task_cfg.data, resolve=True),
                                            prepare_device(task_cfg)), type(self).__name__)
-        grabber = _KeepTrainer()
-        _load(lambda: _run_job(cfg, run_dir, [keeper, grabber], data), type(self).__name__)
+        grabber = KeepTrainer()
+        named_by_parameter(lambda: _run_job(cfg, run_dir, [keeper, grabber], data), type(self).__name__)
         self.run_dir_ = run_dir
         return grabber.trainer
 
@@ -179,10 +159,10 @@ class _MLPEstimator(BaseEstimator):
 
         model = trainer.model.eval()
         self.model_ = model
-        self.objective_ = _prediction_objective(trainer.objective)
+        self.objective_ = prediction_objective(trainer.objective)
         self.feature_mean_ = np.asarray(trainer.data.feature_mean, dtype=np.float64).reshape(-1)
         self.feature_std_ = np.asarray(trainer.data.feature_std, dtype=np.float64).reshape(-1)
-        self.config_ = OmegaConf.to_container(_without_hydra(cfg), resolve=True)
+        self.config_ = OmegaConf.to_container(without_hydra(cfg), resolve=True)
         self.history_ = list(trainer.history)
         self.loss_curve_ = [entry.get("loss/train_epoch", float("nan")) for entry in trainer.history]
         self.n_iter_ = trainer.epoch
@@ -365,87 +345,6 @@ class MLPRegressor(RegressorMixin, _MLPEstimator):
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-class _KeepTrainer(Callback):
-    """Hands the estimator the trainer a command-line run built (``log_dir``)."""
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self.trainer = trainer
-
-
-def _typed(value: Any) -> str:
-    """A Python value as an override's value: [64,32], true, null, 0.001, or a quoted string."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_typed(item) for item in value) + "]"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return repr(value.item() if isinstance(value, np.generic) else value)
-    text = str(value)
-    if PLAIN.fullmatch(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _seed_of(random_state: Any) -> int:
-    """scikit-learn's random_state as a run's seed: an int is the seed; None or a RandomState draws one."""
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        return int(random_state)
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-
-
-@functools.lru_cache(maxsize=64)
-def _composed_task(overrides: tuple[str, ...]) -> dict[str, Any]:
-    """The run config (without Hydra's node, unresolved) the overrides compose to: a GridSearchCV
-    fits each parameter set several times, and Hydra's compose takes 0.1 s of a small fit's 0.15 s."""
-    from omegaconf import OmegaConf
-
-    from mlpkit.api import run_config
-
-    return OmegaConf.to_container(run_config(list(overrides)), resolve=False)
-
-
-def _without_hydra(cfg: Any) -> Any:
-    """The run's config without Hydra's own node (what a run saves and trains with)."""
-    import copy
-
-    from omegaconf import open_dict, read_write
-
-    if "hydra" not in cfg:
-        return cfg
-    task_cfg = copy.deepcopy(cfg)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
-
-
-def _as_parameter_error(error: ConfigError, estimator: str) -> ConfigError:
-    """A config error named by the estimator's parameter where one sets the key (``hidden_sizes`` for
-    model.hidden_sizes); the command line's message otherwise."""
-    message = str(error)
-    if message.startswith("data.source=arrays: "):  # a value in the rows themselves (the data pipeline's check)
-        error.args = (f"{estimator}.fit(X, y): {message[len('data.source=arrays: '):]}",)
-        return error
-    for name, key in PARAMETERS.items():
-        if message.startswith(f"{key}=") and key != name:
-            error.args = (f"{estimator}({name}=...): {name}{message[len(key):]} (config key {key})",)
-            return error
-        if message.startswith(f"{key}="):
-            error.args = (f"{estimator}({name}=...): {message}",)
-            return error
-    error.args = (f"{estimator}: {message}",)
-    return error
-
-
-def _load(build: Any, estimator: str) -> Any:
-    """``build()``, its ConfigError named after the estimator's parameter."""
-    try:
-        return build()
-    except ConfigError as error:
-        raise _as_parameter_error(error, estimator) from None
-
-
 def _refuse_missing_y(y: Any, estimator: str) -> None:
     if y is None:
         raise ValueError(f"{estimator} requires y to be passed, but the target y is None")
@@ -461,53 +360,3 @@ def _feature_names(estimator: Any, width: int) -> list[str]:
     return [str(name) for name in names] if names is not None else [f"x{i}" for i in range(width)]
 
 
-def _prediction_objective(objective: Any) -> Any:
-    """The objective's head and target scale, without its loss functions (which need not pickle)."""
-    from mlpkit.objective import Objective
-
-    return Objective(objective.head, objective.loss_name, objective.task, objective.out_features, loss=None,
-                     target_mean=objective.target_mean, target_std=objective.target_std)
-
-
-@contextmanager
-def _verbosity(verbose: int) -> Iterator[None]:
-    """verbose=0: mlpkit's lines stay off the console (scikit-learn's convention; a run under log_dir
-    still writes its train.log); verbose>0: they are shown, with the progress and the verdict."""
-    from mlpkit.api import console_muted, show_console
-
-    logger = logging.getLogger("mlpkit")
-    level, propagate = logger.level, logger.propagate
-    if verbose:
-        with show_console():
-            logger.setLevel(logging.INFO)
-            try:
-                yield
-            finally:
-                logger.setLevel(level)
-        return
-    null = logging.NullHandler()  # Python's last-resort handler would print warnings otherwise
-    logger.addHandler(null)
-    logger.propagate = False
-    try:
-        with console_muted():
-            yield
-    finally:
-        logger.removeHandler(null)
-        logger.propagate = propagate
-
-
-@contextmanager
-def _global_random_state_kept() -> Iterator[None]:
-    """A fit seeds Python's, numpy's and torch's global generators; they are as they were after it."""
-    import torch
-
-    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.random.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)

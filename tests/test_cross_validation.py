@@ -13,7 +13,8 @@ import torch
 
 import mlpkit
 from mlpkit.callbacks import Callback
-from mlpkit.cross_validation import CrossValidation, FoldStopped, mean_std
+from mlpkit.cross_validation import CrossValidation, FoldStopped
+from mlpkit.cv_summary import mean_std
 from mlpkit.errors import EXIT_NONFINITE, TrainingStopped
 from tests.conftest import ROOT, run_cli
 from tests.test_sweep import group_override, multirun, needs, read_report
