@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,15 +258,11 @@ class _Console(logging.StreamHandler):
 _console = threading.local()  # muted: this thread's runs keep their lines off the console
 
 
-@contextmanager
-def console_muted() -> Iterator[None]:
+def console_muted() -> AbstractContextManager[None]:
     """No mlpkit line on the console from this thread (an estimator's verbose=0); train.log still gets them."""
-    before = getattr(_console, "muted", False)
-    _console.muted = True
-    try:
-        yield
-    finally:
-        _console.muted = before
+    from mlpkit.cache import flag_in_this_thread
+
+    return flag_in_this_thread(_console, "muted")
 
 
 @contextmanager

@@ -232,15 +232,20 @@ _off = threading.local()  # off.here: this thread's calls go uncached
 
 
 @contextlib.contextmanager
-def cache_off() -> Iterator[None]:
-    """The cache neither read nor written from this thread: an estimator's fit writes nothing to disk
-    (its data is already in memory; scikit-learn, already imported, splits it in microseconds)."""
-    before = getattr(_off, "here", False)
-    _off.here = True
+def flag_in_this_thread(flags: threading.local, name: str) -> Iterator[None]:
+    """``flags.<name>`` true in this thread while the block runs, then as it was."""
+    before = getattr(flags, name, False)
+    setattr(flags, name, True)
     try:
         yield
     finally:
-        _off.here = before
+        setattr(flags, name, before)
+
+
+def cache_off() -> contextlib.AbstractContextManager[None]:
+    """The cache neither read nor written from this thread: an estimator's fit writes nothing to disk
+    (its data is already in memory; scikit-learn, already imported, splits it in microseconds)."""
+    return flag_in_this_thread(_off, "here")
 
 
 def disk_cached(function: Function) -> Function:
