@@ -9,7 +9,8 @@ from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["Callback", "ConfigError", "MLPClassifier", "MLPRegressor", "Run", "SweepResult", "load_run", "lr_find", "sweep", "train"]
+__all__ = ["Callback", "ConfigError", "Diagnosis", "MLPClassifier", "MLPRegressor", "Run", "SweepResult", "diagnose",
+           "load_run", "lr_find", "sweep", "train"]
 
 
 def __getattr__(name: str):
@@ -17,6 +18,10 @@ def __getattr__(name: str):
         from mlpkit import api
 
         return getattr(api, name)
+    if name in ("diagnose", "Diagnosis"):
+        from mlpkit import diagnosis
+
+        return getattr(diagnosis, name)
     if name in ("MLPClassifier", "MLPRegressor"):
         from mlpkit import sklearn
 

@@ -259,8 +259,8 @@ def test_import_mlpkit_loads_no_torch_and_the_sweep_callback_stays_hydras():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
-    assert "'ConfigError', 'MLPClassifier', 'MLPRegressor', 'Run', 'SweepResult', 'load_run', 'lr_find', 'sweep', " \
-        "'train'" in result.stdout
+    assert "'ConfigError', 'Diagnosis', 'MLPClassifier', 'MLPRegressor', 'Run', 'SweepResult', 'diagnose', " \
+        "'load_run', 'lr_find', 'sweep', 'train'" in result.stdout
 
 
 @pytest.mark.slow
