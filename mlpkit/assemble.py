@@ -22,6 +22,7 @@ from mlpkit.checkpointing import Checkpointer
 from mlpkit.clipping import GradientClipper
 from mlpkit.data import Data, build_data
 from mlpkit.diagnostics import GradientMonitor
+from mlpkit.distributed import check_ranks_fit, gradient_sync, rank_device, resolve_strategy
 from mlpkit.early_stopping import EarlyStopping
 from mlpkit.errors import ConfigError
 from mlpkit.model import (
@@ -34,6 +35,7 @@ from mlpkit.model import (
 )
 from mlpkit.objective import Objective, build_objective
 from mlpkit.optimizers import build_optimizer
+from mlpkit.pruning import pruning_callbacks
 from mlpkit.runtime import limit_threads, seed_everything
 from mlpkit.sanity import OverfitCheck
 from mlpkit.schedules import build_schedule
@@ -63,6 +65,8 @@ def prepare_device(cfg: DictConfig) -> torch.device:
     from mlpkit.acceleration import check_settings, resolve_device, set_matmul_precision
 
     device = resolve_device(str(cfg.trainer.device))
+    if resolve_strategy(cfg.trainer.strategy) == "ddp":
+        device = rank_device(device)  # cuda:LOCAL_RANK: one GPU per rank
     check_settings(device, cfg.trainer.compile, cfg.trainer.cuda_graphs, str(cfg.trainer.precision))
     set_matmul_precision(device, cfg.trainer.tf32)
     limit_threads(cfg.trainer.num_threads)
@@ -102,8 +106,13 @@ def assemble(cfg: DictConfig, data: Data, *, checkpoint_dir: Path | None = None,
     settings = trainer_settings(cfg, progress)
     check_batch_norm_batches(cfg.model.norm, len(data.train), settings.batch_size, drop_last=settings.drop_last,
                              limit_batches=1 if settings.fast_dev_run else settings.overfit_batches)
+    sync = gradient_sync(cfg.trainer.strategy)
+    if sync is not None:
+        check_ranks_fit(sync.ranks, len(data.train), settings.batch_size, str(cfg.model.norm), settings.drop_last)
     seed_everything(settings.seed)
     model = model_from_config(cfg, data.in_features, objective.out_features, objective.head).to(device)
+    if sync is not None:
+        sync.broadcast_model(model)  # equal already (the same seed): a guard
     log.info("model: head=%s loss=%s, %d parameters on %s\n%s\n%s", objective.head, objective.loss_name,
              count_parameters(model), device, model, model_summary(model))
     optimizer = build_run_optimizer(cfg, model, device)
@@ -112,6 +121,7 @@ def assemble(cfg: DictConfig, data: Data, *, checkpoint_dir: Path | None = None,
                               statistics_every=cfg.diagnostics.statistics_every,
                               thresholds=Thresholds.from_mapping(cfg.diagnostics))
     parts = [*remedies(cfg, optimizer, model, settings, len(data.train), device),
+             *pruning_callbacks(cfg.get("sweep"), cfg.data.get("cv_fold")),
              *import_callbacks(list(cfg.trainer.callbacks)), *callbacks]
     checkpointer = None
     if checkpoint_dir is not None:  # last: a checkpoint holds every other callback's state
@@ -119,6 +129,7 @@ def assemble(cfg: DictConfig, data: Data, *, checkpoint_dir: Path | None = None,
                                     cfg.trainer.checkpoint_min_seconds)
         parts.append(checkpointer)
     trainer = Trainer(model, objective, optimizer, data, settings, logger=logger, monitor=monitor, callbacks=parts)
+    trainer.sync = sync
     return Parts(device, data, objective, model, optimizer, trainer, checkpointer)
 
 

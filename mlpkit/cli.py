@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mlpkit import distributed
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped, show_value
 from mlpkit.new_dirs import register_resolvers
@@ -45,13 +46,26 @@ log = logging.getLogger("mlpkit")
 def main() -> None:
     """`python train.py` and `mlpkit-train`: Hydra's CLI, with config mistakes as one line, exit 2."""
     register_resolvers()  # configs/hydra/default.yaml names run directories through them
+    if distributed.launched():  # torchrun: before Hydra composes, whose run-directory resolver asks rank 0
+        refuse_ddp_multirun(sys.argv[1:])
+        distributed.start()
     report_config_errors(train, "train")
+
+
+def refuse_ddp_multirun(arguments: Sequence[str]) -> None:
+    """A sweep under torchrun would start one sweep per rank: one line, exit 2."""
+    if any(argument in ("-m", "--multirun") for argument in arguments):
+        print(f"Config error: hydra.mode=MULTIRUN under torchrun ({distributed.world_size()} ranks): a sweep's jobs "
+              "are separate runs; run the sweep with python train.py -m, or each job with torchrun", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train(cfg: DictConfig) -> float:
     """Train one run; return the validation objective so sweepers can minimise or maximise it."""
     hydra_cfg = HydraConfig.get()
+    if not distributed.writes_files():
+        quiet_other_rank(Path(hydra_cfg.runtime.output_dir))
     try:
         # the overrides as typed: resolving them (data.path='${nope}') would fail before the config is checked
         overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
@@ -61,6 +75,18 @@ def train(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN and exit_code in (EXIT_CONFIG, EXIT_NONFINITE):
             raise  # the launcher marks this job failed and the sweep goes on
         sys.exit(exit_code)  # a signal stops a whole sweep too
+
+
+def quiet_other_rank(run_dir: Path) -> None:
+    """A ddp rank other than 0 writes nothing: not to train.log (rank 0 does), and to the console only
+    its errors (every rank trains the same steps: rank 0 says what they did)."""
+    run_dir = run_dir.resolve()
+    for logger in (logging.getLogger(), log):
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir:
+                logger.removeHandler(handler)
+                handler.close()
+    log.setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -103,10 +129,23 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks
     except TrainingStopped as stop:
         from mlpkit.cross_validation import FoldStopped  # its message names the fold to resume
 
-        log.error("%s", stop)
-        if not stop.nonfinite and not stop.completed and not isinstance(stop, FoldStopped):
-            log.error("resume with: python train.py resume=%s", run_dir)
+        if distributed.writes_files():  # rank 0 says it for every rank of a ddp run
+            log.error("%s", stop)
+            if not stop.nonfinite and not stop.completed and not isinstance(stop, FoldStopped):
+                log.error("resume with: python train.py resume=%s", run_dir)
+        if distributed.launched() and not stop.completed:  # every rank stopped after the same step
+            leave_together()
         raise
+
+
+def leave_together() -> None:
+    """A ddp run stopped: every rank waits for rank 0's checkpoint and metrics.json, then exits; the
+    signal torchrun sends the others once the first has exited comes too late to matter."""
+    import signal
+
+    distributed.barrier()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = (),
@@ -135,12 +174,15 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         if resume is not None and resume.source_dir is not None:
             check_same_data(resume.source_dir, data.fingerprint(), "resume", cfg.resume,
                             "a run whose data is unchanged")
+    writes = distributed.writes_files()  # rank 0 of a ddp run, and every single-process run
     found = find_lr_first(cfg, data) if resume is None else None
     if found is not None and OmegaConf.select(cfg, "lr_find.run", default=False):
-        return lr_find_only(found, run_dir)
-    parts = assemble(cfg, data, checkpoint_dir=run_dir / CHECKPOINT_DIR, callbacks=callbacks,
-                     progress=show_progress(cfg.trainer.progress))  # every refusal comes before a write
+        return lr_find_only(found, run_dir) if writes else found.suggestion
+    parts = assemble(cfg, data, checkpoint_dir=run_dir / CHECKPOINT_DIR if writes else None, callbacks=callbacks,
+                     progress=writes and show_progress(cfg.trainer.progress))  # every refusal comes before a write
     trainer = parts.trainer
+    if not writes:
+        return follow_rank_zero(cfg, trainer, resume)
     trainer.run_dir = run_dir
     trainer.session_started = started  # the wall clock a checkpoint keeps counts from the command's start
     if trainer.settings.fast_dev_run:
@@ -165,6 +207,18 @@ def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), cal
         write_metrics(run_dir, result)
         report(result, run_dir)
     return result.get("val", result["train"])[cfg.objective.metric]  # data.val_fraction=0: the training loss
+
+
+def follow_rank_zero(cfg: DictConfig, trainer, resume: Resume | None) -> float:
+    """A ddp rank other than 0: the same steps, in step with rank 0 (one all-reduce a step); no logger,
+    no checkpoint, no file."""
+    from mlpkit.runtime import stop_on_signals
+
+    if resume is not None:
+        trainer.resume_from(resume.state)
+    with stop_on_signals(trainer):
+        result = trainer.fit()
+    return result.get("val", result["train"])[cfg.objective.metric]
 
 
 def find_lr_first(cfg: DictConfig, data: Data) -> LRFinderResult | None:

@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from mlpkit import schema  # importing it registers the groups' schemas with Hydra, before any compose
 from mlpkit.config_keys import CONFIG_DIR, check_known_keys
+from mlpkit.distributed import STRATEGIES, check_ddp_device, resolve_strategy
 from mlpkit.errors import (
     EXIT_ENVIRONMENT,
     ConfigError,
@@ -188,6 +189,7 @@ CONSTRAINTS: dict[str, Rule] = {
     "trainer.deterministic": optional(BOOLEAN),
     "trainer.limit_train_batches": optional(LIMIT),
     "trainer.limit_val_batches": optional(LIMIT),
+    "trainer.strategy": optional(choice(STRATEGIES)),
     "trainer.callbacks": optional(Rule(
         lambda paths: is_list(paths) and all(isinstance(p, str) and DOTTED_PATH.fullmatch(p) for p in paths),
         "a list of Callback classes as dotted import paths, e.g. [my_pkg.callbacks.PrintLoss]")),
@@ -255,6 +257,7 @@ def validate(cfg: DictConfig) -> None:
     for group in ("trainer", "diagnostics"):
         check_rules(cfg, group)
     validate_remedies(cfg)
+    validate_strategy(cfg)
     validate_scheduler(cfg)
     validate_data(cfg)
     check_rules(cfg, "objective")
@@ -327,6 +330,19 @@ def validate_optimizer(cfg: DictConfig) -> None:
         given = f"optimizer.momentum={momentum}" if momentum <= 0 else f"optimizer.dampening={dampening}"
         raise ConfigError("optimizer.nesterov", "true", f"false with {given}: Nesterov momentum needs "
                           "momentum > 0 and dampening 0")
+
+
+def validate_strategy(cfg: DictConfig) -> None:
+    """trainer.strategy against how the run was started (torchrun or not); under ddp one device per
+    rank, and no cross-validation (its folds are runs of their own: one torchrun each)."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    if resolve_strategy(strategy) != "ddp":
+        return
+    check_ddp_device(OmegaConf.select(cfg, "trainer.device", default="auto"))
+    folds = OmegaConf.select(cfg, "data.cv_folds", default=0)
+    if folds and OmegaConf.select(cfg, "data.cv_fold", default=None) is None:
+        raise ConfigError("data.cv_folds", folds, "0 with trainer.strategy=ddp",
+                          "start each fold as a torchrun run of its own: data.cv_fold=<i>")
 
 
 def validate_remedies(cfg: DictConfig) -> None:

@@ -72,12 +72,19 @@ def group_keys(group: str, node: Mapping[str, Any]) -> frozenset[str]:
     return frozenset().union(*choices.values())
 
 
+OPEN_MAPPINGS = ("sweep.pruner",)  # a _target_ and its class's arguments, checked where it is built (mlpkit.pruning)
+
+
+def _open(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in OPEN_MAPPINGS)
+
+
 def check_known_keys(config: Mapping[str, Any]) -> None:
     """Refuse the first key that no part of the run reads, naming the nearest known one."""
     groups, top = documented_keys()
     for key in leaf_keys(config):
         group, _, rest = key.partition(".")
-        if group in CHECKED_ELSEWHERE or key in top or _under(key, top):
+        if group in CHECKED_ELSEWHERE or key in top or _under(key, top) or _open(key):
             continue
         if group in groups and rest and (rest in group_keys(group, config[group]) or
                                          _under(rest, group_keys(group, config[group]))):

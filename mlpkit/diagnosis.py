@@ -6,7 +6,7 @@ stops; otherwise it trains each remedy the verdicts name (the user's overrides p
 the same seeds into the same directory, and writes one table, ``diagnosis.md`` and ``.json``: each
 variant's verdict counts, median first/last gradient ratio and validation score, and the recommended
 variant: the best score among those that turn every seed healthy and improve on the config, or none.
-``python train.py diagnose.run=true <overrides>`` runs it through ``diagnose_main``.
+``python scripts/diagnose.py <overrides>`` (and ``mlpkit-diagnose``) runs it through ``diagnose_command``.
 """
 from __future__ import annotations
 
@@ -112,13 +112,13 @@ def _check(cfg: DictConfig, seeds: Any) -> int:
     if not is_int(seeds) or seeds < 1:
         raise ConfigError("diagnose.seeds", seeds, "an integer >= 1 (each variant trains with trainer.seed=0..seeds-1)")
     if cfg.get("resume"):
-        raise ConfigError("resume", cfg.resume, "no resume with diagnose.run=true",
+        raise ConfigError("resume", cfg.resume, "no resume in a diagnosis",
                           "a diagnosis trains new runs: drop resume=")
     if int(OmegaConf.select(cfg, "data.cv_folds", default=0) or 0):
-        raise ConfigError("data.cv_folds", cfg.data.cv_folds, "0 with diagnose.run=true",
+        raise ConfigError("data.cv_folds", cfg.data.cv_folds, "0 in a diagnosis",
                           "a diagnosis compares plain runs over seeds: drop data.cv_folds")
     if OmegaConf.select(cfg, "lr_find.run", default=False):
-        raise ConfigError("lr_find.run", True, "false with diagnose.run=true", "run the range test on its own")
+        raise ConfigError("lr_find.run", True, "false in a diagnosis", "run the range test on its own")
     return seeds
 
 
@@ -354,8 +354,29 @@ def _write(diagnosis: Diagnosis) -> None:
 
 
 # --- the command line -----------------------------------------------------------------------------
+def diagnose_command() -> None:
+    """``python scripts/diagnose.py <overrides>`` and ``mlpkit-diagnose``: train.py's config and overrides,
+    the diagnosis in the Hydra run directory; a config mistake is one line and exit 2."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mlpkit.config import CONFIG_DIR, report_config_errors
+    from mlpkit.new_dirs import register_resolvers
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+    def _diagnose(cfg: DictConfig) -> float:
+        hydra_cfg = HydraConfig.get()
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+        typed = [override for override in overrides if not override.lstrip("+~").startswith("diagnose.")]
+        return diagnose_main(cfg, Path(hydra_cfg.runtime.output_dir), typed, hydra_cfg.mode == RunMode.MULTIRUN)
+
+    register_resolvers()  # configs/hydra/default.yaml names run directories through them
+    report_config_errors(_diagnose, "train")
+
+
 def diagnose_main(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multirun: bool = False) -> float:
-    """``python train.py diagnose.run=true <overrides>`` (called by mlpkit.cli.train): the diagnosis into
+    """``python scripts/diagnose.py <overrides>`` (``diagnose_command``'s Hydra task): the diagnosis into
     the Hydra run directory, its Markdown on stdout. ``overrides``: as typed (diagnose.* are left out);
     ``multirun``: whether Hydra runs a multirun (-m). A refusal is one line and exit 2. Returns the
     recommended variant's mean score, else the config's (nan without one)."""
@@ -364,9 +385,13 @@ def diagnose_main(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], mult
 
     try:
         with held_run_log(run_dir, holding=bool(cfg.get("resume"))):
+            from mlpkit import distributed
+
             if multirun:
-                raise ConfigError("diagnose.run", "true", "a single command, not a multirun (-m)",
-                                  "a diagnosis runs its own sweep: drop -m")
+                raise ConfigError("hydra.mode", "MULTIRUN", "a single command (no -m): a diagnosis runs its own sweep")
+            if distributed.launched():
+                raise ConfigError("torchrun", distributed.world_size(), "one process: a diagnosis trains many "
+                                  "runs one after another", "start it as python scripts/diagnose.py")
             with _outside_hydra_app():
                 diagnosis = diagnose(list(overrides), sweep_dir=run_dir, seeds=cfg.diagnose.seeds)
     except ConfigError as error:

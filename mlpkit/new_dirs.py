@@ -37,7 +37,16 @@ def direction(metric: str, mode: str) -> str:
 
 
 def run_dir_for(resume: str | None, new_run_dir: str) -> str:
-    """hydra.run.dir: a resumed run goes on in its own directory; any other run gets a new one."""
+    """hydra.run.dir: a resumed run goes on in its own directory; any other run gets a new one. Under
+    torchrun every rank takes the one rank 0 chose."""
+    from mlpkit import distributed
+
+    if not distributed.launched():
+        return own_run_dir(resume, new_run_dir)
+    return distributed.broadcast_object(own_run_dir(resume, new_run_dir) if distributed.writes_files() else None)
+
+
+def own_run_dir(resume: str | None, new_run_dir: str) -> str:
     if resume:
         path = Path(resume).expanduser().resolve()
         if path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / CV_SUMMARY_FILE).is_file()):
@@ -66,7 +75,13 @@ def unique_dir(wanted: str) -> str:
 def output_subdir(output_dir: str) -> str | None:
     """hydra.output_subdir: ``.hydra`` for a new run; None (Hydra then writes no config) for a
     directory that already holds a run, so that neither a resume nor a refused start rewrites it."""
-    return None if note_whether_held(Path(output_dir)) else HYDRA_DIR
+    from mlpkit import distributed
+
+    held = note_whether_held(Path(output_dir))
+    if distributed.launched():  # every rank has asked before rank 0 writes .hydra/; the others write none
+        distributed.barrier()
+        return None if held or not distributed.writes_files() else HYDRA_DIR
+    return None if held else HYDRA_DIR
 
 
 def job_dirname(name: str) -> str:

@@ -84,6 +84,7 @@ class Trainer:
     deterministic: Any = False
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
+    strategy: Any = "auto"
 
 
 @dataclass

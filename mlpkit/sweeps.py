@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
+from mlpkit.pruning import pruned_note
 from mlpkit.rundir import HYDRA_DIR, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
 from mlpkit.schema import objective_mode
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "sweep_report"         # sweep_report.md, .csv, _grouped.csv, _val_curves.png, _grad_norms.png
 SEED_KEY = "trainer.seed"            # jobs whose overrides differ only in it repeat one configuration
 SIGNIFICANCE = 0.05                  # a p-value below it: a difference larger than seed noise
+FINISHED = ("completed", "pruned")   # a pruned job stopped early on purpose (mlpkit.pruning): not a failure
 
 
 # --- the callback ---------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._report_once()
         jobs = [job for job in find_jobs(self.sweep_dir) if job not in self.earlier_jobs]
-        not_completed = [job for job in jobs if read_job(job)["status"] != "completed"]
+        not_completed = [job for job in jobs if read_job(job)["status"] not in FINISHED]
         if not_completed:
             print(f"{len(not_completed)} of {len(jobs)} jobs of this sweep did not complete: their errors are in "
                   f"the status column of {self.sweep_dir / REPORT_NAME}.md", file=sys.stderr, flush=True)
@@ -118,9 +120,11 @@ def continue_optuna_study(config: DictConfig) -> None:
 
 # --- the report -----------------------------------------------------------------------------------
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Every job directory of a sweep: the ones holding ``.hydra/overrides.yaml``."""
-    return sorted(path.parent.parent for path in Path(sweep_dir).rglob(OVERRIDES_FILE)
-                  if path.parent.name == HYDRA_DIR)
+    """Every job directory of a sweep: the ones holding ``.hydra/overrides.yaml``, the sweep directory
+    itself left out (``python scripts/diagnose.py`` runs its sweep in its own run directory)."""
+    sweep_dir = Path(sweep_dir)
+    return sorted(path.parent.parent for path in sweep_dir.rglob(OVERRIDES_FILE)
+                  if path.parent.name == HYDRA_DIR and path.parent.parent != sweep_dir)
 
 
 def read_job(job_dir: Path) -> dict[str, Any]:
@@ -132,10 +136,13 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     # job_status.json (the callback) first, then metrics.json's own status ("stopped" by a signal,
     # "failed" on a non-finite loss); a job with neither was killed or is still running.
     status = recorded.get("status") or metrics.get("status") or ("completed" if metrics else "not finished")
+    if status == "completed" and metrics.get("pruned"):
+        status = "pruned"  # ranked after the completed jobs: its score is of a run stopped early
     layers = ((metrics.get("gradient_health") or {}).get("last") or {}).get("layers") or {}
     return {
         "dir": job_dir, "overrides": overrides, "seed": _seed(job_dir, overrides), "metrics": metrics,
         "status": status, "error": recorded.get("error") or "", "verdict": gradient_verdict(metrics),
+        "pruned": metrics.get("pruned"),
         "grad_norms": {name: float(figures["grad_norm"]) for name, figures in layers.items()
                        if isinstance(figures, Mapping) and figures.get("grad_norm") is not None},
     }
@@ -171,8 +178,8 @@ def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[lis
 
     def sort_key(job: dict[str, Any]) -> tuple[int, float]:
         value = _objective(job["metrics"].get("val", {}).get(metric, math.nan), mode)
-        return (0 if job["status"] == "completed" and math.isfinite(value) else 1,
-                value if math.isfinite(value) else 0.0)
+        tier = FINISHED.index(job["status"]) if job["status"] in FINISHED and math.isfinite(value) else len(FINISHED)
+        return tier, value if math.isfinite(value) else 0.0
 
     header = (["rank", "overrides"] + [f"val_{m}" for m in metric_names]
               + [f"test_{m}" for m in metric_names] + ["gradients", "wall_s", "status"])
@@ -183,6 +190,8 @@ def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[lis
                   for m in metric_names]
         wall = job["metrics"].get("wall_seconds")
         status = job["status"] + (f": {job['error']}" if job["error"] else "")
+        if job["status"] == "pruned":
+            status = f"pruned ({pruned_note(job['pruned'])})"
         rows.append([str(rank), swept, *values, job["verdict"], _number(wall, ".3g"), status])
     return header, rows, shared
 
@@ -343,8 +352,10 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | N
     header, rows, shared = build_table(jobs, metric, mode)
     groups = group_by_configuration(jobs, shared)
     comparisons = compare_to_best(groups, metric, mode)
-    failed = sum(job["status"] != "completed" for job in jobs)
-    text = (f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs, {failed} not completed; sorted by val_{metric} "
+    failed = sum(job["status"] not in FINISHED for job in jobs)
+    pruned = sum(job["status"] == "pruned" for job in jobs)
+    pruned_text = f"{pruned} pruned (stopped early, ranked after the completed), " if pruned else ""
+    text = (f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs, {pruned_text}{failed} not completed; sorted by val_{metric} "
             f"({'lowest' if mode == 'min' else 'highest'} first)."
             + (f" Every job: `{','.join(shared)}`." if shared and len(jobs) > 1 else "")
             + f"\n\n{markdown_table(header, rows)}\n")

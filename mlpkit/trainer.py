@@ -17,6 +17,7 @@ from mlpkit.callbacks import Callback, Callbacks, saved_states
 from mlpkit.checkpoint import checkpoint_state, is_better, restore
 from mlpkit.data import Data, Split
 from mlpkit.diagnostics import GradientMonitor, Measurement, Packed
+from mlpkit.distributed import GradientSync
 from mlpkit.epoch import BETWEEN_EPOCHS, EpochInProgress
 from mlpkit.errors import TrainingStopped
 from mlpkit.loss_scaling import LossScaler
@@ -64,6 +65,7 @@ class Trainer:
         self.should_stop, self.stopped_early = False, None  # set by a callback (early stopping)
         self.checks: dict[str, Any] = {}  # the sanity checks' verdicts (mlpkit.sanity), for metrics.json
         self.stop_signal: int | None = None  # set by a signal handler; checked after every step
+        self.sync: GradientSync | None = None  # trainer.strategy=ddp: this rank's share and the all-reduce
         # time and rows trained over every session of the run (a resume adds to them)
         self.train_seconds, self.samples_trained, self.wall_seconds_before = 0.0, 0, 0.0
         self.session_started = time.perf_counter()
@@ -98,19 +100,32 @@ class Trainer:
         for parameter in self.parameters:  # optimizer.zero_grad(set_to_none=True) without its profiler
             parameter.grad = None  # record and per-call checks: 16 of a digits step's 700 us on 2 CPU cores
         size = self.settings.batch_size
-        if len(x) <= size:
+        if len(x) <= size and self.sync is None:
             loss = self.batch_loss(x, y, measuring)
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         else:
-            parts = list(zip(x.split(size), y.split(size)))
+            parts = list(zip(x.split(size), y.split(size))) if self.sync is None else self.rank_parts(x, y)
             loss = torch.zeros((), device=x.device)
             for index, (rows, targets) in enumerate(parts):
                 share = self.batch_loss(rows, targets, measuring and index == len(parts) - 1) * (len(rows) / len(x))
                 (share if self.scaler is None else self.scaler.scale(share)).backward()
                 loss = loss + share.detach().float()
+        if self.sync is not None:  # the step's gradient and loss over every rank, before anything reads them
+            loss = self.sync.all_reduce(self.parameters, loss, self.stop_signal)
         if self.scaler is not None:
             self.scaler.unscale(self.optimizer)
         return loss
+
+    def rank_parts(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """trainer.strategy=ddp: this rank's contiguous share of each batch of the step's rows (a
+        rank may have none of a last, small batch: it adds zeros to the sum)."""
+        size, parts = self.settings.batch_size, []
+        for start in range(0, len(x), size):
+            share = self.sync.share(min(size, len(x) - start))
+            rows = slice(start + share.start, start + share.stop)
+            if rows.stop > rows.start:
+                parts.append((x[rows], y[rows]))
+        return parts
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         log_step = self.step % self.log_every_n_steps == 0
@@ -230,13 +245,20 @@ class Trainer:
             epoch.add(loss)
             self.step += 1
             self.callbacks.call("on_train_batch_end", self, loss)
-            if self.stop_signal is not None:
-                self.stop(TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
-                                                    f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal))
+            if (self.stop_signal if self.sync is None else self.sync.stop_signal) is not None:
+                self.stop_by_signal()
+        if self.sync is not None:  # the ranks' BatchNorm statistics, averaged: every rank evaluates one model
+            self.sync.average_buffers(self.model)
         epoch_loss = self.epoch_loss(self.losses_so_far().tolist())
         self.train_seconds, self.samples_trained = self.trained_so_far()
         self.current = None
         return epoch_loss
+
+    def stop_by_signal(self) -> None:
+        """A signal asked the run to stop (under ddp: any rank's, agreed by all after the same step)."""
+        self.stop_signal = self.stop_signal or self.sync.stop_signal
+        self.stop(TrainingStopped.by_signal(f"stopped by signal {self.stop_signal} at step {self.step} "
+                                            f"(epoch {self.epoch + 1}); checkpoint saved", self.stop_signal))
 
     def epoch_loss(self, batch_losses: list[float]) -> float:
         """The epoch's mean loss (``settings.epoch_mean``); a non-finite one stops the run unless

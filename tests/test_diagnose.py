@@ -1,5 +1,5 @@
 """The remedy loop: diagnose a config over seeds, train the remedies its verdict names, recommend one
-(mlpkit/diagnosis.py), from Python and as `python train.py diagnose.run=true`; what it refuses."""
+(mlpkit/diagnosis.py), from Python and as `python scripts/diagnose.py`; what it refuses."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from mlpkit.diagnosis import _judge, diagnose
 from mlpkit.errors import ConfigError
 from mlpkit.remedies import remedies_for, settled, with_remedy
 from mlpkit.sweeps import find_jobs
-from tests.conftest import compose_config, run_cli
+from tests.conftest import ROOT, compose_config
 
 QUICK = ["trainer.max_epochs=2", "trainer.progress=false", "trainer.device=cpu"]
 VANISHING = ["experiment=vanishing_gradients", *QUICK]  # 8 sigmoid layers of 64: vanishing within 5 steps
@@ -85,10 +85,10 @@ def test_only_a_remedy_that_turns_every_seed_healthy_and_scores_better_is_recomm
 @pytest.mark.parametrize("overrides, seeds, message", [
     (HEALTHY, 0, "diagnose.seeds=0 is not valid: expected an integer >= 1"),
     ([*HEALTHY, "diagnose.seeds=two"], None, "diagnose.seeds=two is not valid: expected an integer >= 1"),
-    ([*HEALTHY, "resume=outputs/x"], 2, "resume=outputs/x is not valid: expected no resume with diagnose.run=true"),
+    ([*HEALTHY, "resume=outputs/x"], 2, "resume=outputs/x is not valid: expected no resume in a diagnosis"),
     ([*HEALTHY, "optimizer.lr=-1"], 2, "optimizer.lr=-1 is not valid: expected a finite positive number"),
     ([*HEALTHY, "model.hiden_sizes=[8]"], 2, "model.hiden_sizes"),
-    ([*HEALTHY, "data.cv_folds=3"], 2, "data.cv_folds=3 is not valid: expected 0 with diagnose.run=true"),
+    ([*HEALTHY, "data.cv_folds=3"], 2, "data.cv_folds=3 is not valid: expected 0 in a diagnosis"),
 ])
 def test_bad_input_is_one_line_before_anything_trains(tmp_path, overrides, seeds, message):
     with pytest.raises(ConfigError) as error:
@@ -168,7 +168,7 @@ def test_too_short_a_run_is_not_called_healthy(tmp_path):
 @pytest.mark.slow
 def test_the_command_line_diagnoses_into_its_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cli(run_dir, "diagnose.run=true", "diagnose.seeds=1", *HEALTHY)
+    done = diagnose_script(run_dir, "diagnose.seeds=1", *HEALTHY)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "**Healthy**: no gradient verdict over seed 0 (healthy 1/1)" in done.stdout
     assert (run_dir / "diagnosis.md").read_text() in done.stdout
@@ -176,14 +176,23 @@ def test_the_command_line_diagnoses_into_its_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arguments, message", [
-    (("diagnose.seeds=0",), "diagnose.seeds=0 is not valid: expected an integer >= 1"),
-    (("-m",), "diagnose.run=true is not valid: expected a single command, not a multirun (-m)"),
-    (("resume=nowhere",), "resume=nowhere is not valid: expected no resume with diagnose.run=true"),
+@pytest.mark.parametrize("arguments, message", [  # the others are the Python path's refusals, tested above
+    (("-m",), "hydra.mode=MULTIRUN is not valid: expected a single command (no -m): a diagnosis runs its own sweep"),
     (("optimizer.lr=-1",), "optimizer.lr=-1 is not valid: expected a finite positive number"),
 ])
 def test_the_command_line_refuses_bad_input_in_one_line(tmp_path, arguments, message):
-    done = run_cli(tmp_path / "run", "diagnose.run=true", *HEALTHY, *arguments)
+    done = diagnose_script(tmp_path / "run", *HEALTHY, *arguments)
     errors = [line for line in done.stderr.splitlines() if line.startswith("Config error")]
     assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not list((tmp_path / "run").glob("0_*"))
+
+
+def diagnose_script(run_dir, *arguments: str):
+    """``python scripts/diagnose.py <arguments>``, its run directory pinned to ``run_dir``."""
+    import subprocess
+    import sys
+
+    flags = [argument for argument in arguments if argument.startswith("-")]  # argparse wants -m first
+    rest = [argument for argument in arguments if not argument.startswith("-")]
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose.py"), *flags, f"hydra.run.dir={run_dir}",
+                           *rest], cwd=run_dir.parent, capture_output=True, text=True, timeout=300)

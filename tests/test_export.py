@@ -320,15 +320,35 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", list(REFUSALS))
-def test_the_command_refuses_in_one_line_and_writes_nothing(trained, tmp_path, damage):
+def test_the_command_refuses_in_one_line_and_writes_nothing(trained, tmp_path, damage, monkeypatch, capsys):
+    """The command's own work (export_command under exit_on_config_error), in this process; the script
+    itself refuses through the same function (test_the_script_refuses_an_unknown_format)."""
+    from mlpkit.config import exit_on_config_error
+    from mlpkit.export import export_command
+
     run_dir = damaged_copy(trained("digits"), tmp_path, damage)
     (tmp_path / "taken.onnx").write_bytes(b"keep")
+    monkeypatch.chdir(tmp_path)
     before = files_under(tmp_path)
     extra, says = REFUSALS[damage]
-    done = script("export", f"run={run_dir}", "format=onnx", *extra, cwd=tmp_path)
+    settings = {"format": "onnx", "path": None, **dict(item.split("=", 1) for item in extra)}
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_config_error(export_command, str(run_dir), settings["format"], settings["path"], "auto", False)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("Config error: ") and err.count("\n") == 1, err
+    assert says in err
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_the_script_refuses_an_unknown_format(trained, tmp_path):
+    run_dir = damaged_copy(trained("digits"), tmp_path, "none")
+    before = files_under(tmp_path)
+    done = script("export", f"run={run_dir}", "format=keras", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("Config error: ") and done.stderr.count("\n") == 1, done.stderr
-    assert says in done.stderr
+    assert "format=keras is not valid: expected onnx or torchscript" in done.stderr
     assert files_under(tmp_path) == before
 
 

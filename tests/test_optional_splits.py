@@ -65,7 +65,3 @@ def test_command_line_run_without_validation_or_test(tmp_path):
     assert "  train loss" in done.stderr and "  val " not in done.stderr and "  test " not in done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "val" not in metrics and "test" not in metrics
-    refused = run_cli(tmp_path / "refused", "data.val_fraction=0", "trainer.early_stopping.patience=2")
-    assert refused.returncode == 2
-    assert "data.val_fraction=0 is not valid" in refused.stderr
-    assert not (tmp_path / "refused" / "metrics.json").exists()

@@ -39,8 +39,12 @@ def to_argv(command: str) -> list[str]:
     argv = [str(ROOT / words[1]), *words[2:]]
     if words[:2] == ["python", "scripts/benchmark.py"]:
         argv += SHORT_BENCHMARK
+    if words[:2] == ["python", "scripts/diagnose.py"]:
+        argv += [*FAST, "diagnose.seeds=1"]  # its remedies over one seed: the path, not the statistics
     if words[:2] == ["python", "train.py"]:
         argv += FAST
+        if any(word.startswith("data.cv_folds=") for word in words):
+            argv += ["data.cv_folds=2"]
         flags = [a for a in argv[1:] if a.startswith("-")]  # argparse wants -m before the overrides
         argv = argv[:1] + flags + [a for a in argv[1:] if not a.startswith("-")]
     return argv
