@@ -38,9 +38,10 @@ TEST_WORKERS ?= auto
 test: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(VENV_PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# The unit tests: no test that trains a real run or starts a process (those are marked slow).
+# The unit tests: no test that trains a real run or starts a process (those are marked slow), on
+# every core as `make test` runs them.
 test-fast: $(TEST_STAMP)
-	$(VENV_PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV_PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(VENV_PYTHON) -m ruff check mlpkit scripts tests train.py
