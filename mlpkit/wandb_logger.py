@@ -76,8 +76,8 @@ class WandbLogger:
         self.run.summary[tag] = self.texts[tag]
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
-        """The final metrics at the run's last step and in the summary."""
-        self.log_scalars(metrics, step)
+        """The final metrics in the run's summary (W&B's runs table shows them), not in its history: a
+        second log at the last step, after that step's row went out, may be dropped (seen in CI)."""
         self.run.summary.update(metrics)
 
     def close(self) -> None:

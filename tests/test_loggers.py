@@ -382,13 +382,17 @@ def test_wandb_offline_run_holds_the_history_summary_config_and_model(tmp_path, 
         for key, value in items.items():
             if len(key) == 1 and not key[0].startswith("_") and isinstance(value, (int, float)):
                 history.setdefault(key[0], []).append((step, value))
-    same_points(history, read_scalars(run_dir))
+    scalars = read_scalars(run_dir)
+    final = {tag: points for tag, points in scalars.items() if tag.startswith("final/")}
+    same_points(history, {tag: points for tag, points in scalars.items() if tag not in final})
 
     summary: dict[str, object] = {}
     for record in (r.summary for r in records if r.WhichOneof("record_type") == "summary"):
         summary.update({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.update})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isclose(summary["final/val_loss"], metrics["val"]["loss"], rel_tol=1e-6)
+    assert len(final) == 18 and all(math.isclose(summary[tag], points[-1][1], rel_tol=1e-6)
+                                    for tag, points in final.items())  # the final metrics: in the summary
     assert str(summary["gradient_health/summary"]).startswith("gradients:")
     assert "linear1" in str(summary["model"])
 
