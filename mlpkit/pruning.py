@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -120,8 +120,33 @@ def check_pruner(pruner: Any) -> None:
     if pruner is None:
         return
     target = pruner.get("_target_") if isinstance(pruner, Mapping) else None
-    if not (isinstance(target, str) and target.startswith("optuna.pruners.")):
+    if not is_pruner_class(target) or not all(is_pruner_class(inner) for inner in nested_targets(pruner)):
         raise ConfigError("sweep.pruner", pruner, PRUNER_ALLOWED)
+
+
+def is_pruner_class(target: Any) -> bool:
+    """``optuna.pruners.<PublicName>``: a name of that package itself, never a path through it to
+    another module (``optuna.pruners._percentile.np.save`` would write files)."""
+    if not isinstance(target, str):
+        return False
+    package, _, name = target.rpartition(".")
+    return package == "optuna.pruners" and name.isidentifier() and not name.startswith("_")
+
+
+def nested_targets(node: Any) -> list[Any]:
+    """Every ``_target_`` below the top one (a PatientPruner's wrapped pruner): Hydra instantiates them too."""
+    found = []
+    values = node.values() if isinstance(node, Mapping) else node if is_list(node) else []
+    for value in values:
+        if isinstance(value, Mapping) and "_target_" in value:
+            found.append(value["_target_"])
+        if isinstance(value, Mapping) or is_list(value):
+            found.extend(nested_targets(value))
+    return found
+
+
+def is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
 def build_pruner(pruner: Any) -> Any:

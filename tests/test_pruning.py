@@ -128,3 +128,21 @@ def test_optuna_prunes_trials_per_epoch_and_a_resumed_study_numbers_on_and_keeps
     rows = read_report(sweep_dir)
     assert len(rows) == 5 and [row["status"] for row in rows].count("completed") == 3
     assert "5 jobs, 2 pruned" in (sweep_dir / "sweep_report.md").read_text()
+
+
+@pytest.mark.parametrize("pruner", [
+    {"_target_": "optuna.pruners._percentile.np.save", "file": "/tmp/planted", "arr": [1]},  # a path through the package
+    {"_target_": "optuna.pruners.PatientPruner", "patience": 1,
+     "wrapped_pruner": {"_target_": "builtins.exec", "_args_": ["print('ran')"]}},  # a nested target
+    {"_target_": "optuna.pruners.PatientPruner", "patience": 1, "wrapped_pruner": [{"_target_": "os.system"}]},
+])
+def test_a_pruner_names_no_code_but_a_class_of_optuna_pruners(pruner):
+    from omegaconf import OmegaConf
+
+    from mlpkit.errors import ConfigError
+    from mlpkit.pruning import check_pruner
+
+    with pytest.raises(ConfigError, match="sweep.pruner=.* is not valid: expected a pruner of optuna.pruners"):
+        check_pruner(OmegaConf.create(pruner))
+    check_pruner(OmegaConf.create({"_target_": "optuna.pruners.PatientPruner", "patience": 1,
+                                   "wrapped_pruner": {"_target_": "optuna.pruners.MedianPruner"}}))
