@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpkit import distributed
 from mlpkit.config import CONFIG_DIR, report_config_errors, validate
+from mlpkit.config_keys import override_key
 from mlpkit.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGNAL, ConfigError, TrainingStopped, show_value
 from mlpkit.new_dirs import register_resolvers
 from mlpkit.rundir import (
@@ -259,7 +260,7 @@ def refuse_cv_resume(resume: Resume | None) -> None:
 
 def forget_checkpoint_callbacks(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """A resume imports no code its checkpoint names: ``trainer.callbacks`` comes from the command line."""
-    typed = any(override.lstrip("+~").partition("=")[0] == "trainer.callbacks" for override in overrides)
+    typed = any(override_key(override) == "trainer.callbacks" for override in overrides)
     saved = OmegaConf.select(cfg, "trainer.callbacks", default=None)
     if not typed and saved:
         log.warning("the run was trained with trainer.callbacks=%s; a resume imports no code its checkpoint names: "

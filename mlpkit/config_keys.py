@@ -29,6 +29,11 @@ CHECKED_ELSEWHERE = ("data", "activation", "optimizer")  # mlpkit.data, mlpkit.a
 GLOBAL_PACKAGE = "# @package _global_"
 
 
+def override_key(override: str) -> str:
+    """The key an override sets, as typed: ``+trainer.callbacks=[...]`` -> ``trainer.callbacks``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
     """Dotted paths of a nested mapping's leaves (a list is a leaf: ``model.hidden_sizes``)."""
     if isinstance(node, Mapping) and node:

@@ -25,8 +25,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mlpkit.config_keys import override_key
 from mlpkit.errors import ConfigError, is_int
-from mlpkit.remedies import Remedy, override_key, remedies_for, settled, with_remedy
+from mlpkit.remedies import Remedy, remedies_for, settled, with_remedy
 from mlpkit.rundir import METRICS_FILE, write_json
 from mlpkit.sweeps import SEED_KEY, markdown_table
 
@@ -368,7 +369,7 @@ def diagnose_command() -> None:
     def _diagnose(cfg: DictConfig) -> float:
         hydra_cfg = HydraConfig.get()
         overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
-        typed = [override for override in overrides if not override.lstrip("+~").startswith("diagnose.")]
+        typed = [override for override in overrides if not override_key(override).startswith("diagnose.")]
         return diagnose_main(cfg, Path(hydra_cfg.runtime.output_dir), typed, hydra_cfg.mode == RunMode.MULTIRUN)
 
     register_resolvers()  # configs/hydra/default.yaml names run directories through them

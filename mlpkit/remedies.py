@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from mlpkit.config_keys import override_key
+
 
 @dataclass(frozen=True)
 class Remedy:
@@ -85,10 +87,6 @@ _REMEDIES = {"vanishing": _gradient_path, "saturated": _saturation, "exploding":
 
 
 # --- the overrides a variant trains with ----------------------------------------------------------
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def with_remedy(user: Sequence[str], remedy: Sequence[str]) -> list[str]:
     """The user's overrides with the remedy's: a key the remedy sets (a group it swaps: its keys too)
     is the remedy's."""

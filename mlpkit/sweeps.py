@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
+from mlpkit.config_keys import override_key
 from mlpkit.pruning import pruned_note
 from mlpkit.rundir import HYDRA_DIR, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
 from mlpkit.schema import objective_mode
@@ -160,15 +161,11 @@ def gradient_verdict(metrics: Mapping[str, Any]) -> str:
 
 def _seed(job_dir: Path, overrides: list[str]) -> str:
     for override in overrides:
-        if _key(override) == SEED_KEY:
+        if override_key(override) == SEED_KEY:
             return override.split("=", 1)[1]
     config_path = job_dir / RUN_CONFIG
     seed = OmegaConf.select(OmegaConf.load(config_path), SEED_KEY) if config_path.exists() else None
     return "" if seed is None else str(seed)
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def build_table(jobs: list[dict[str, Any]], metric: str, mode: str) -> tuple[list[str], list[list[str]], list[str]]:
@@ -215,7 +212,7 @@ def group_by_configuration(jobs: list[dict[str, Any]], shared: list[str]) -> lis
     """One entry per configuration (a job's overrides less its seed), with the jobs that repeat it."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        name = ",".join(o for o in job["overrides"] if o not in shared and _key(o) != SEED_KEY)
+        name = ",".join(o for o in job["overrides"] if o not in shared and override_key(o) != SEED_KEY)
         groups.setdefault(name or "(none)", []).append(job)
     return [{"name": name, "jobs": members,
              "completed": [job for job in members if job["status"] == "completed" and job["metrics"]]}
