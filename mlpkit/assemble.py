@@ -21,6 +21,7 @@ from mlpkit.callbacks import Callback, import_callbacks
 from mlpkit.checkpointing import Checkpointer
 from mlpkit.clipping import GradientClipper
 from mlpkit.data import Data, build_data
+from mlpkit.data.stream import check_stream_ranks
 from mlpkit.diagnostics import GradientMonitor
 from mlpkit.distributed import check_ranks_fit, gradient_sync, rank_device, resolve_strategy
 from mlpkit.early_stopping import EarlyStopping
@@ -109,6 +110,7 @@ def assemble(cfg: DictConfig, data: Data, *, checkpoint_dir: Path | None = None,
     sync = gradient_sync(cfg.trainer.strategy)
     if sync is not None:
         check_ranks_fit(sync.ranks, len(data.train), settings.batch_size, str(cfg.model.norm), settings.drop_last)
+        check_stream_ranks(data.train, sync.ranks)
     seed_everything(settings.seed)
     model = model_from_config(cfg, data.in_features, objective.out_features, objective.head).to(device)
     if sync is not None:
@@ -141,7 +143,7 @@ def build_run_objective(cfg: DictConfig, data: Data) -> Objective:
         # each loss group has the keys its loss takes (configs/loss/, mlpkit.schema)
         label_smoothing=loss.get("label_smoothing", 0.0), pos_weight=loss.get("pos_weight"),
         target_mean=data.target_mean, target_std=data.target_std, class_weights=loss.get("class_weights"),
-        train_targets=data.train.y)
+        train_targets=data.train.y if loss.get("class_weights") == "balanced" else None)  # a stream reads them
     if objective.class_weights is not None:
         log.info("loss.class_weights=%s: %s", loss.class_weights, ", ".join(
             f"{name} {weight:.3g}" for name, weight in zip(data.class_names, objective.class_weights)))

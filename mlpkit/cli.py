@@ -303,7 +303,7 @@ def start_run_files(cfg: DictConfig, run_dir: Path, parts: Parts, resume: Resume
         logger.log_layout(layout())
         logger.log_text("model", f"{model}\n\n{model_summary(model)}")
         logger.log_text("config", OmegaConf.to_yaml(cfg))
-        logger.log_graph(model, data.train.x[:2])
+        logger.log_graph(model, next(data.train.head(2).chunks(2, data.device))[0])
         logger.log_image(f"activation/{cfg.activation.name}",
                          figures.activation_image(cfg.activation.name, activation_params(cfg.activation)), step=0)
     return logger, resumes if resume is not None else {}

@@ -220,6 +220,10 @@ CONSTRAINTS: dict[str, Rule] = {
     "data.split_seed": optional(SEED),
     "data.seed": optional(SEED),  # the generator of a synthetic set
     "data.standardize": optional(BOOLEAN),
+    "data.stream": optional(BOOLEAN),
+    "data.shuffle_buffer": optional(integer(1, " (rows the stream's shuffle holds)")),
+    "data.eval_rows": optional(Rule(lambda rows: rows is None or at_least(1, integer=True)(rows),
+                                    "null (every row) or an integer >= 1 (rows a stream's evaluation samples)")),
     "data.standardize_target": optional(BOOLEAN),
     "data.split": optional(Rule(lambda split: split in ("official", "pooled"),  # torchvision sets
                                 "official (the official test set) or pooled (train and test pooled, split by "
@@ -370,6 +374,22 @@ def validate_data(cfg: DictConfig) -> None:
             "a sum below 1, leaving samples to train on")
     if cfg.data.val_fraction == 0 and not OmegaConf.select(cfg, "data.val_path", default=None):
         refuse_without_validation(cfg)
+    if OmegaConf.select(cfg, "data.stream", default=False):
+        refuse_with_stream(cfg)
+
+
+def refuse_with_stream(cfg: DictConfig) -> None:
+    """data.stream=true with a setting that needs the training rows held (a fixed set of batches, the
+    range test's random batches): one line naming it."""
+    held = [(key, value) for key, value in (
+        ("trainer.overfit_batches", OmegaConf.select(cfg, "trainer.overfit_batches", default=0)),
+        ("lr_find.run", OmegaConf.select(cfg, "lr_find.run", default=False)),
+        ("optimizer.lr", "auto" if str(cfg.optimizer.lr) == "auto" else None),
+    ) if value]
+    if held:
+        key, value = held[0]
+        raise ConfigError(key, value, "its default with data.stream=true", "it reads the training rows at random, "
+                          "which a stream does not hold; run it on an in-memory sample of the table")
 
 
 def refuse_without_validation(cfg: DictConfig) -> None:

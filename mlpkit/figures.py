@@ -349,7 +349,10 @@ def regression_fit_figure(model: Any, objective: Any, data: Any, resolution: int
 
 def prediction_figure(model: Any, objective: Any, data: Any) -> Any | None:
     """What the model predicts over its input space, where that can be drawn: the decision boundary
-    of a 2-input classifier or the curve of a 1-input regression; None for any other data."""
+    of a 2-input classifier or the curve of a 1-input regression; None for any other data (and a
+    stream's, whose training rows are not held)."""
+    if data.placement == "stream":
+        return None
     if objective.is_classification and data.in_features == 2:
         return decision_boundary_figure(model, objective, data)
     if not objective.is_classification and data.in_features == 1 and objective.out_features == 1:

@@ -152,8 +152,11 @@ class Run:
                    device: str = "cpu") -> Evaluation:
         """``evaluate``'s report with the data, model, logits and targets it came from (the evaluate
         command prints and draws them)."""
+        import torch
+
         from mlpkit.acceleration import resolve_device
         from mlpkit.data import build_data
+        from mlpkit.model import EVAL_CHUNK
 
         if split not in SPLITS:
             raise ConfigError("split", split, "train, val or test")
@@ -165,11 +168,12 @@ class Run:
                         "true to evaluate on data other than the run trained on", allow_changed_data)
         trained = self.trained(str(checkpoint), str(device))
         rows = getattr(data, split)
-        x, y = rows.batch(slice(None), torch_device)
-        objective, logits = trained.objective, logits_of(trained.model, x)
+        chunks = [(logits_of(trained.model, x), y) for x, y in rows.chunks(EVAL_CHUNK, torch_device)]
+        objective = trained.objective
+        logits, y = (torch.cat([chunk[part] for chunk in chunks]) for part in (0, 1))
         report = {"run": str(self.dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
                   "step": trained.step, "dataset": data.name, "task": data.task, "split": split,
-                  "samples": len(rows), "metrics": {k: float(v) for k, v in objective.metrics(logits, y).items()}}
+                  "samples": len(y), "metrics": {k: float(v) for k, v in objective.metrics(logits, y).items()}}
         matrix = None
         if objective.is_classification:
             matrix = confusion_matrix(y.cpu().numpy(), objective.predict_class(logits).cpu().numpy(), data.n_classes)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from mlpkit.callbacks import Callback
-from mlpkit.data import Split
 
 OVERFIT_LOSS = 0.05  # the loss on those batches a net that can learn them goes below
 
@@ -15,6 +14,6 @@ class OverfitCheck(Callback):
     def on_fit_end(self, trainer: Any, final: dict[str, dict[str, float]]) -> None:
         """metrics.json's ``overfit_batches``: their loss, evaluated after training (dropout off)."""
         rows = trainer.rows_per_epoch()
-        loss = trainer.evaluate(Split(trainer.data.train.x[:rows], trainer.data.train.y[:rows]))["loss"]
+        loss = trainer.evaluate(trainer.data.train.head(rows))["loss"]
         trainer.checks["overfit_batches"] = {"batches": trainer.batches_per_epoch(), "rows": rows, "loss": loss,
                                              "threshold": OVERFIT_LOSS, "reached": loss < OVERFIT_LOSS}

@@ -228,7 +228,7 @@ class Trainer:
         """A fresh shuffle; ``overfit_batches`` takes the first rows in their order every epoch."""
         if self.settings.overfit_batches:
             return torch.arange(self.rows_per_epoch(), device=split.x.device)
-        return torch.randperm(len(split), generator=self.batch_generator).to(split.x.device)
+        return split.epoch_order(self.batch_generator)
 
     def train_epoch(self) -> float:
         split = self.data.train
@@ -278,13 +278,15 @@ class Trainer:
         training, or averaged weights); one batch of it in a ``fast_dev_run``."""
         model = self.model if model is None else model
         if self.settings.fast_dev_run:
-            split = Split(split.x[:self.batch_size], split.y[:self.batch_size])
+            split = split.head(self.batch_size)
         was_training = model.training
         model.eval()
+        logits, targets = [], []
         with autocast(self.device, self.settings.precision):
-            logits = torch.cat([model.logits(split.batch(slice(i, i + EVAL_CHUNK), self.device)[0])
-                                for i in range(0, len(split), EVAL_CHUNK)]).float()
-        metrics = self.objective.metrics(logits, split.y.to(self.device))
+            for x, y in split.chunks(EVAL_CHUNK, self.device):
+                logits.append(model.logits(x))
+                targets.append(y)
+        metrics = self.objective.metrics(torch.cat(logits).float(), torch.cat(targets))
         model.train(was_training)
         values = torch.stack([v.float() for v in metrics.values()]).tolist()
         return dict(zip(metrics, values))
@@ -344,7 +346,7 @@ class Trainer:
         """The validation split, or its first ``limit_val_batches`` batches."""
         rows = self.settings.val_rows(len(self.data.val))
         val = self.data.val
-        return val if rows == len(val) else Split(val.x[:rows], val.y[:rows])
+        return val if rows == len(val) else val.head(rows)
 
     def result(self, final: dict[str, dict[str, float]], logs_health: bool) -> dict[str, Any]:
         """metrics.json's training part; ``logs_health``: false for a resume that trains no step

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --workloads mnist wide --device cuda --rounds 5 --output bench.json
     python scripts/benchmark.py --startup                # also: start-up time of a zero-epoch run
     python scripts/benchmark.py --end-to-end --rounds 7  # whole commands: `python train.py` against a plain script
+    python scripts/benchmark.py --data --stream          # data.stream=true: peak memory by table size, throughput
 
 Each workload trains the same model on the same tensors several ways, alternating them round by
 round (each round starting one way later) so that a noisy machine slows every way alike:
@@ -640,11 +641,24 @@ def main() -> None:
                              "against a plain PyTorch script and Hydra's own start-up")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--data", action="store_true", help="time loading CSV tables instead (see data_benchmark)")
-    parser.add_argument("--data-rows", type=int, nargs="+", default=[200_000, 1_000_000, 2_000_000],
-                        help="table sizes for --data (rows; 50 columns)")
+    parser.add_argument("--stream", action="store_true",
+                        help="with --data: peak memory and throughput of data.stream=true against the in-memory "
+                             "path (scripts/benchmark_stream.py)")
+    parser.add_argument("--data-rows", type=int, nargs="+",
+                        help="table sizes for --data (rows; 50 columns; default 200000 1000000 2000000, "
+                             "with --stream 1000000 20000000)")
     args = parser.parse_args()
+    if args.stream and not args.data:
+        parser.error("--stream measures tables: give it with --data")
+    if args.data and args.stream:
+        from benchmark_stream import stream_benchmark  # scripts/ is this script's own directory
+
+        report = stream_benchmark(args.data_rows or [1_000_000, 20_000_000], args.rounds if args.rounds != 5 else 1)
+        if args.output:
+            args.output.write_text(json.dumps(report, indent=2))
+        return
     if args.data:
-        report = data_benchmark(args.data_rows, args.rounds if args.rounds != 5 else 3)
+        report = data_benchmark(args.data_rows or [200_000, 1_000_000, 2_000_000], args.rounds if args.rounds != 5 else 3)
         if args.output:
             args.output.write_text(json.dumps(report, indent=2))
         return

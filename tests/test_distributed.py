@@ -135,3 +135,23 @@ def test_the_ranks_shares_cover_a_batch_once_in_order():
     for rows in (1, 2, 7, 60, 64):
         shares = [GradientSync(3, rank).share(rows) for rank in range(3)]
         assert [row for share in shares for row in range(rows)[share]] == list(range(rows))
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_a_parquet_directory_into_one_run(tmp_path):
+    """data.stream=true under torchrun: rank 0 scans the files once, each rank reads the row groups dealt
+    to it, and the run ends with the whole splits' metrics, close to one process's."""
+    from tests.test_stream import write_table
+
+    write_table(tmp_path / "table", rows=2400, files=2, row_group_size=200)
+    stream = ["data=csv", "data.target=label", f"data.path={tmp_path / 'table'}", "data.stream=true",
+              "data.shuffle_buffer=200", "model.hidden_sizes=[16]", "optimizer.lr=0.02", "trainer.max_epochs=3",
+              "trainer.device=cpu", "trainer.progress=false", "trainer.batch_size=64"]
+    ddp = torchrun(tmp_path / "ddp", *stream)
+    assert ddp.returncode == 0, (ddp.stdout + ddp.stderr)[-3000:]
+    single = run_cli(tmp_path / "single", *stream)
+    assert single.returncode == 0, single.stderr[-2000:]
+    metrics, alone = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("ddp", "single"))
+    assert metrics["steps"] == alone["steps"]  # the same global batches an epoch
+    assert metrics["test"]["accuracy"] == pytest.approx(alone["test"]["accuracy"], abs=0.05)
+    assert (tmp_path / "ddp" / "train.log").read_text().count("streamed from 2 Parquet file(s), 12 row groups") == 1

@@ -17,6 +17,7 @@ import torch
 from mlpkit.data.missing import fill_missing
 from mlpkit.data.raw import RawData, launch_path  # noqa: F401  (launch_path: for sources registered by name)
 from mlpkit.data.splits import prepare_features, prepare_targets, split_rows
+from mlpkit.data.stream import open_stream
 from mlpkit.errors import ConfigError
 from mlpkit.rundir import LABELS_FILE, PREPROCESSING_FILE
 
@@ -39,7 +40,7 @@ SOURCES: dict[str, str] = {
 }
 # Keys of a data config that build_data itself uses; every other key goes to the source function.
 SPLIT_KEYS = ("source", "val_fraction", "test_fraction", "split_seed", "standardize",
-              "standardize_target", "cv_folds", "cv_fold")
+              "standardize_target", "cv_folds", "cv_fold", "stream", "shuffle_buffer", "eval_rows")
 # Share of the device's free memory the dataset may take; the rest is for the model, activations
 # and the evaluation chunks.
 DEVICE_MEMORY_SHARE = 0.75
@@ -53,6 +54,18 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """A fresh shuffle of the rows, on the split's device."""
+        return torch.randperm(len(self), generator=generator).to(self.x.device)
+
+    def head(self, rows: int) -> Split:
+        return Split(self.x[:rows], self.y[:rows])
+
+    def chunks(self, rows: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rows in order, ``rows`` at a time, on ``device``."""
+        for start in range(0, len(self), rows):
+            yield self.batch(slice(start, start + rows), device)
 
     def batches(self, order: torch.Tensor, batch_size: int, first: int, count: int, device: torch.device
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,8 +103,9 @@ class Split:
 class Data:
     """A dataset ready to train on: splits as tensors, plus what the model needs.
 
-    ``placement`` is "device" (every split on ``device``, batches by index) or "pinned-host" (too
-    large for the device: splits in pinned host memory, batches copied with ``Split.batch``).
+    ``placement`` is "device" (every split on ``device``, batches by index), "pinned-host" (too
+    large for the device: splits in pinned host memory, batches copied with ``Split.batch``) or
+    "stream" (data.stream=true: the splits are ``mlpkit.data.stream.StreamSplit``, read as needed).
     """
 
     name: str
@@ -125,12 +139,17 @@ class Data:
 
     @property
     def nbytes(self) -> int:
+        if self.placement == "stream":
+            return 0
         return sum(t.element_size() * t.nelement()
                    for s in (self.train, self.val, self.test) for t in (s.x, s.y))
 
     def fingerprint(self) -> str:
         """A digest of every split's rows and targets, in order: any changed, added or reordered row
-        changes it (BLAKE2b over the tensors' bytes; about 1 s per GB)."""
+        changes it (BLAKE2b over the tensors' bytes; about 1 s per GB). A stream's: its files' names,
+        sizes and row groups."""
+        if self.placement == "stream":
+            return self.train.table.fingerprint()
         digest = hashlib.blake2b(digest_size=16)
         for split in (self.train, self.val, self.test):
             for tensor in (split.x, split.y):
@@ -144,11 +163,17 @@ class Data:
         if self.placement == "pinned-host":
             free = _size(self.device_free_bytes or 0)
             where = f"in pinned host memory ({free} free on {self.device}), copied {GATHER_BYTES >> 20} MB at a time"
+        if self.placement == "stream":
+            stream = self.extra["stream"]
+            sample = f"evaluated on samples of {stream['eval_rows']} rows" if stream["eval_rows"] else "evaluated whole"
+            where = (f"streamed from {stream['files']} Parquet file(s), {stream['row_groups']} row groups, shuffle "
+                     f"buffer {stream['shuffle_buffer']} rows, {sample}, training on {self.device}")
         features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
         origin = f" ({self.split_origin})" if self.split_origin else ""
         missing = (self.extra.get("missing") or {}).get("note")  # a table's rows dropped or cells filled
         return (f"data={self.name}: {self.task}, {sizes}{origin}, {features}{classes}; "
-                f"{_size(self.nbytes)} {where}" + (f"; {missing}" if missing else ""))
+                + ("" if self.placement == "stream" else f"{_size(self.nbytes)} ") + where
+                + (f"; {missing}" if missing else ""))
 
 
 def _size(nbytes: int) -> str:
@@ -189,6 +214,8 @@ def choose_placement(nbytes: int, device: torch.device) -> tuple[str, int | None
 
 def build_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
     """Load the configured source, split it, standardise with training statistics, place tensors."""
+    if cfg.get("stream"):
+        return streamed_data(cfg, device)
     params = {k: v for k, v in cfg.items() if k not in SPLIT_KEYS}
     return data_from_raw(load_source(cfg["source"], params), cfg, device)
 
@@ -217,6 +244,15 @@ def data_from_raw(raw: RawData, cfg: Mapping[str, Any], device: torch.device | s
     return Data(cfg["source"], raw.task, train, val, test, raw.feature_names, raw.class_names,
                 mean, std, target_mean, target_std, dict(raw.extra), device, placement, free,
                 raw.split_origin)
+
+
+def streamed_data(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Data:
+    """data.stream=true: a table read a record batch at a time (mlpkit.data.stream)."""
+    stream = open_stream(cfg)
+    table = stream.table
+    return Data(cfg["source"], table.task, *stream.splits, stream.feature_names, stream.class_names,
+                table.mean, table.std, table.target_mean, table.target_std, stream.extra, torch.device(device),
+                "stream")
 
 
 def save_label_mapping(data: Data, run_dir: str | Path) -> Path | None:

@@ -153,7 +153,8 @@ def table_path(path: str | None, key: str = "data.path") -> Path:
         raise ConfigError(key, path, f"the table file to train on, e.g. {key}=my.csv ({SUFFIXES})")
     file = launch_path(path)
     if file.is_dir():
-        raise DataError(key, path, f"{file} is a directory: expected a table file ({SUFFIXES})")
+        raise DataError(key, path, f"{file} is a directory: expected a table file ({SUFFIXES}); a directory (or "
+                        "glob) of Parquet files is read with data.stream=true")
     if file.exists() and not file.is_file():
         raise DataError(key, path, f"{file} is not a regular file (a device, pipe or socket): "
                         "expected a table file")
