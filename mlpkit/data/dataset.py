@@ -165,7 +165,8 @@ class Data:
             where = f"in pinned host memory ({free} free on {self.device}), copied {GATHER_BYTES >> 20} MB at a time"
         if self.placement == "stream":
             stream = self.extra["stream"]
-            sample = f"evaluated on samples of {stream['eval_rows']} rows" if stream["eval_rows"] else "evaluated whole"
+            sample = f"metrics on at most about {stream['eval_rows']} rows a split" if stream["eval_rows"] \
+                else "metrics on every row"
             where = (f"streamed from {stream['files']} Parquet file(s), {stream['row_groups']} row groups, shuffle "
                      f"buffer {stream['shuffle_buffer']} rows, {sample}, training on {self.device}")
         features = f"{self.in_features} feature" + ("s" if self.in_features != 1 else "")
