@@ -8,10 +8,11 @@ Two halves that meet in the study's storage:
   job's Optuna trial (reopened from the storage), then stops the run at that epoch's end when a verdict
   in PRUNING_VERDICTS has fired or the pruner says so. The run ends normally, its metrics.json saying
   ``"pruned": {...}``, and its trial keeps the reason as the user attribute PRUNED_ATTR;
-- the sweeper's side, ``OptunaPruningSweeper``: hydra-optuna-sweeper's own study loop, with what it
-  lacks for pruning: each job learns its trial's number (``hydra.job.env_set``), a trial whose job pruned
-  itself is told PRUNED (not COMPLETE: a pruned trial never becomes the best), and job numbers are trial
-  numbers, so a resumed study numbers its jobs on from where it stopped.
+- the sweeper's side, ``OptunaPruningSweeper``: a study loop for studies that several workers share
+  (their storage: ``open_storage``), with what hydra-optuna-sweeper's lacks for pruning: each job learns
+  its trial's number (``hydra.job.env_set``), a trial whose job pruned itself is told PRUNED (not
+  COMPLETE: a pruned trial never becomes the best), and job numbers are trial numbers, so a resumed or
+  shared study numbers its jobs as the storage numbers its trials.
 
 Optuna takes two seconds to import: only a job of an Optuna sweep, and that sweeper, import it.
 """
@@ -23,10 +24,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hydra.plugins.sweeper import Sweeper
-
 from mlpkit.callbacks import Callback
 from mlpkit.errors import ConfigError
+from mlpkit.study_storage import open_storage, study_storage
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +166,18 @@ def build_pruner(pruner: Any) -> Any:
 
 
 def reopen_trial(number: int, pruner: Any) -> Any:
-    """The running trial ``number`` of the sweep's study, from its storage (``hydra.sweeper.storage``
-    and ``study_name`` of this job's config), with ``pruner`` to judge it; None, said once, when the
+    """The running trial ``number`` of the sweep's study, from its storage (study_storage of this job's
+    ``hydra.sweeper``), with ``pruner`` to judge it; None, said once, when the
     trial cannot take reports (an in-memory study, a finished trial, several objectives)."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or not HydraConfig.get().sweeper.get("storage"):
+    if not HydraConfig.initialized():
         log.warning("%s=%d but no study storage to report to: this job is not pruned by Optuna", TRIAL_ENV, number)
         return None
     settings = HydraConfig.get().sweeper
-    study = optuna.load_study(study_name=str(settings.study_name), storage=str(settings.storage),
+    storage = open_storage(study_storage(settings.get("storage"), HydraConfig.get().sweep.dir))
+    study = optuna.load_study(study_name=str(settings.study_name), storage=storage,
                               sampler=optuna.samplers.RandomSampler(), pruner=build_pruner(pruner))
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     state = study._storage.get_trial(trial_id).state
@@ -185,74 +186,3 @@ def reopen_trial(number: int, pruner: Any) -> Any:
                     state.name, "" if len(study.directions) == 1 else " with several objectives")
         return None
     return optuna.trial.Trial(study, trial_id)
-
-
-# --- the sweeper's side ---------------------------------------------------------------------------
-class OptunaPruningSweeper(Sweeper):
-    """hydra-optuna-sweeper's sweeper, its study loop unchanged, with three additions for pruning.
-
-    The plugin offers no hook for them, and copying its loop would fork 150 lines of it: two of its
-    steps are wrapped instead, on this sweeper's own instances. ``_configure_trials`` (a batch of
-    trials asked, their overrides made) gets each job's ``hydra.job.env_set.MLPKIT_OPTUNA_TRIAL`` and
-    sets the batch's first job number to its first trial's; the study's ``tell`` turns the COMPLETE
-    the plugin tells for every returned job into PRUNED for a trial whose job left PRUNED_ATTR.
-    The job wrote to the storage through a study of its own, and this process's study caches the
-    trials it asked (Optuna's cache assumes their asker alone writes to them): what the job wrote is
-    read from the storage itself, and copied into this study's view before it tells.
-    Hydra builds sweepers only from the hydra_plugins package: hydra_plugins/mlpkit_optuna_sweeper
-    names this class there.
-    """
-
-    def __init__(self, **settings: Any) -> None:
-        # optuna loads here (two seconds): only a sweep with this sweeper builds it
-        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-
-        self.plugin = OptunaSweeperImpl(**settings)
-        self.configure_batch = self.plugin._configure_trials
-        self.plugin._configure_trials = self._configure_trials
-        self.study: Any = None
-        self.tell: Any = None
-        self.stored: Any = None  # the study's storage, read past this process's cache
-
-    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        self.plugin.setup(hydra_context=hydra_context, task_function=task_function, config=config)
-
-    def sweep(self, arguments: list[str]) -> None:
-        try:
-            return self.plugin.sweep(arguments)
-        except ValueError:  # the plugin's study.best_trial, with no completed trial to be it
-            if self.study is None or any(trial.state.name == "COMPLETE" for trial in self.study.trials):
-                raise
-            log.warning("no trial of study %s completed (each was pruned or failed): there is no best trial, "
-                        "and no optimization_results.yaml", self.study.study_name)
-            return None
-
-    def _configure_trials(self, trials: list[Any], *args: Any) -> list[tuple[str, ...]]:
-        overrides = self.configure_batch(trials, *args)
-        self.plugin.job_idx = trials[0].number  # job directories numbered as trials: a resumed study numbers on
-        if self.study is None:
-            self.study, self.tell = trials[0].study, trials[0].study.tell
-            self.study.tell = self._tell
-        if not isinstance(self.plugin.storage, str):  # an in-memory study: no job can reach its trial
-            return overrides
-        if self.stored is None:
-            import optuna
-
-            # a storage object of its own: it asked no trial, so it caches none and reads each from the database
-            self.stored = optuna.storages.get_storage(self.plugin.storage)
-        return [(*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}") for job, trial in zip(overrides, trials)]
-
-    def _tell(self, trial: Any, values: Any = None, state: Any = None) -> None:
-        """The plugin's ``study.tell``, with a pruned job's trial told PRUNED (its last reported score
-        becomes its value, as Optuna does for pruned trials)."""
-        if self.stored is None or state is None or state.name != "COMPLETE":
-            return self.tell(trial=trial, values=values, state=state)
-        reported = self.stored.get_trial(trial._trial_id)  # what the job wrote
-        note = reported.user_attrs.get(PRUNED_ATTR)
-        if note is None:
-            return self.tell(trial=trial, values=values, state=state)
-        for step, value in sorted(reported.intermediate_values.items()):
-            trial.report(value, step)  # the sampler ranks a pruned trial by its last score
-        trial.set_user_attr(PRUNED_ATTR, note)
-        log.info("trial %d pruned: %s", trial.number, note)
-        return self.tell(trial=trial, state=type(state).PRUNED)

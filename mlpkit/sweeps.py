@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import warnings
@@ -17,13 +18,21 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
 from mlpkit.config_keys import override_key
 from mlpkit.pruning import pruned_note
-from mlpkit.rundir import HYDRA_DIR, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
+from mlpkit.rundir import HYDRA_DIR, HYDRA_FILE, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
 from mlpkit.schema import objective_mode
+from mlpkit.study_storage import (
+    INTERRUPTED_ATTR,
+    check_storage,
+    locked_folder,
+    open_storage,
+    study_creation,
+    study_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,7 @@ class SweepCallback(Callback):
         self._report_once()
         jobs = [job for job in find_jobs(self.sweep_dir) if job not in self.earlier_jobs]
         not_completed = [job for job in jobs if read_job(job)["status"] not in FINISHED]
+        not_completed = [job for job in not_completed if not running_in_another_worker(config, job)]
         if not_completed:
             print(f"{len(not_completed)} of {len(jobs)} jobs of this sweep did not complete: their errors are in "
                   f"the status column of {self.sweep_dir / REPORT_NAME}.md", file=sys.stderr, flush=True)
@@ -95,28 +105,47 @@ class SweepCallback(Callback):
 
 
 def continue_optuna_study(config: DictConfig) -> None:
-    """Make ``n_trials`` the study's total: a rerun on the same storage runs only the missing trials.
-
-    Why here: Hydra's Optuna sweeper reads n_trials and the sampler seed when it starts, and this
-    callback is the one place that runs before it with the config in hand."""
+    """Say where the study stands as this worker joins it; refuse a storage that cannot hold it (one
+    line, exit 2). ``n_trials`` is the study's total: mlpkit's sweeper (mlpkit.optuna_sweeper) counts the
+    study's trials in its storage before each batch, whichever processes run them, so a rerun runs only
+    the missing trials and a second worker shares them; each trial's sampler seed moves on with its number."""
     sweeper = config.hydra.sweeper
-    if "optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
+    if "OptunaPruningSweeper" not in str(sweeper.get("_target_", "")):
         return
-    import optuna  # only a study that resumes needs it
+    from mlpkit.config import exit_on_config_error
+
+    url = study_storage(sweeper.get("storage"), config.hydra.sweep.dir)
+    exit_on_config_error(check_storage, url)
+    import optuna  # only a study on a storage needs it
 
     try:
-        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+        with study_creation(url):
+            study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(url))
     except KeyError:  # no such study yet: a fresh start
         return
     done = sum(t.state.is_finished() for t in study.trials)
-    remaining = max(0, int(sweeper.n_trials) - done)
-    log.info("study %s has %d finished trials of %d: running %d more", sweeper.study_name, done,
-             sweeper.n_trials, remaining)
-    with read_write(config.hydra.sweeper):
-        sweeper.n_trials = remaining
-        # A seeded sampler would propose the finished trials again: move its seed on by their count.
-        if sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
-            sweeper.sampler.seed = int(sweeper.sampler.seed) + len(study.trials)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING and INTERRUPTED_ATTR not in t.user_attrs
+                  for t in study.trials)
+    remaining = max(0, int(sweeper.n_trials) - done - running)
+    log.info("study %s has %d finished trials of %d: running %d more%s", sweeper.study_name, done,
+             sweeper.n_trials, remaining, f" ({running} running in other workers)" if running else "")
+
+
+def running_in_another_worker(config: DictConfig, job_dir: Path) -> bool:
+    """Whether ``job_dir`` is a trial another worker of the shared study is still running (it started
+    after this worker did; its trial is RUNNING and not interrupted): not this sweep's failure."""
+    sweeper = config.hydra.sweeper
+    hydra_file = job_dir / HYDRA_DIR / HYDRA_FILE
+    if "OptunaPruningSweeper" not in str(sweeper.get("_target_", "")) or not hydra_file.exists():
+        return False
+    import optuna
+
+
+    number = int(OmegaConf.load(hydra_file).hydra.job.num)
+    study = optuna.load_study(study_name=str(sweeper.study_name),
+                              storage=open_storage(study_storage(sweeper.get("storage"), config.hydra.sweep.dir)))
+    trial = next((trial for trial in study.trials if trial.number == number), None)
+    return trial is not None and trial.state.name == "RUNNING" and INTERRUPTED_ATTR not in trial.user_attrs
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -331,16 +360,26 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     as a formula gets a leading ', numbers stay numbers."""
     from mlpkit.prediction import spreadsheet_cell  # the one rule for CSV cells, needed only here
 
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow([spreadsheet_cell(str(cell)) for cell in header])
-        writer.writerows([spreadsheet_cell(str(cell)) for cell in row] for row in rows)
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow([spreadsheet_cell(str(cell)) for cell in header])
+            writer.writerows([spreadsheet_cell(str(cell)) for cell in row] for row in rows)
+
+    replace_file(path, write)
 
 
 def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None) -> str:
     """Write ``sweep_report.md``, ``.csv`` (a row per job), ``_grouped.csv`` (a row per configuration,
-    its seeds pooled) and the figures into ``sweep_dir``; return the Markdown."""
+    its seeds pooled) and the figures into ``sweep_dir``; return the Markdown. Workers of a shared study
+    each write it at their end, one at a time (a lock on the folder), reading the jobs once they hold it:
+    the report last written was read after every job ended, and lists them all."""
     sweep_dir = Path(sweep_dir)
+    with locked_folder(sweep_dir):
+        return _write_report(sweep_dir, metric, mode)
+
+
+def _write_report(sweep_dir: Path, metric: str | None, mode: str | None) -> str:
     job_dirs = find_jobs(sweep_dir)
     if metric is None or mode is None:
         objective = _objective_of(job_dirs)
@@ -370,11 +409,22 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | N
                              "per-layer gradient norms")]:
         if figure is not None:
             text += f"\n![{caption}]({figure.name})\n"
-    (sweep_dir / f"{REPORT_NAME}.md").write_text(text)
+    # replaced whole: a reader (or a worker on another machine) sees one whole report or another
+    replace_file(sweep_dir / f"{REPORT_NAME}.md", lambda path: path.write_text(text))
     write_csv(sweep_dir / f"{REPORT_NAME}.csv", header, rows)
     write_csv(sweep_dir / f"{REPORT_NAME}_grouped.csv",
               *grouped_table(groups, _metric_names(jobs, metric), metric, mode, True))
     return text
+
+
+def replace_file(target: Path, write: Any) -> None:
+    """``write(temporary)`` beside ``target``, then os.replace onto it: never half a file, whoever writes last."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
@@ -405,7 +455,7 @@ def plot_val_curves(groups: list[dict[str, Any]], metric: str, path: Path) -> Pa
                 (epoch, *spread(values)) for epoch, values in sorted(by_epoch.items())]
     if not curves:
         return None
-    figures.save_figure(figures.sweep_curves_figure(curves, metric), path)
+    save_png(figures.sweep_curves_figure(curves, metric), path)
     return path
 
 
@@ -417,5 +467,9 @@ def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -
              list(job["grad_norms"].values()) for job in jobs if job["grad_norms"]}
     if not lines:
         return None
-    figures.save_figure(figures.sweep_grad_norms_figure(lines), path)
+    save_png(figures.sweep_grad_norms_figure(lines), path)
     return path
+
+
+def save_png(figure: Any, path: Path) -> None:
+    replace_file(path, lambda temporary: figure.savefig(temporary, format="png"))
