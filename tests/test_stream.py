@@ -167,6 +167,15 @@ def test_missing_cells_are_filled_from_the_training_rows(tmp_path):
         build_data(stream_config(tmp_path / "holes"), "cpu")
 
 
+def test_a_value_float32_cannot_hold_is_named_by_its_file_row_and_column(tmp_path):
+    frame = write_table(tmp_path / "huge", rows=600, files=2, row_group_size=100)
+    frame.loc[450, "f3"] = 1e39  # the second file's row 150
+    pq.write_table(pa.Table.from_pandas(frame.iloc[300:], preserve_index=False), tmp_path / "huge" / "part1.parquet",
+                   row_group_size=100)
+    with pytest.raises(DataError, match=r"part1.parquet: row 150 .*column 'f3': 1e\+39 is beyond what float32"):
+        build_data(stream_config(tmp_path / "huge"), "cpu")
+
+
 def test_files_of_another_schema_are_named_in_one_line(table, tmp_path):
     directory, frame = table
     mixed = tmp_path / "mixed"

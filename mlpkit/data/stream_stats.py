@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpkit.data.precision import FLOAT32_MAX
 from mlpkit.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -149,6 +150,20 @@ def first_missing(values: np.ndarray, target: Any, names: list[str], target_name
     row = int(rows[0])
     column = names[int(np.argmax(holes[row]))] if holes[row].any() else target_name
     return row, column
+
+
+def first_too_large(values: np.ndarray, target: Any, names: list[str], target_name: str
+                    ) -> tuple[int, str, float] | None:
+    """(row, column, value) of a record batch's first value float32 cannot hold (infinite, or beyond
+    +-3.4e38: the model's inputs are float32), or None."""
+    numbers = target_numbers(target)
+    cells = np.column_stack([values, numbers]) if numbers is not None else values
+    with np.errstate(invalid="ignore"):
+        bad = np.abs(cells) > FLOAT32_MAX
+    if not bad.any():
+        return None
+    row, column = (int(index) for index in np.argwhere(bad)[0])
+    return row, [*names, target_name][column], float(cells[row, column])
 
 
 def refuse_missing(file: str, row: int, column: str) -> DataError:

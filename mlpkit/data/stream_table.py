@@ -17,6 +17,7 @@ from mlpkit.data.stream_stats import (
     SPLIT_NAMES,
     StreamStats,
     first_missing,
+    first_too_large,
     refuse_missing,
     split_of,
     uniform,
@@ -107,6 +108,10 @@ def scan(groups: list[RowGroup], names: list[str], target: str, seed: int, fract
         for batch in group.fragment.to_batches(columns=[*names, target], batch_size=READ_ROWS):
             rows = np.arange(start, start + batch.num_rows)
             values, column = feature_values(batch, len(names)), batch.column(len(names))
+            if (huge := first_too_large(values, column, names, target)) is not None:
+                raise DataError("data.path", group.file, f"row {group.first_in_file + int(rows[huge[0]] - group.first)} "
+                                f"(counted from 0 in this file), column '{huge[1]}': {huge[2]} is beyond what float32 "
+                                "holds (+-3.4e38); rescale the column (e.g. its logarithm) or leave it out")
             if strategy == "error" and (hole := first_missing(values, column, names, target)) is not None:
                 raise refuse_missing(group.file, group.first_in_file + int(rows[hole[0]] - group.first), hole[1])
             sampled = uniform(rows, seed, 1) < rate if sample else None
