@@ -23,6 +23,8 @@ round (each round starting one way later) so that a noisy machine slows every wa
                       CUDA); it runs right before or after plain, each first in turn
   mlpkit_unfused      the same, with torch's default Adam kernel (compare it with plain_unfused)
   mlpkit_nodiag       mlpkit_unfused without the gradient monitor (loss and metrics only)
+  mlpkit_trackers     mlpkit logging to TensorBoard, a CSV file and MLflow (its SQLite store beside the
+                      run) at once, where mlflow is installed: what the trackers cost (against mlpkit)
   mlpkit_compiled     trainer.compile=true (with --compile on the CPU; always on CUDA)
   mlpkit_cuda_graphs  trainer.cuda_graphs=true (CUDA only)
   lightning           PyTorch Lightning's Trainer with a DataLoader, where lightning is installed
@@ -37,6 +39,7 @@ their lowest and highest), so a slow spell of a noisy machine cancels out. The
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -62,6 +65,7 @@ from mlpkit.api import run_config  # noqa: E402
 from mlpkit.assemble import assemble  # noqa: E402
 from mlpkit.callbacks import Callback  # noqa: E402
 from mlpkit.data import Data, Split  # noqa: E402
+from mlpkit.loggers import build_loggers  # noqa: E402
 from mlpkit.model import build_model, count_parameters  # noqa: E402
 from mlpkit.objective import build_objective  # noqa: E402
 from mlpkit.rundir import CHECKPOINT_DIR  # noqa: E402
@@ -186,9 +190,10 @@ def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
     return statistics.mean(values[drop:len(values) - drop])
 
 
-def mlpkit_config(workload: Workload, fused: bool | None, compile_step: bool, cuda_graphs: bool) -> DictConfig:
+def mlpkit_config(workload: Workload, fused: bool | None, compile_step: bool, cuda_graphs: bool,
+                  loggers: tuple[str, ...] = ("tensorboard",)) -> DictConfig:
     """The config of fresh_model's run as `python train.py` takes it (the data is the benchmark's own)."""
-    return run_config([
+    return run_config([f"logger=[{','.join(loggers)}]",
         f"model.hidden_sizes=[{','.join(map(str, workload.hidden_sizes))}]", "activation=relu", "head=softmax",
         "loss=ce", "optimizer=adam", "optimizer.lr=0.001", f"optimizer.fused={'null' if fused is None else fused}",
         f"trainer.max_epochs={workload.epochs}", f"trainer.batch_size={workload.batch_size}", "trainer.seed=0",
@@ -198,14 +203,15 @@ def mlpkit_config(workload: Workload, fused: bool | None, compile_step: bool, cu
 
 def run_mlpkit(data: Data, workload: Workload, device: torch.device, *, diagnostics: bool = True,
                fused: bool | None = None, compile_step: bool = False, cuda_graphs: bool = False,
-               timed: bool = False) -> dict:
+               timed: bool = False, loggers: tuple[str, ...] = ("tensorboard",)) -> dict:
     """A run as mlpkit.assemble builds it, on the benchmark's data; ``timed`` (on the CPU): with a
     StepTimer, for the diagnostics' cost from step times (its clock reads add about 1 us a step, so
-    the ways compared with plain run untimed)."""
-    cfg = mlpkit_config(workload, fused, compile_step, cuda_graphs)
+    the ways compared with plain run untimed); ``loggers``: logger=[...] (the trackers' own stores
+    in the run's temporary directory)."""
+    cfg = mlpkit_config(workload, fused, compile_step, cuda_graphs, loggers)
     timer = StepTimer() if timed and device.type == "cpu" else None
     with tempfile.TemporaryDirectory() as run_dir:
-        logger = TensorBoardLogger(run_dir)
+        logger = TensorBoardLogger(run_dir) if loggers == ("tensorboard",) else build_loggers(cfg, Path(run_dir))
         trainer = assemble(cfg, data, checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR, logger=logger,
                            callbacks=[timer] if timer is not None else [], diagnostics=diagnostics).trainer
         synchronize(device)
@@ -265,13 +271,17 @@ def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cp
     if device.type == "cuda":
         ways["mlpkit_cuda_graphs"] = lambda: run_mlpkit(data, workload, device, fused=default_fused,
                                                         compile_step=True, cuda_graphs=True)
+    if importlib.util.find_spec("mlflow") is not None:  # the extra mlpkit[mlflow]
+        ways[TRACKERS_WAY] = lambda: run_mlpkit(data, workload, device, fused=default_fused, loggers=TRACKERS)
     ways["lightning"] = lambda: run_lightning(data, workload, device)
     return ways
 
 
 DIAGNOSTICS_PAIR = ("mlpkit_unfused", "mlpkit_nodiag")  # the same trainer with and without the monitor
-# Ways whose ratio is the point run back to back, each first in turn: like for like, and the diagnostics cost.
-PAIRS = (("mlpkit", "plain"), DIAGNOSTICS_PAIR)
+TRACKERS_WAY, TRACKERS = "mlpkit_trackers", ("tensorboard", "csv", "mlflow")  # mlpkit with every local logger
+# Ways whose ratios are the point run back to back, each first in turn: like for like, the trackers' cost
+# (mlpkit_trackers against mlpkit) and the diagnostics' cost.
+PAIRS = (("mlpkit", "plain", TRACKERS_WAY), DIAGNOSTICS_PAIR)
 
 
 def summarize(measured: dict[str, list[dict]]) -> dict:
@@ -287,6 +297,10 @@ def summarize(measured: dict[str, list[dict]]) -> dict:
     pairs = list(zip(*(measured[way] for way in DIAGNOSTICS_PAIR)))
     costs = [1 - with_monitor["samples_per_second"] / without["samples_per_second"] for with_monitor, without in pairs]
     summary[DIAGNOSTICS_PAIR[0]]["diagnostics_cost"] = statistics.median(costs)
+    if measured.get(TRACKERS_WAY):
+        summary[TRACKERS_WAY]["trackers_cost"] = statistics.median(
+            1 - tracked["samples_per_second"] / alone["samples_per_second"]
+            for tracked, alone in zip(measured[TRACKERS_WAY], measured["mlpkit"]))
     if pairs and "logged_step_extra_seconds" in pairs[0][0]:
         summary[DIAGNOSTICS_PAIR[0]]["diagnostics_cost_per_step"] = statistics.median(map(step_cost, pairs))
     return summary
@@ -327,8 +341,8 @@ def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool
         run()
     measured: dict[str, list[dict]] = {way: [] for way in ways}
     # The PAIRS run back to back, each first in turn: their ratios compare runs moments apart.
-    firsts, seconds = {pair[0]: pair for pair in PAIRS}, {pair[1] for pair in PAIRS}
-    units = [firsts.get(way, (way,)) for way in ways if way not in seconds]
+    firsts, seconds = {pair[0]: pair for pair in PAIRS}, {way for pair in PAIRS for way in pair[1:]}
+    units = [tuple(w for w in firsts.get(way, (way,)) if w in ways) for way in ways if way not in seconds]
     for round_index in range(rounds):
         # Each round starts one way later, so no way always follows the same one (what ran before
         # leaves the allocator, caches and the CPU's clock in a state that favours or slows the next).
@@ -529,6 +543,8 @@ def print_result(result: dict, device: torch.device) -> None:
         notes = []
         if "end_to_end" in entry:
             notes.append(f"end to end {entry['end_to_end']:.0f}/s with eval+checkpoints")
+        if "trackers_cost" in entry:
+            notes.append(f"tensorboard+csv+mlflow cost {entry['trackers_cost']:+.1%} against mlpkit")
         if "diagnostics_cost" in entry:
             notes.append(f"diagnostics cost {entry['diagnostics_cost']:+.1%}")
         if "diagnostics_cost_per_step" in entry:
