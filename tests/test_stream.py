@@ -69,6 +69,7 @@ def test_one_pass_gives_the_training_rows_statistics_and_every_row_one_split(tab
     np.testing.assert_allclose(data.feature_mean, train[names].mean(), rtol=1e-12)
     np.testing.assert_allclose(data.feature_std, train[names].std(ddof=0), rtol=1e-9)
     assert data.class_names == ["0", "1", "2"] and data.task == "multiclass"
+    np.testing.assert_array_equal(torch.bincount(data.train.y), np.bincount(train.label))  # balanced weights count these
     assert "streamed from 3 Parquet file(s), 12 row groups" in data.describe()
 
 

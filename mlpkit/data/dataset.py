@@ -135,6 +135,8 @@ class Data:
 
     @property
     def n_targets(self) -> int:
+        if self.placement == "stream":
+            return 1  # a stream's target is one column
         return 1 if self.train.y.dim() == 1 else self.train.y.shape[1]
 
     @property

@@ -24,7 +24,7 @@ import torch
 from mlpkit.data.missing import INDICATOR_SUFFIX, missing_settings
 from mlpkit.data.stream_files import check_stream_keys, open_row_groups, pick_stream_columns, stream_files
 from mlpkit.data.stream_stats import StreamStats
-from mlpkit.data.stream_table import READ_ROWS, StreamTable, fitted_table, scan
+from mlpkit.data.stream_table import StreamTable, fitted_table, scan
 from mlpkit.errors import DataError
 
 PREFETCH_STEPS = 8  # batches a reading thread prepares ahead of the training step
@@ -43,6 +43,7 @@ class StreamSplit:
     width: int
     group_rows: tuple[int, ...] = ()  # this split's rows per row group (the training split's: for ddp)
     eval_rows: int | None = None  # data.eval_rows: an evaluation reads a uniform sample of about this many
+    label_counts: tuple[int, ...] = ()  # rows of each class (a classification split)
     limit: int | None = None  # head(rows): the first rows only
 
     @property
@@ -52,8 +53,9 @@ class StreamSplit:
 
     @property
     def y(self) -> torch.Tensor:
-        """Every target of the split, read in one pass (what loss.class_weights=balanced counts)."""
-        return torch.cat([y for _x, y in self.chunks(READ_ROWS, torch.device("cpu"))])
+        """The split's class labels, sorted, from the pass's counts (what loss.class_weights=balanced
+        counts: 8 bytes a row, made only when asked); a regression split's targets are read as needed."""
+        return torch.repeat_interleave(torch.arange(len(self.label_counts)), torch.tensor(self.label_counts))
 
     def __len__(self) -> int:
         return self.rows if self.limit is None else min(self.rows, self.limit)
@@ -251,7 +253,8 @@ def open_stream(cfg: Mapping[str, Any]) -> OpenedStream:
     buffer = int(cfg.get("shuffle_buffer", 100_000))
     eval_rows = cfg.get("eval_rows", 200_000)
     splits = tuple(StreamSplit(table, part, stats.rows[part], buffer, width,
-                               tuple(stats.group_train_rows) if part == 0 else (), eval_rows) for part in range(3))
+                               tuple(stats.group_train_rows) if part == 0 else (), eval_rows,
+                               tuple(stats.classes[part][value] for value in table.classes)) for part in range(3))
     class_names = [cls if isinstance(cls, str) else label(float(cls)) for cls in table.classes]
     extra = {"path": str(cfg.get("path")), "target": target, "input_columns": names, "categories": {},
              "missing": dict(table.missing), "stream": {"files": len(files), "row_groups": len(groups),
