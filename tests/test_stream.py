@@ -191,6 +191,9 @@ def test_files_of_another_schema_are_named_in_one_line(table, tmp_path):
                    mixed / "part9.parquet")
     with pytest.raises(DataError, match=r"part9.parquet.*no column 'f3'"):
         build_data(stream_config(mixed), "cpu")
+    (mixed / "part9.parquet").write_bytes(b"PAR1 cut short by a crash")
+    with pytest.raises(DataError, match=r"part9.parquet: not a readable Parquet file"):
+        build_data(stream_config(mixed), "cpu")
 
 
 @pytest.mark.parametrize("overrides, words", [

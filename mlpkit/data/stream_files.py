@@ -48,11 +48,15 @@ class RowGroup:
 def open_row_groups(files: list[Path]) -> tuple[list[RowGroup], Any]:
     """Every row group of the files, in order, and the schema they share; a file whose schema differs
     from the first file's is one line naming it."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset([str(file) for file in files], format="parquet")
-    fragments = list(dataset.get_fragments())
-    schema = fragments[0].physical_schema
+    try:
+        fragments = list(ds.dataset([str(file) for file in files], format="parquet").get_fragments())
+        schemas = [fragment.physical_schema for fragment in fragments]
+    except (pa.ArrowException, OSError):
+        raise unreadable(files) from None
+    schema = schemas[0]
     groups, first = [], 0
     for fragment in fragments:
         if not fragment.physical_schema.equals(schema):
@@ -65,6 +69,19 @@ def open_row_groups(files: list[Path]) -> tuple[list[RowGroup], Any]:
             groups.append(RowGroup(part, fragment.path, in_file, first, rows))
             in_file, first = in_file + rows, first + rows
     return groups, schema
+
+
+def unreadable(files: list[Path]) -> DataError:
+    """One line naming the first file that is not a Parquet file pyarrow can read, and why."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowException, OSError) as error:
+            return DataError("data.path", str(file), f"not a readable Parquet file: {str(error).splitlines()[0]}")
+    return DataError("data.path", str(files[0]), "pyarrow.dataset cannot open these Parquet files together")
 
 
 def schema_difference(first: Any, other: Any) -> str:
