@@ -122,24 +122,27 @@ class StreamSplit:
 def shuffled(chunks: Iterator[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, buffer: int
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A bounded shuffle: the first ``buffer`` rows fill a pool; then each arriving row takes the
-    place of a pooled row drawn at random, which leaves; at the end the pool leaves, permuted."""
+    place of a pooled row drawn at random, which leaves; at the end the pool leaves, permuted. The
+    rows move with torch's index_select and index_copy_, which release the GIL: the training step
+    in the main thread runs meanwhile."""
     pool_x = pool_y = None
     filled = 0
     for x, y in chunks:
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
         if pool_x is None:
-            pool_x = np.empty((buffer, *x.shape[1:]), dtype=x.dtype)
-            pool_y = np.empty((buffer, *y.shape[1:]), dtype=y.dtype)
+            pool_x, pool_y = x.new_empty((buffer, *x.shape[1:])), y.new_empty((buffer, *y.shape[1:]))
         room = min(buffer - filled, len(x))
         pool_x[filled:filled + room], pool_y[filled:filled + room] = x[:room], y[:room]
         filled += room
         for start in range(room, len(x), buffer):  # the pool is full: rows swap in, rows leave
             arriving = slice(start, min(len(x), start + buffer))
-            slots = rng.permutation(buffer)[:arriving.stop - arriving.start]
-            yield pool_x[slots], pool_y[slots]
-            pool_x[slots], pool_y[slots] = x[arriving], y[arriving]
+            slots = torch.from_numpy(rng.permutation(buffer)[:arriving.stop - arriving.start])
+            yield pool_x.index_select(0, slots).numpy(), pool_y.index_select(0, slots).numpy()
+            pool_x.index_copy_(0, slots, x[arriving])
+            pool_y.index_copy_(0, slots, y[arriving])
     if filled:
-        order = rng.permutation(filled)
-        yield pool_x[order], pool_y[order]
+        order = torch.from_numpy(rng.permutation(filled))
+        yield pool_x[:filled].index_select(0, order).numpy(), pool_y[:filled].index_select(0, order).numpy()
 
 
 class RowStream:

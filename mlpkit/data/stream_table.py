@@ -63,8 +63,10 @@ class StreamTable:
 
     def transform(self, batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``rows`` (a mask) of a record batch as the model's standardised inputs and targets."""
-        values, target = feature_values(batch, len(self.names), rows), batch.column(len(self.names)).filter(rows)
-        strategy = self.missing["strategy"]
+        target, strategy = batch.column(len(self.names)).filter(rows), self.missing["strategy"]
+        if strategy == "error":  # no cell to drop or fill (the pass saw none): column by column
+            return standardized_columns(batch, rows, self.mean, self.std), self.encode_target(target)
+        values = feature_values(batch, len(self.names), rows)
         if strategy == "drop":
             import pyarrow.compute as pc
 
@@ -94,6 +96,19 @@ class StreamTable:
         for group in self.groups:
             digest.update(f"{Path(group.file).name}:{Path(group.file).stat().st_size}:{group.rows};".encode())
         return digest.hexdigest()
+
+
+def standardized_columns(batch: Any, rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of a record batch's first ``len(mean)`` columns, standardised: each column
+    gathered and scaled in float64 on its own (contiguous: 1.5x faster than scaling an (n, F) block),
+    stored as float32, then turned into rows."""
+    columns = np.empty((len(mean), int(rows.sum())), dtype=np.float32)
+    for position in range(len(mean)):
+        column = np.asarray(batch.column(position).to_numpy(zero_copy_only=False)[rows], dtype=np.float64)
+        column -= mean[position]  # in float64: a column of 1e8 + noise keeps its noise
+        column /= std[position]
+        columns[position] = column
+    return np.ascontiguousarray(columns.T)
 
 
 # --- the pass ------------------------------------------------------------------------------------------
