@@ -3,6 +3,7 @@
     python scripts/benchmark.py                          # digits and mnist on the CPU
     python scripts/benchmark.py --workloads mnist wide --device cuda --rounds 5 --output bench.json
     python scripts/benchmark.py --startup                # also: start-up time of a zero-epoch run
+    python scripts/benchmark.py --workloads digits --trackers  # also: tensorboard+csv+mlflow against tensorboard
     python scripts/benchmark.py --end-to-end --rounds 7  # whole commands: `python train.py` against a plain script
     python scripts/benchmark.py --data --stream          # data.stream=true: peak memory by table size, throughput
 
@@ -23,8 +24,8 @@ round (each round starting one way later) so that a noisy machine slows every wa
                       CUDA); it runs right before or after plain, each first in turn
   mlpkit_unfused      the same, with torch's default Adam kernel (compare it with plain_unfused)
   mlpkit_nodiag       mlpkit_unfused without the gradient monitor (loss and metrics only)
-  mlpkit_trackers     mlpkit logging to TensorBoard, a CSV file and MLflow (its SQLite store beside the
-                      run) at once, where mlflow is installed: what the trackers cost (against mlpkit)
+  mlpkit_trackers     with --trackers: mlpkit logging to TensorBoard, a CSV file and MLflow (its SQLite
+                      store beside the run) at once: what the trackers cost (against mlpkit)
   mlpkit_compiled     trainer.compile=true (with --compile on the CPU; always on CUDA)
   mlpkit_cuda_graphs  trainer.cuda_graphs=true (CUDA only)
   lightning           PyTorch Lightning's Trainer with a DataLoader, where lightning is installed
@@ -255,7 +256,8 @@ def run_lightning(data: Data, workload: Workload, device: torch.device) -> dict 
     return {"samples_per_second": len(data.train) * workload.epochs / (time.perf_counter() - started)}
 
 
-def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cpu: bool) -> dict:
+def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cpu: bool,
+             trackers: bool = False) -> dict:
     default_fused = resolve_fused("auto", device)  # what optimizer.fused=auto gives a run on this device
     ways = {
         "plain": lambda: run_plain(data, workload, device, fused=default_fused),  # like for like: its best
@@ -271,7 +273,7 @@ def ways_for(data: Data, workload: Workload, device: torch.device, compile_on_cp
     if device.type == "cuda":
         ways["mlpkit_cuda_graphs"] = lambda: run_mlpkit(data, workload, device, fused=default_fused,
                                                         compile_step=True, cuda_graphs=True)
-    if importlib.util.find_spec("mlflow") is not None:  # the extra mlpkit[mlflow]
+    if trackers and importlib.util.find_spec("mlflow") is not None:  # --trackers, with the extra mlpkit[mlflow]
         ways[TRACKERS_WAY] = lambda: run_mlpkit(data, workload, device, fused=default_fused, loggers=TRACKERS)
     ways["lightning"] = lambda: run_lightning(data, workload, device)
     return ways
@@ -331,12 +333,12 @@ def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 50) 
 
 
 def benchmark(name: str, device: torch.device, rounds: int, compile_on_cpu: bool = False,
-              epochs: int | None = None) -> dict:
+              epochs: int | None = None, trackers: bool = False) -> dict:
     workload = WORKLOADS[name] if epochs is None else replace(WORKLOADS[name], epochs=epochs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     data = make_data(name, workload, device)
-    ways = ways_for(data, workload, device, compile_on_cpu)
+    ways = ways_for(data, workload, device, compile_on_cpu, trackers)
     for run in ways.values():  # warm-up: first-call costs (allocations, lazy imports, compiling) are not measured
         run()
     measured: dict[str, list[dict]] = {way: [] for way in ways}
@@ -652,6 +654,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs per round (default: each workload's own)")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=true on the CPU")
     parser.add_argument("--startup", action="store_true", help="also time a zero-epoch `python train.py`")
+    parser.add_argument("--trackers", action="store_true",
+                        help="also time mlpkit logging to tensorboard, csv and mlflow at once (mlpkit_trackers)")
     parser.add_argument("--end-to-end", action="store_true",
                         help="instead: whole commands (python train.py, a zero-epoch run, --help, --cfg job) "
                              "against a plain PyTorch script and Hydra's own start-up")
@@ -700,7 +704,8 @@ def main() -> None:
                           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
               "results": []}
     for name in args.workloads:
-        result = benchmark(name, device, args.rounds, compile_on_cpu=args.compile, epochs=args.epochs)
+        result = benchmark(name, device, args.rounds, compile_on_cpu=args.compile, epochs=args.epochs,
+                           trackers=args.trackers)
         report["results"].append(result)
         print_result(result, device)
     if args.startup:

@@ -15,7 +15,7 @@ BENCHMARK = [sys.executable, str(ROOT / "scripts" / "benchmark.py")]
 def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run([*BENCHMARK, "--workloads", "digits", "--rounds", "1", "--epochs", "2", "--startup",
-                             "--output", str(output)], capture_output=True, text=True, timeout=400)
+                             "--trackers", "--output", str(output)], capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     ways = report["results"][0]["ways"]
@@ -26,6 +26,8 @@ def test_benchmark_reports_ratios_to_the_plain_loop_and_start_up_times(tmp_path)
     assert all(low <= way["ratio_to_plain"] <= high for way in ways.values() for low, high in [way["ratio_range"]])
     assert all(way["samples_per_second"] > 0 for way in ways.values())
     assert "diagnostics_cost" in ways["mlpkit_unfused"]
+    assert -1 < ways["mlpkit_trackers"]["trackers_cost"] < 1  # tensorboard+csv+mlflow against mlpkit, paired
+    assert "tensorboard+csv+mlflow cost" in result.stdout
     assert "mlpkit_unfused" in result.stdout and "ratio" in result.stdout
     startup = report["startup_seconds"]
     assert startup["train_zero_epochs"] > startup["import_torch"] > 0
