@@ -151,20 +151,21 @@ def leave_together() -> None:
 
 def train_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), callbacks: Sequence = (),
               data: Data | None = None) -> float:
-    from mlpkit.assemble import assemble, load_data, prepare_device
-    from mlpkit.model import count_parameters
-    from mlpkit.resume import accept_resume
-    from mlpkit.runtime import show_progress, stop_on_signals
-
     started = time.perf_counter()
     resume = None
     with held_run_log(run_dir, holding=bool(cfg.get("resume"))):
         if cfg.get("resume"):  # the run goes on with its saved config: nothing is written before it is accepted
+            from mlpkit.resume import accept_resume
+
             cfg, resume = accept_resume(cfg, run_dir, list(overrides))
             forget_checkpoint_callbacks(cfg, overrides)
         else:
             check_new_run_dir(run_dir)
-        validate(cfg)  # before anything is loaded
+        validate(cfg)  # before anything is loaded, and before torch is imported: a mistake costs no second
+        from mlpkit.assemble import assemble, load_data, prepare_device
+        from mlpkit.model import count_parameters
+        from mlpkit.runtime import show_progress, stop_on_signals
+
         if int(cfg.data.get("cv_folds") or 0) and cfg.data.get("cv_fold") is None:
             from mlpkit.cross_validation import run_folds
 

@@ -257,7 +257,6 @@ def validate(cfg: DictConfig) -> None:
     validate_activation(cfg)
     check_rules(cfg, "head")
     validate_loss(cfg)
-    validate_optimizer(cfg)
     for group in ("trainer", "diagnostics"):
         check_rules(cfg, group)
     validate_remedies(cfg)
@@ -265,6 +264,7 @@ def validate(cfg: DictConfig) -> None:
     validate_scheduler(cfg)
     validate_data(cfg)
     check_rules(cfg, "objective")
+    validate_optimizer(cfg)  # last: it reads torch.optim's signatures, and a mistake above need not import torch
     wants_test = "auto" in (str(cfg.optimizer.lr), str(OmegaConf.select(cfg, "scheduler.max_lr", default=None)))
     if OmegaConf.select(cfg, "lr_find.run", default=False) or wants_test:
         from mlpkit.lr_finder import settings_of  # the range test's own keys
