@@ -5,6 +5,7 @@ a process fails, saying so (``processes_only_in_slow_tests``)."""
 from __future__ import annotations
 
 import ctypes.util
+import json
 import os
 import platform
 import shutil
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,6 +77,73 @@ def run_cli(run_dir: Path, *overrides: str, args: tuple[str, ...] = (), env: dic
                           env=full_env)
 
 
+def run_cli_in_one_interpreter(commands: list[tuple[Path, tuple[str, ...]]], timeout: int = 600,
+                               env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """Several ``python train.py <overrides>`` commands (run directory, overrides; flags such as --help
+    go first, as in ``run_cli``), one after another in one fresh interpreter (``run_in_one_interpreter``),
+    each started in its run directory's parent."""
+    return run_in_one_interpreter(
+        [([str(ROOT / "train.py"), *[o for o in overrides if o.startswith("-")], f"hydra.run.dir={run_dir}",
+           *[o for o in overrides if not o.startswith("-")]], run_dir.parent) for run_dir, overrides in commands],
+        timeout=timeout, env=env)
+
+
+def run_in_one_interpreter(commands: list[tuple[list[str], Path]], timeout: int = 600,
+                           env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """Several ``python <script> <arguments>`` commands (argv from the script's path on, working
+    directory), one after another in one fresh interpreter: each script runs as ``__main__`` as its own
+    process would run it, each command's stdout, stderr and exit code kept apart; the interpreter's
+    start-up (torch and Hydra imported) is paid once, not per command. For what a command prints and
+    exits with; ``run_cli`` starts a process per command (signals, concurrency, a fresh process's imports)."""
+    plan = [[[str(part) for part in argv], str(cwd)] for argv, cwd in commands]
+    for _, cwd in commands:
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="cli_plan_") as folder:
+        plan_file = Path(folder) / "plan.json"
+        plan_file.write_text(json.dumps(plan))
+        code = f"from tests.conftest import run_plan; run_plan({str(plan_file)!r})"
+        ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                             timeout=timeout, env=env)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        codes = json.loads(plan_file.with_suffix(".codes.json").read_text())
+        return [subprocess.CompletedProcess(argv, returncode,
+                                            Path(f"{plan_file}.{number}.out").read_text(),
+                                            Path(f"{plan_file}.{number}.err").read_text())
+                for number, ((argv, _), returncode) in enumerate(zip(plan, codes))]
+
+
+def run_plan(plan_file: str) -> None:
+    """In the fresh interpreter of ``run_in_one_interpreter``: each command's script as ``__main__``,
+    its stdout and stderr redirected (file descriptors 1 and 2) to files of their own; writes the exit codes."""
+    import runpy
+
+    codes = []
+    for number, (argv, cwd) in enumerate(json.loads(Path(plan_file).read_text())):
+        os.chdir(cwd)
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(f"{plan_file}.{number}.out", "w") as out, open(f"{plan_file}.{number}.err", "w") as err:
+            os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+            try:
+                sys.argv = list(argv)
+                runpy.run_path(argv[0], run_name="__main__")
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:  # noqa: BLE001 (an uncaught exception: the process would exit 1)
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+                os.close(saved[0]), os.close(saved[1])
+        codes.append(code)
+    Path(plan_file).with_suffix(".codes.json").write_text(json.dumps(codes))
+
+
 def script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``python scripts/<name>.py <overrides>`` (evaluate, predict, plot_activations) from ``cwd``."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *overrides], cwd=cwd,
@@ -127,7 +194,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
-    """Two runs trained once per session, side by side: a bundled binary set whose classes have names
+    """Two runs trained once per session (per pytest-xdist worker): a bundled binary set whose classes have names
     (sigmoid head), and a regression on the user's own CSV file. Use ``runs``, not this."""
     base = tmp_path_factory.mktemp("trained_runs")
     commands = {
@@ -135,11 +202,10 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
         "iris": ("data=csv", f"data.path={IRIS}", "data.target=petal_width",
                  "data.features=[sepal_length,sepal_width,petal_length]"),
     }
-    with ThreadPoolExecutor(len(commands)) as pool:
-        done = {name: pool.submit(run_cli, base / name, *overrides, *TINY)
-                for name, overrides in commands.items()}
-    for name, future in done.items():
-        assert future.result().returncode == 0, f"{name}: {future.result().stderr}"
+    # through train.py, both in one fresh interpreter: its start-up costs more than these runs
+    results = run_cli_in_one_interpreter([(base / name, (*overrides, *TINY)) for name, overrides in commands.items()])
+    for name, result in zip(commands, results):
+        assert result.returncode == 0, f"{name}: {result.stderr}"
     return {name: base / name for name in commands}
 
 

@@ -1,15 +1,18 @@
 """Config mistakes stop before any data is loaded: one line naming key, value and what is allowed.
 
 The messages are checked in-process, where each is made: Hydra's composition errors (unknown key,
-unknown choice, bad override syntax) by describe_hydra_error, the values by validate. Two real runs
-of `python train.py`, one per family, show the command line turning each into one line and exit 2,
-the same line that mlpkit.train raises."""
+unknown choice, bad override syntax) by describe_hydra_error, the values by validate. Runs of
+train.py, one per family (in one fresh interpreter), show the command line turning each into one line
+and exit 2, the same line that mlpkit.train raises; a process of its own shows HYDRA_FULL_ERROR's traceback."""
+import subprocess
+from pathlib import Path
+
 import pytest
 
 import mlpkit
 from mlpkit.config import validate
 from mlpkit.errors import EXIT_CONFIG, ConfigError
-from tests.conftest import compose_config, hydra_error, run_cli
+from tests.conftest import compose_config, hydra_error, run_cli, run_cli_in_one_interpreter
 
 COMPOSITION_CASES = [
     (["trainer.max_epoch=3"],
@@ -59,12 +62,24 @@ def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(overrides, m
     assert error.value.exit_code == EXIT_CONFIG
 
 
+REFUSED_ON_THE_COMMAND_LINE = {"composition": COMPOSITION_CASES[0], "value": (["trainer.seed=-1"], "trainer.seed=-1"),
+                               "flag": (["model.bias=no"], "model.bias=no is not valid")}
+
+
+@pytest.fixture(scope="module")
+def refused_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Each mistake through train.py, one after another in one fresh interpreter: its run directory, its output."""
+    base = tmp_path_factory.mktemp("refused")
+    commands = [(base / name / "run", tuple(overrides)) for name, (overrides, _) in REFUSED_ON_THE_COMMAND_LINE.items()]
+    results = run_cli_in_one_interpreter(commands)
+    return {name: (run_dir, result) for name, (run_dir, _), result in zip(REFUSED_ON_THE_COMMAND_LINE, commands, results)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, message", [COMPOSITION_CASES[0], (["trainer.seed=-1"], "trainer.seed=-1"),
-                                                (["model.bias=no"], "model.bias=no is not valid")],
-                         ids=["composition", "value", "flag"])
-def test_config_mistake_is_one_line_with_exit_code_2(run_dir, tmp_path, overrides, message):
-    result = run_cli(run_dir, *overrides)
+@pytest.mark.parametrize("case", REFUSED_ON_THE_COMMAND_LINE)
+def test_config_mistake_is_one_line_with_exit_code_2(refused_runs, tmp_path, case):
+    overrides, message = REFUSED_ON_THE_COMMAND_LINE[case]
+    run_dir, result = refused_runs[case]
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Config error:")]

@@ -3,8 +3,6 @@ multiruns and an Optuna study over cross-validations."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ from mlpkit.callbacks import Callback
 from mlpkit.cross_validation import CrossValidation, FoldStopped
 from mlpkit.cv_summary import mean_std
 from mlpkit.errors import EXIT_NONFINITE, ConfigError, TrainingStopped
-from tests.conftest import ROOT, run_cli
-from tests.test_sweep import group_override, multirun, needs, read_report
+from tests.conftest import ROOT, run_in_one_interpreter
+from tests.test_sweep import group_override, job_dirs, multirun, needs, read_report
 
 FOLDS = 3
 CV = ["data=breast_cancer", "trainer.max_epochs=1", "model.hidden_sizes=[8]", "trainer.progress=false",
@@ -184,7 +182,11 @@ def test_a_fold_with_a_non_finite_loss_stops_the_cross_validation_and_names_the_
 @pytest.mark.slow
 def test_cli_cross_validation_ends_with_its_summary_and_a_fold_resumes_alone(tmp_path, monkeypatch):
     run_dir = tmp_path / "cv"
-    result = run_cli(run_dir, *CV, "data.cv_folds=2")
+    # train.py twice, one after the other in one fresh interpreter: the cross-validation, then a fold's resume
+    # as a user types it: no hydra.run.dir, the fold goes on in its own directory
+    result, resumed = run_in_one_interpreter([
+        ([ROOT / "train.py", f"hydra.run.dir={run_dir}", *CV, "data.cv_folds=2"], tmp_path),
+        ([ROOT / "train.py", f"resume={run_dir / 'fold_1'}", "trainer.max_epochs=2"], tmp_path)])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     summary = json.loads((run_dir / "cv_summary.json").read_text())
@@ -192,9 +194,6 @@ def test_cli_cross_validation_ends_with_its_summary_and_a_fold_resumes_alone(tmp
     assert lines[-3].endswith(f"; gradients: {summary['verdicts_text']}")
     assert lines[-1] == f"view them: tensorboard --logdir {run_dir}"
 
-    # as a user types it: no hydra.run.dir, the fold goes on in its own directory
-    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir / 'fold_1'}",
-                              "trainer.max_epochs=2"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     fold = json.loads((run_dir / "fold_1" / "metrics.json").read_text())
     assert fold["epochs"] == 2 and fold["resumes"][0]["changes"] == {"trainer.max_epochs": 2}
@@ -228,24 +227,10 @@ def test_bad_fold_counts_are_one_line_and_leave_no_fold(tmp_path, folds, message
 
 # --- sweeps ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_multirun_of_cross_validations_reports_each_job_with_its_mean(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = multirun(sweep_dir, "data=breast_cancer", "model.hidden_sizes=[8]", "data.cv_folds=2",
-                      "activation=relu,tanh")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = read_report(sweep_dir)
-    assert sorted(row["overrides"] for row in rows) == ["activation=relu", "activation=tanh"]  # not the folds
-    for row in rows:
-        job = next(sweep_dir.glob(f"*_{row['overrides']},*"))
-        summary = json.loads((job / "cv_summary.json").read_text())
-        assert row["status"] == "completed" and float(row["val_loss"]) == pytest.approx(
-            summary["mean"]["val"]["loss"], rel=1e-3)
-        assert sorted(p.name for p in job.glob("fold_*")) == ["fold_0", "fold_1"]
-
-
-@pytest.mark.slow
 @needs["optuna"]
-def test_an_optuna_study_minimises_the_folds_mean_validation_loss(tmp_path):
+def test_an_optuna_study_minimises_the_folds_mean_validation_loss_and_its_report_has_a_row_per_job(tmp_path):
+    """A multirun of cross-validations (here an Optuna study's): each trial's value and each report row are
+    its job's mean over its folds; the report counts the jobs, not the folds."""
     import optuna
 
     sweep_dir = tmp_path / "study"
@@ -258,4 +243,8 @@ def test_an_optuna_study_minimises_the_folds_mean_validation_loss(tmp_path):
     means = sorted(json.loads((job / "cv_summary.json").read_text())["mean"]["val"]["loss"]
                    for job in sweep_dir.glob("*/cv_summary.json") for job in [job.parent])
     assert sorted(trial.value for trial in trials) == pytest.approx(means, rel=1e-6)
-    assert len(read_report(sweep_dir)) == 2
+    rows = read_report(sweep_dir)
+    assert len(rows) == 2 and all(row["status"] == "completed" for row in rows), rows  # the jobs, not the folds
+    assert all(sorted(p.name for p in (sweep_dir / name).glob("fold_*")) == ["fold_0", "fold_1"]
+               for name in job_dirs(sweep_dir))
+    assert sorted(float(row["val_loss"]) for row in rows) == pytest.approx(means, rel=1e-3)

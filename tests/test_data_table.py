@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from mlpkit.data import DataError, build_data, save_label_mapping
 from mlpkit.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_one_interpreter
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -179,18 +180,30 @@ def test_path_and_target_are_required(tmp_path):
 CSV_RUN = ("data=csv", "trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu")
 
 
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """train.py on a good and on a bad CSV file, one after another in one fresh interpreter: each run's
+    directory and output."""
+    base = tmp_path_factory.mktemp("cli")
+    (base / "good").mkdir(), (base / "bad").mkdir()
+    files = {"good": iris_like(base / "good" / "iris.csv").name,
+             "bad": write_csv(base / "bad" / "bad.csv", "x,species", ["1,a", "2,b", ",a"]).name}
+    commands = [(base / name / "run", (*CSV_RUN, f"data.path={file}", "data.target=species"))
+                for name, file in files.items()]
+    return {name: (run_dir, result)
+            for name, (run_dir, _), result in zip(files, commands, run_cli_in_one_interpreter(commands))}
+
+
 @pytest.mark.slow
-def test_cli_trains_on_a_csv_with_one_override_each(tmp_path):
-    iris_like(tmp_path / "iris.csv")
-    result = run_cli(tmp_path / "run", *CSV_RUN, "data.path=iris.csv", "data.target=species", cwd=tmp_path)
+def test_cli_trains_on_a_csv_with_one_override_each(cli_runs):
+    _, result = cli_runs["good"]
     assert result.returncode == 0, result.stderr
     assert "data=csv: multiclass, train 20, val 5, test 5, 2 features, 3 classes" in result.stderr
 
 
 @pytest.mark.slow
-def test_cli_stops_with_one_line_on_a_bad_file(tmp_path):
-    write_csv(tmp_path / "bad.csv", "x,species", ["1,a", "2,b", ",a"])
-    result = run_cli(tmp_path / "run", *CSV_RUN, "data.path=bad.csv", "data.target=species", cwd=tmp_path)
+def test_cli_stops_with_one_line_on_a_bad_file(cli_runs):
+    _, result = cli_runs["bad"]
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "line 4, column 'x': empty cell" in lines[0], result.stderr

@@ -3,19 +3,25 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
-
 from mlpkit.activations import ACTIVATIONS
-from tests.conftest import ROOT, script
+from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "plot_activations.py"
 
 
-@pytest.mark.slow
-def test_writes_png_and_svg_for_the_grid_and_each_activation(tmp_path):
-    result = script("plot_activations", "figures", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {2 * (len(ACTIVATIONS) + 1)} files to figures")
+def load_script():
+    """scripts/plot_activations.py as a module: its main() in-process (test_readme.py runs the README's
+    plot_activations commands as __main__ in a fresh interpreter)."""
+    spec = importlib.util.spec_from_file_location("plot_activations", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_writes_png_and_svg_for_the_grid_and_each_activation(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert load_script().main(["figures"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {2 * (len(ACTIVATIONS) + 1)} files to figures")
     stems = ["activations", *(f"activation_{name}" for name in ACTIVATIONS)]
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
         f"{stem}.{suffix}" for stem in stems for suffix in ("png", "svg"))
@@ -27,10 +33,7 @@ def test_writes_png_and_svg_for_the_grid_and_each_activation(tmp_path):
 def test_tensorboard_gets_the_same_figures_as_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    spec = importlib.util.spec_from_file_location("plot_activations", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.main(["--tensorboard", str(tmp_path / "tb")]) == 0
+    assert load_script().main(["--tensorboard", str(tmp_path / "tb")]) == 0
     accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     accumulator.Reload()
     tags = accumulator.Tags()["images"]

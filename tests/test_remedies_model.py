@@ -16,9 +16,11 @@ import mlpkit
 from mlpkit.config import validate
 from mlpkit.diagnostics import GradientMonitor
 from mlpkit.errors import ConfigError
+from mlpkit.evaluation import evaluate_run
 from mlpkit.model import build_model, count_parameters, model_summary
 from mlpkit.objective import build_objective
-from tests.conftest import ROOT, compose_config, read_scalars, run_cli, script
+from mlpkit.prediction import predict_csv
+from tests.conftest import ROOT, compose_config, read_scalars, run_cli, run_cli_in_one_interpreter
 
 
 # --- normalisation and skip connections -----------------------------------------------------------
@@ -74,17 +76,18 @@ def test_bad_norm_is_refused_with_the_choices():
 
 @pytest.mark.slow
 def test_the_refusals_are_one_line_and_exit_2_through_the_cli(tmp_path):
-    result = run_cli(tmp_path / "run", "model.residual=true", "model.hidden_sizes=[128,64]")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    residual, weights = run_cli_in_one_interpreter([  # train.py twice, in one fresh interpreter
+        (tmp_path / "run", ("model.residual=true", "model.hidden_sizes=[128,64]")),
+        (tmp_path / "weights", ("loss.class_weights=[1,2]", "trainer.max_epochs=1"))])
+    assert residual.returncode == 2
+    assert residual.stderr.strip().splitlines() == [
         "Config error: model.residual=true is not valid: expected false, or model.hidden_sizes with two equal "
         "widths in a row, e.g. [64,64,64] (skips around linear2 and linear3). model.hidden_sizes=[128,64] has "
         "no hidden layer after the first whose input and output widths match, so h + act(linear(h)) cannot be "
         "added"]
     assert not (tmp_path / "run" / "metrics.json").exists()
-    result = run_cli(tmp_path / "weights", "loss.class_weights=[1,2]", "trainer.max_epochs=1")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert weights.returncode == 2
+    assert weights.stderr.strip().splitlines()[-1] == (
         "Config error: loss.class_weights=[1,2] is not valid: expected a list of 10 weights, one per class of "
         "data=digits (2 given), or none or balanced")
 
@@ -98,8 +101,8 @@ def test_a_norm_and_residual_run_resumes_evaluates_and_predicts(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "(norm2): BatchNorm1d(16" in first.stderr
     assert "residual: h + act(norm(linear(h))) around linear2, linear3 (16->16)" in first.stderr
-    resumed = run_cli(run_dir, *model, "trainer.max_epochs=2", f"resume={run_dir}")
-    assert resumed.returncode == 0, resumed.stderr
+    # resumed through the command line's run function, in-process (test_resume.py resumes train.py for real)
+    mlpkit.train([*model, "trainer.max_epochs=2", f"resume={run_dir}"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["resumes"]
 
@@ -110,8 +113,8 @@ def test_a_norm_and_residual_run_resumes_evaluates_and_predicts(tmp_path):
     assert not [tag for tag in tags if "norm1" in tag or "/act" in tag]
 
     # evaluate (eval mode: BatchNorm's running statistics) gives the run's own test metrics
-    evaluated = script("evaluate", f"run={run_dir}", "checkpoint=last", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
+    # (the evaluate and predict commands' function in-process: test_evaluation.py and test_prediction.py run them)
+    evaluate_run(run_dir, "last")
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert report["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
     assert report["metrics"]["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
@@ -126,9 +129,7 @@ def test_a_norm_and_residual_run_resumes_evaluates_and_predicts(tmp_path):
     alone = np.concatenate([run.predict_proba(frame.iloc[[i]]) for i in range(len(frame))])
     assert np.allclose(together, alone, atol=1e-6)
     frame.to_csv(tmp_path / "rows.csv", index=False)
-    predicted = script("predict", f"run={run_dir}", f"input={tmp_path / 'rows.csv'}",
-                       f"output={tmp_path / 'pred.csv'}", cwd=tmp_path)
-    assert predicted.returncode == 0, predicted.stderr
+    predict_csv(run_dir, tmp_path / "rows.csv", tmp_path / "pred.csv")
     with open(tmp_path / "pred.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["prediction"] for row in rows] == [str(label) for label in run.predict(frame)]  # digits: ints

@@ -20,6 +20,7 @@ from tests.conftest import (
     ctrl_c_reaches_it,
     read_scalars,
     run_cli,
+    run_cli_in_one_interpreter,
     stop_after_saving_step,
 )
 
@@ -51,9 +52,6 @@ def final_weights(run_dir):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    reference = tmp_path / "reference"
-    assert run_cli(reference, *LONG_RUN).returncode == 0
-
     killed = tmp_path / "killed"
     process = start_cli(killed, *LONG_RUN)
     wait_for_checkpoint(process, killed, steps_at_least=100)  # inside the second epoch or later
@@ -61,7 +59,11 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     process.wait()
     assert not (killed / "metrics.json").exists()
 
-    resumed = run_cli(killed, *LONG_RUN, f"resume={killed}")
+    # the resume, then the uninterrupted run, through train.py one after the other in one fresh interpreter
+    reference = tmp_path / "reference"
+    resumed, uninterrupted = run_cli_in_one_interpreter([(killed, (*LONG_RUN, f"resume={killed}")),
+                                                         (reference, LONG_RUN)])
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
     expected, actual = final_weights(reference), final_weights(killed)

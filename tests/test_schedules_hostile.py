@@ -10,7 +10,7 @@ import mlpkit
 from mlpkit.cli import run
 from mlpkit.errors import EXIT_CONFIG, ConfigError
 from mlpkit.schedules import build_schedule
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, run_cli_in_one_interpreter
 
 # digits, batch 64: 20 steps an epoch; 2 epochs: 40 optimizer steps
 SMALL = ("model.hidden_sizes=[16]", "trainer.progress=false", "trainer.device=cpu", "trainer.max_epochs=2")
@@ -119,12 +119,13 @@ def test_a_longer_resume_of_a_warned_run_goes_on(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_the_command_line_refuses_it_with_exit_2_and_leaves_what_other_refused_starts_leave(tmp_path):
-    refused = run_cli(tmp_path / "eta_min", "scheduler=cosine", "scheduler.eta_min=0.99", *SMALL)
+    # the second: another value refused once the run's data is known, when the trainer is built
+    refused, other = run_cli_in_one_interpreter([  # train.py twice, in one fresh interpreter
+        (tmp_path / "eta_min", ("scheduler=cosine", "scheduler.eta_min=0.99", *SMALL)),
+        (tmp_path / "batch", ("trainer.compile=true", "trainer.batch_size=100000", *SMALL))])
     assert refused.returncode == 2, refused.stderr
     assert "scheduler.eta_min=0.99 is not valid: expected a number below optimizer.lr=0.001" in refused.stderr
     assert "Traceback" not in refused.stderr
-    # another value refused once the run's data is known, when the trainer is built
-    other = run_cli(tmp_path / "batch", "trainer.compile=true", "trainer.batch_size=100000", *SMALL)
     assert other.returncode == 2, other.stderr
 
     def files(run_dir):

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from mlpkit.acceleration import parallel_jobs, torch_threads
 from mlpkit.sweeps import write_report
 from mlpkit.tensorboard import TensorBoardLogger
-from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it
+from tests.conftest import CONFIG_DIR, ROOT, ctrl_c_reaches_it, run_in_one_interpreter
 
 TINY = ["trainer.progress=false", "trainer.device=cpu"]  # and trainer.max_epochs: see multirun_command
 # Ray 2.5x turns on token authentication; a driver given an explicit address finds no token.
@@ -50,6 +50,15 @@ def multirun(sweep_dir: Path, *overrides: str, timeout: int = 240, epochs: int =
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(multirun_command(sweep_dir, *overrides, epochs=epochs), cwd=sweep_dir.parent,
                           check=False, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def multiruns_in_one_interpreter(*sweeps: tuple[Path, tuple[str, ...]], epochs: int = 1
+                                 ) -> list[subprocess.CompletedProcess]:
+    """``python train.py -m ...`` per (sweep directory, overrides), as ``multirun`` runs it, one after another
+    in one fresh interpreter (``run_in_one_interpreter``): its start-up is paid once. Real processes
+    of their own: test_sweep.py's multiruns, two sweeps at once, an interrupted study."""
+    return run_in_one_interpreter([(multirun_command(sweep_dir, *overrides, epochs=epochs)[1:], sweep_dir.parent)
+                                   for sweep_dir, overrides in sweeps], env=RAY_ENV)
 
 
 def read_report(sweep_dir: Path) -> list[dict[str, str]]:

@@ -3,10 +3,12 @@ name a directory outside the sweep (or one too long to create), and an Optuna st
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import shutil
 import subprocess
 import urllib.parse
+from pathlib import Path
 
 import hydra.core.utils
 import pytest
@@ -14,7 +16,15 @@ from hydra import compose, initialize_config_dir
 
 from mlpkit.new_dirs import NAME_MAX_BYTES, job_dirname, register_resolvers
 from tests.conftest import CONFIG_DIR, IRIS
-from tests.test_sweep import RAY_ENV, group_override, job_dirs, multirun, multirun_command, needs, read_report
+from tests.test_sweep import (
+    RAY_ENV,
+    group_override,
+    job_dirs,
+    multirun_command,
+    multiruns_in_one_interpreter,
+    needs,
+    read_report,
+)
 
 SMALL = ["data=moons", "data.n_samples=200", "model.hidden_sizes=[8]"]
 
@@ -96,19 +106,36 @@ def test_a_job_directory_name_is_one_name_inside_the_sweep_whatever_the_values()
     assert job_dirname("0_p=" + "%" * 300)[-20:-17] == "%25"  # and on an escape's boundary
 
 
-@pytest.mark.slow
-def test_swept_paths_with_dot_dot_and_over_255_bytes_stay_inside_the_sweep(tmp_path):
-    data_dir, work = tmp_path / "data", tmp_path / "a" / "b" / "c"
+LONG_PATH = "../../../data/" + "./" * 140 + "iris.csv"  # a valid path of over 300 characters
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The two multiruns below (each in a folder of its own), one after the other in one fresh interpreter:
+    the folder and the command's output."""
+    folders = {"paths": tmp_path_factory.mktemp("paths"), "study": tmp_path_factory.mktemp("study")}
+    data_dir, work = folders["paths"] / "data", folders["paths"] / "a" / "b" / "c"
     (data_dir / "sub").mkdir(parents=True)
     work.mkdir(parents=True)
     shutil.copy(IRIS, data_dir / "iris.csv")
     shutil.copy(IRIS, data_dir / "sub" / "iris.csv")
     # three levels up: the first `..` of a job name `0_data.path=../../../data` is part of its first
     # component, the other two would have left the sweep
-    long_path = "../../../data/" + "./" * 140 + "iris.csv"  # a valid path of over 300 characters
-    sweep_dir = work / "sweep"
-    result = multirun(sweep_dir, "data=csv", "data.target=species", "model.hidden_sizes=[8]",
-                      f"data.path=../../../data/iris.csv,../../../data/sub/iris.csv,{long_path}")
+    commands = {"paths": (work / "sweep", ("data=csv", "data.target=species", "model.hidden_sizes=[8]",
+                                           f"data.path=../../../data/iris.csv,../../../data/sub/iris.csv,{LONG_PATH}"))}
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+        # [8,0] is a config error: the trials that draw it fail, the study goes on (max_failure_rate 1.0)
+        commands["study"] = (folders["study"] / "study", (
+            group_override("hparams_search", "optuna"), "hydra.sweeper.n_trials=4", *SMALL[:2],
+            "model.hidden_sizes=choice([8],[8,0])", "activation=relu", "model.dropout=0"))
+    results = multiruns_in_one_interpreter(*commands.values())
+    return {name: (folders[name], result) for name, result in zip(commands, results)}
+
+
+@pytest.mark.slow
+def test_swept_paths_with_dot_dot_and_over_255_bytes_stay_inside_the_sweep(sweeps):
+    tmp_path, result = sweeps["paths"]
+    data_dir, sweep_dir = tmp_path / "data", tmp_path / "a" / "b" / "c" / "sweep"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     written = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")
                      if data_dir not in path.parents and sweep_dir not in path.parents)
@@ -127,11 +154,9 @@ def test_swept_paths_with_dot_dot_and_over_255_bytes_stay_inside_the_sweep(tmp_p
 # --- an Optuna study with failed trials -----------------------------------------------------------
 @pytest.mark.slow
 @needs["optuna"]
-def test_optuna_study_with_failed_trials_exits_1_after_writing_its_report(tmp_path):
-    sweep_dir = tmp_path / "study"
-    # [8,0] is a config error: the trials that draw it fail, the study goes on (max_failure_rate 1.0)
-    result = multirun(sweep_dir, group_override("hparams_search", "optuna"), "hydra.sweeper.n_trials=4",
-                      *SMALL[:2], "model.hidden_sizes=choice([8],[8,0])", "activation=relu", "model.dropout=0")
+def test_optuna_study_with_failed_trials_exits_1_after_writing_its_report(sweeps):
+    folder, result = sweeps["study"]
+    sweep_dir = folder / "study"
     output = result.stdout + result.stderr
     rows = read_report(sweep_dir)
     failed = [row for row in rows if row["status"].startswith("failed: ConfigError: model.hidden_sizes=[8,0]")]

@@ -3,9 +3,11 @@ configuration (mean ± std, n) and the difference to the best one put to Welch's
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from tests.test_sweep import (
     gradient_health,
     group_override,
     job_dirs,
-    multirun,
+    multiruns_in_one_interpreter,
     needs,
     read_report,
     write_job,
@@ -73,10 +75,23 @@ def val_losses(jobs: list[Path], activation: str) -> list[float]:
 
 
 # --- real multiruns ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The multiruns below, one after the other in one fresh interpreter: each one's sweep directory and output."""
+    base = tmp_path_factory.mktemp("sweeps")
+    commands = {"seeds": (base / "sweep", ("trainer.seed=0,1,2", *SMALL))}
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+        # three trials over two choices: at least two trials share every override
+        commands["twice"] = (base / "study", (group_override("hparams_search", "optuna"), "hydra.sweeper.n_trials=3",
+                                              "activation=choice(relu,tanh)", "optimizer.lr=0.01", "model.dropout=0.0",
+                                              *SMALL))
+    results = multiruns_in_one_interpreter(*commands.values())
+    return {name: (sweep_dir, result) for (name, (sweep_dir, _)), result in zip(commands.items(), results)}
+
+
 @pytest.mark.slow
-def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = multirun(sweep_dir, "trainer.seed=0,1,2", *SMALL)
+def test_a_sweep_over_seeds_alone_gives_each_seed_its_own_run_and_pools_them(sweeps):
+    sweep_dir, result = sweeps["seeds"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = assert_one_directory_and_one_tensorboard_run_per_job(sweep_dir, 3)
     assert sorted(job.name.split("trainer.seed=")[1] for job in jobs) == ["0", "1", "2"]
@@ -133,11 +148,8 @@ def test_seeds_crossed_with_another_key_are_compared_with_welchs_t_test(tmp_path
 
 @pytest.mark.slow
 @needs["optuna"]
-def test_optuna_trials_proposed_twice_still_get_their_own_directories(tmp_path):
-    sweep_dir = tmp_path / "study"
-    # three trials over two choices: at least two trials share every override
-    result = multirun(sweep_dir, group_override("hparams_search", "optuna"), "hydra.sweeper.n_trials=3",
-                      "activation=choice(relu,tanh)", "optimizer.lr=0.01", "model.dropout=0.0", *SMALL)
+def test_optuna_trials_proposed_twice_still_get_their_own_directories(sweeps):
+    sweep_dir, result = sweeps["twice"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_one_directory_and_one_tensorboard_run_per_job(sweep_dir, 3)
     assert len(read_report(sweep_dir)) == 3

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import ROOT, python_c
+from tests.conftest import python_c, run_cli_in_one_interpreter
 
 DEEP = "model.hidden_sizes=[64,64,64,64,64,64,64,64]"
 CASES = {  # name: (overrides, the verdicts the run must get, exactly)
@@ -25,20 +23,21 @@ CASES = {  # name: (overrides, the verdicts the run must get, exactly)
 }
 
 
+TOO_SHORT = ("trainer.max_epochs=1", "trainer.batch_size=512", "trainer.progress=false")  # 3 steps: patience is 5
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, dict]]:
-    """Every case trained once, two at a time (the machine has 2 cores)."""
+    """Every case, and the run too short to judge, trained once through train.py, one after another in one
+    fresh interpreter (its start-up costs more than a case's run)."""
     base = tmp_path_factory.mktemp("verdicts")
-
-    def train(name: str) -> tuple[subprocess.CompletedProcess, dict]:
-        run_dir = base / name.replace(" ", "_")
-        command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.max_epochs=3",
-                   "trainer.progress=false", "trainer.num_threads=1", *CASES[name][0]]
-        result = subprocess.run(command, cwd=base, capture_output=True, text=True, timeout=300)
-        return result, json.loads((run_dir / "metrics.json").read_text())
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip(CASES, pool.map(train, CASES)))
+    commands = {name: (base / name.replace(" ", "_"), ("trainer.max_epochs=3", "trainer.progress=false",
+                                                       "trainer.num_threads=1", *CASES[name][0]))
+                for name in CASES}
+    commands["too short"] = (base / "too_short", TOO_SHORT)
+    results = run_cli_in_one_interpreter(list(commands.values()))
+    return {name: (result, json.loads((run_dir / "metrics.json").read_text()))
+            for (name, (run_dir, _)), result in zip(commands.items(), results)}
 
 
 @pytest.mark.slow
@@ -64,13 +63,10 @@ def test_verdict_at_the_default_settings(finished, name):
 
 
 @pytest.mark.slow
-def test_a_run_too_short_to_judge_says_so(tmp_path):
-    run_dir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.max_epochs=1",
-               "trainer.batch_size=512", "trainer.progress=false"]  # 3 steps: too few for patience 5
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def test_a_run_too_short_to_judge_says_so(finished):
+    result, metrics = finished["too short"]
     assert result.returncode == 0, result.stderr
-    health = json.loads((run_dir / "metrics.json").read_text())["gradient_health"]
+    health = metrics["gradient_health"]
     assert health["judged"] is False and health["healthy"] is None and health["measurements"] == 3
     assert "train for more steps" in health["reason"]
     assert "gradients: not judged: only 3 measured steps" in result.stderr
