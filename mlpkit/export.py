@@ -31,7 +31,7 @@ from torch import nn
 
 from mlpkit.config import CONFIG_DIR, exit_on_config_error, given, report_config_errors
 from mlpkit.errors import ConfigError
-from mlpkit.rundir import find_checkpoint, find_run, read_metrics, run_file
+from mlpkit.rundir import find_checkpoint, find_run, read_metrics, run_file, write_atomically
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> the default file's suffix
 ONNX_OPSET = 18  # torch's dynamo exporter writes opset 18 natively (torchlib); onnxruntime runs it since 1.14
@@ -199,18 +199,6 @@ def require_onnx_packages() -> None:
     if missing:
         raise MissingPackages("format", "onnx", "torchscript, or onnx with its packages installed",
                               f"ONNX export needs {' and '.join(missing)}, not installed: {INSTALL_EXPORT}")
-
-
-def write_atomically(target: Path, write: Any) -> None:
-    """``write(temporary)`` then os.replace onto ``target``: a failed or killed export leaves the old
-    file or none, never half of one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_onnx(exported: ExportedModel, example: torch.Tensor, temporary: Path, description: dict[str, Any]) -> None:

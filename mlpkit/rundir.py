@@ -136,14 +136,21 @@ def check_same_data(run_dir: Path, fingerprint: str, key: str, value: Any, allow
 
 
 # --- writing into a run ----------------------------------------------------------------------------
-def write_json(path: Path, value: Any) -> None:
-    """``path`` replaced atomically by ``value`` as JSON, through a temporary file of this process's own."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomically(target: Path, write: Any) -> None:
+    """``write(temporary)`` beside ``target``, then os.replace onto it: a failed or killed write leaves
+    the old file or none, never half of one, whoever writes last (an export, a sweep report)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(json.dumps(value, indent=2) + "\n")
-        temporary.replace(path)
+        write(temporary)
+        os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``path`` replaced atomically by ``value`` as JSON, through a temporary file of this process's own."""
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2) + "\n"))
 
 
 def run_file(path: Path, run_dir: Path) -> str | None:

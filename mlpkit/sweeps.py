@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import warnings
@@ -23,7 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from mlpkit.config import SWEEP_FAILED  # the exit code of Hydra's basic sweeper after a failed job
 from mlpkit.config_keys import override_key
 from mlpkit.pruning import pruned_note
-from mlpkit.rundir import HYDRA_DIR, HYDRA_FILE, JOB_STATUS_FILE, METRICS_FILE, OVERRIDES_FILE, RUN_CONFIG
+from mlpkit.rundir import (
+    HYDRA_DIR,
+    HYDRA_FILE,
+    JOB_STATUS_FILE,
+    METRICS_FILE,
+    OVERRIDES_FILE,
+    RUN_CONFIG,
+    write_atomically,
+)
 from mlpkit.schema import objective_mode
 from mlpkit.study_storage import (
     INTERRUPTED_ATTR,
@@ -366,7 +373,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
             writer.writerow([spreadsheet_cell(str(cell)) for cell in header])
             writer.writerows([spreadsheet_cell(str(cell)) for cell in row] for row in rows)
 
-    replace_file(path, write)
+    write_atomically(path, write)
 
 
 def write_report(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None) -> str:
@@ -410,21 +417,11 @@ def _write_report(sweep_dir: Path, metric: str | None, mode: str | None) -> str:
         if figure is not None:
             text += f"\n![{caption}]({figure.name})\n"
     # replaced whole: a reader (or a worker on another machine) sees one whole report or another
-    replace_file(sweep_dir / f"{REPORT_NAME}.md", lambda path: path.write_text(text))
+    write_atomically(sweep_dir / f"{REPORT_NAME}.md", lambda path: path.write_text(text))
     write_csv(sweep_dir / f"{REPORT_NAME}.csv", header, rows)
     write_csv(sweep_dir / f"{REPORT_NAME}_grouped.csv",
               *grouped_table(groups, _metric_names(jobs, metric), metric, mode, True))
     return text
-
-
-def replace_file(target: Path, write: Any) -> None:
-    """``write(temporary)`` beside ``target``, then os.replace onto it: never half a file, whoever writes last."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _objective_of(job_dirs: list[Path]) -> tuple[str, str]:
@@ -472,4 +469,4 @@ def plot_grad_norms(jobs: list[dict[str, Any]], shared: list[str], path: Path) -
 
 
 def save_png(figure: Any, path: Path) -> None:
-    replace_file(path, lambda temporary: figure.savefig(temporary, format="png"))
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
