@@ -140,19 +140,24 @@ def continue_optuna_study(config: DictConfig) -> None:
 
 def running_in_another_worker(config: DictConfig, job_dir: Path) -> bool:
     """Whether ``job_dir`` is a trial another worker of the shared study is still running (it started
-    after this worker did; its trial is RUNNING and not interrupted): not this sweep's failure."""
+    after this worker did; its trial is RUNNING and not interrupted), or one it finished since this
+    worker read the job: not this sweep's failure."""
     sweeper = config.hydra.sweeper
     hydra_file = job_dir / HYDRA_DIR / HYDRA_FILE
     if "OptunaPruningSweeper" not in str(sweeper.get("_target_", "")) or not hydra_file.exists():
         return False
     import optuna
 
-
     number = int(OmegaConf.load(hydra_file).hydra.job.num)
     study = optuna.load_study(study_name=str(sweeper.study_name),
                               storage=open_storage(study_storage(sweeper.get("storage"), config.hydra.sweep.dir)))
     trial = next((trial for trial in study.trials if trial.number == number), None)
-    return trial is not None and trial.state.name == "RUNNING" and INTERRUPTED_ATTR not in trial.user_attrs
+    if trial is None:
+        return False
+    if trial.state.name == "RUNNING":
+        return INTERRUPTED_ATTR not in trial.user_attrs
+    # told since this worker read the job: its status was written before the trial was told, so read again
+    return read_job(job_dir)["status"] in FINISHED
 
 
 # --- the report -----------------------------------------------------------------------------------

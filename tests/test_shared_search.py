@@ -90,3 +90,26 @@ def test_an_unwritable_sqlite_path_is_refused_in_one_line_with_exit_2(tmp_path, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Config error: hydra.sweeper.storage={storage} is not valid")
     assert f"{tmp_path / 'a_file'} is a file" in lines[0]
+
+
+def test_a_job_the_other_worker_finished_meanwhile_is_not_this_workers_failure(tmp_path):
+    """The race CI met: this worker read the other worker's job before its status was written, and the
+    other worker told its trial COMPLETE before this worker asked the study."""
+    import json
+
+    import optuna
+
+    from mlpkit.sweeps import running_in_another_worker
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="shared", storage=storage)
+    study.tell(study.ask(), 0.5)  # trial 0, COMPLETE
+    job = tmp_path / "sweep" / "0_job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 0\n")
+    (job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "sweeper": {
+        "_target_": SWEEPER, "storage": storage, "study_name": "shared", "n_trials": 2}}})
+    assert not running_in_another_worker(config, job)  # told, yet no status: killed, a failure
+    (job / "job_status.json").write_text(json.dumps({"status": "completed", "error": None, "job_num": 0}))
+    assert running_in_another_worker(config, job)  # finished by the other worker since this one read it
