@@ -148,6 +148,20 @@ def test_a_stream_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tabl
     assert (predicted == frame.label.head(200)).mean() > 0.8
 
 
+def test_an_evaluation_reads_the_seeded_sample_of_eval_rows_whole(table):
+    from mlpkit.data.stream_stats import uniform
+    from mlpkit.data.stream_table import EVAL_SALT
+
+    directory, frame = table
+    data = build_data(stream_config(directory, "data.standardize=false", "data.eval_rows=100"), "cpu")
+    rows = np.arange(len(frame))
+    sampled = (split_of(rows, 0, 0.15, 0.15) == 1) & (uniform(rows, 0, EVAL_SALT) < 100 / len(data.val))
+    id_column = data.feature_names.index("id")
+    read = torch.cat([x[:, id_column] for x, _y in data.val.chunks(64, "cpu")]).numpy()
+    np.testing.assert_array_equal(read, frame.id[sampled])  # every sampled row, the last partial chunk too
+    assert 50 < len(read) < 150
+
+
 def test_missing_cells_are_filled_from_the_training_rows(tmp_path):
     frame = write_table(tmp_path / "holes", holes=0.1)
     data = build_data(stream_config(tmp_path / "holes", "data.missing=mean", "data.missing_indicator=true"), "cpu")
