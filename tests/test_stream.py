@@ -149,8 +149,7 @@ def test_a_stream_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tabl
 
 
 def test_an_evaluation_reads_the_seeded_sample_of_eval_rows_whole(table):
-    from mlpkit.data.stream_stats import uniform
-    from mlpkit.data.stream_table import EVAL_SALT
+    from mlpkit.data.stream_stats import EVAL_SALT, uniform
 
     directory, frame = table
     data = build_data(stream_config(directory, "data.standardize=false", "data.eval_rows=100"), "cpu")

@@ -23,7 +23,8 @@ from mlpkit.errors import DataError
 SPLIT_NAMES = ("train", "val", "test")
 SAMPLE_ROWS = 100_000  # training rows kept for data.missing=median / most_frequent
 MAX_DISTINCT = 10_000  # a numeric target with more distinct values is not class labels
-_SPLIT_SALT, _SAMPLE_SALT = 0x9E3779B97F4A7C15, 0xD1B54A32D192ED03
+# one independent draw per use of a row's number: its split, the fill statistics' sample, an evaluation's sample
+SPLIT_SALT, SAMPLE_SALT, EVAL_SALT = 0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0x8CB92BA72F3D8DD7
 
 
 def uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
@@ -38,7 +39,7 @@ def uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
 
 def split_of(rows: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
     """0 (train), 1 (val) or 2 (test) per row number."""
-    draw = uniform(rows, seed, _SPLIT_SALT)
+    draw = uniform(rows, seed, SPLIT_SALT)
     return np.where(draw < test_fraction, 2, np.where(draw < test_fraction + val_fraction, 1, 0)).astype(np.int8)
 
 

@@ -13,7 +13,9 @@ import numpy as np
 from mlpkit.data.missing import FILLS, complete_rows, fill_note, fitted_value, missing_settings
 from mlpkit.data.stream_files import RowGroup, feature_values
 from mlpkit.data.stream_stats import (
+    EVAL_SALT,
     SAMPLE_ROWS,
+    SAMPLE_SALT,
     SPLIT_NAMES,
     StreamStats,
     first_missing,
@@ -26,7 +28,6 @@ from mlpkit.data.targets import guess_task
 from mlpkit.errors import DataError
 
 READ_ROWS = 65_536  # rows of a record batch read at once
-EVAL_SALT = 2  # the evaluation sample's draw (the split's and the fill sample's use others)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def scan(groups: list[RowGroup], names: list[str], target: str, seed: int, fract
                                 "holds (+-3.4e38); rescale the column (e.g. its logarithm) or leave it out")
             if strategy == "error" and (hole := first_missing(values, column, names, target)) is not None:
                 raise refuse_missing(group.file, group.first_in_file + int(rows[hole[0]] - group.first), hole[1])
-            sampled = uniform(rows, seed, 1) < rate if sample else None
+            sampled = uniform(rows, seed, SAMPLE_SALT) < rate if sample else None
             train_rows += stats.add(values, column, split_of(rows, seed, *fractions), strategy, sampled)
             start += batch.num_rows
         stats.group_train_rows.append(train_rows)
